@@ -14,6 +14,8 @@ build:
 	@mkdir -p $(BIN)
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/podroute ./cmd/podroute
 	ln -sf podroute $(BIN)/podroute-ipam
+	$(GO) build -trimpath -ldflags '-s -w -X github.com/podroute/podroute/agent.Version=$(VERSION)' -o $(BIN)/podroute-agent ./cmd/podroute-agent
+	$(GO) build -trimpath -ldflags '-s -w -X main.version=$(VERSION)' -o $(BIN)/podroutectl ./cmd/podroutectl
 
 # Debian packages and reference tools the lab and tests use (root; idempotent).
 setup:

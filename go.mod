@@ -2,6 +2,9 @@ module github.com/podroute/podroute
 
 go 1.26.8
 
+// GoBGP's listener needs plain TCP for TCP MD5 (RFC 2385); Go's default MPTCP rejects it.
+godebug multipathtcp=0
+
 require (
 	github.com/containernetworking/cni v1.3.0
 	github.com/containernetworking/plugins v1.9.1

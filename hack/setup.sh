@@ -9,6 +9,7 @@ PACKAGES=(
   jq              # JSON in shell
   make
   etcd-server     # backs the real kube-apiserver in the agent tests
+  nftables        # egress masquerade (nft, driven through knftables)
 )
 
 missing=()

@@ -1,0 +1,261 @@
+package bgp
+
+import (
+	"errors"
+	"net/netip"
+	"time"
+
+	api "github.com/osrg/gobgp/v3/api"
+)
+
+// Neighbor kinds; informational only (shown in logs and PeerState).
+const (
+	KindMesh      = "mesh"
+	KindExternal  = "external"
+	KindReflector = "reflector"
+)
+
+// Defaults applied to zero Neighbor fields.
+const (
+	DefaultHoldTime     = 90 * time.Second
+	DefaultRestartTime  = 120 * time.Second
+	DefaultConnectRetry = 5 * time.Second // GoBGP's 120s would delay a rebooted node's mesh for minutes
+	defaultDeferralTime = 10 * time.Second
+	maxRestartTime      = 4095 * time.Second // 12-bit field in the capability
+	maxMD5KeyLen        = 80                 // TCP_MD5SIG_MAXKEYLEN
+)
+
+// Neighbor is a BGP peer. Every session carries IPv4 and IPv6 unicast.
+type Neighbor struct {
+	// Address is the peer's address. Required; link-local addresses are not supported.
+	Address netip.Addr
+	// ASN is the peer's AS; equal to Config.ASN for iBGP. Required.
+	ASN uint32
+	// LocalAddress is the source address for the session; zero lets the kernel choose.
+	LocalAddress netip.Addr
+	// Port is the peer's TCP port; 0 means 179.
+	Port uint16
+	// Password enables TCP MD5 signatures (RFC 2385) with this key.
+	Password string
+	// Passive makes us wait for the peer to connect instead of dialing it. Mesh peers
+	// (Kind KindMesh) with LocalAddress set are made passive automatically when
+	// LocalAddress is the greater address, so exactly one end of each mesh session
+	// dials: GoBGP keeps a dropped session idle for 5s, refusing connections, and drops
+	// a restarting peer's stale routes when one of its own reconnection attempts fails;
+	// two ends dialing each other after a restart keep landing in each other's idle time.
+	Passive bool
+
+	// HoldTime is the proposed hold time: 0 (90s) or at least 3s, whole seconds.
+	HoldTime time.Duration
+	// KeepaliveTime is the keepalive interval: 0 (a third of the hold time) or at least 1s
+	// and below HoldTime, whole seconds.
+	KeepaliveTime time.Duration
+	// ConnectRetry is the delay between connection attempts: 0 means 5s, whole seconds.
+	ConnectRetry time.Duration
+
+	// EBGPMultihopTTL allows an eBGP peer that many hops away (0: directly connected).
+	EBGPMultihopTTL uint8
+	// TTLSecurityHops enables GTSM (RFC 5082): accept only packets from at most that many
+	// hops away. Exclusive with EBGPMultihopTTL.
+	TTLSecurityHops uint8
+
+	// GracefulRestart negotiates graceful restart (RFC 4724, with RFC 8538 notification
+	// support) on both families, so the peer keeps our routes while our agent restarts
+	// and we keep its routes while it restarts.
+	GracefulRestart bool
+	// RestartTime is how long the peer should keep our routes after we go away: 0 means
+	// 120s, at most 4095s, whole seconds. Keep it above HoldTime: GoBGP only accepts the
+	// restarted session once the old one is gone, which can take a hold time.
+	RestartTime time.Duration
+
+	// RouteReflectorClient makes this (iBGP) peer our route-reflector client: we reflect
+	// learned routes to it.
+	RouteReflectorClient bool
+	// RouteReflectorClusterID is the cluster ID (IPv4) used towards this client; zero
+	// means our router ID.
+	RouteReflectorClusterID netip.Addr
+
+	// Kind is informational: KindMesh, KindExternal or KindReflector.
+	Kind string
+}
+
+// Validate checks the neighbor on its own; errors are *FieldError naming the field.
+func (n Neighbor) Validate() error {
+	var errs []error
+	add := func(e error) { errs = append(errs, e) }
+	switch {
+	case !n.Address.IsValid():
+		add(fieldErr("Neighbor.Address", "required"))
+	case n.Address.IsUnspecified() || n.Address.IsMulticast():
+		add(fieldErr("Neighbor.Address", "%s is not a unicast address", n.Address))
+	case n.Address.Zone() != "" || n.Address.Is6() && n.Address.IsLinkLocalUnicast():
+		add(fieldErr("Neighbor.Address", "link-local peers are not supported"))
+	}
+	if n.ASN == 0 {
+		add(fieldErr("Neighbor.ASN", "required"))
+	}
+	if n.LocalAddress.IsValid() && n.Address.IsValid() && n.LocalAddress.Unmap().Is4() != n.Address.Unmap().Is4() {
+		add(fieldErr("Neighbor.LocalAddress", "%s is not of the same family as %s", n.LocalAddress, n.Address))
+	}
+	if len(n.Password) > maxMD5KeyLen {
+		add(fieldErr("Neighbor.Password", "longer than %d bytes", maxMD5KeyLen))
+	}
+	if err := wholeSeconds("Neighbor.HoldTime", n.HoldTime, 3*time.Second, 65535*time.Second); err != nil {
+		add(err)
+	}
+	if err := wholeSeconds("Neighbor.KeepaliveTime", n.KeepaliveTime, time.Second, 65535*time.Second); err != nil {
+		add(err)
+	} else if n.KeepaliveTime != 0 && n.KeepaliveTime >= n.holdTime() {
+		add(fieldErr("Neighbor.KeepaliveTime", "%s must be below the hold time %s", n.KeepaliveTime, n.holdTime()))
+	}
+	if err := wholeSeconds("Neighbor.ConnectRetry", n.ConnectRetry, time.Second, 65535*time.Second); err != nil {
+		add(err)
+	}
+	if n.EBGPMultihopTTL != 0 && n.TTLSecurityHops != 0 {
+		add(fieldErr("Neighbor.TTLSecurityHops", "exclusive with EBGPMultihopTTL"))
+	}
+	if err := wholeSeconds("Neighbor.RestartTime", n.RestartTime, time.Second, maxRestartTime); err != nil {
+		add(err)
+	} else if n.RestartTime != 0 && !n.GracefulRestart {
+		add(fieldErr("Neighbor.RestartTime", "set without GracefulRestart"))
+	}
+	if n.RouteReflectorClusterID.IsValid() {
+		if !n.RouteReflectorClusterID.Is4() {
+			add(fieldErr("Neighbor.RouteReflectorClusterID", "must be an IPv4 address"))
+		}
+		if !n.RouteReflectorClient {
+			add(fieldErr("Neighbor.RouteReflectorClusterID", "set without RouteReflectorClient"))
+		}
+	}
+	switch n.Kind {
+	case "", KindMesh, KindExternal, KindReflector:
+	default:
+		add(fieldErr("Neighbor.Kind", "unknown kind %q", n.Kind))
+	}
+	return errors.Join(errs...)
+}
+
+// validateFor adds the checks that depend on the local configuration.
+func (n Neighbor) validateFor(cfg *Config) error {
+	if err := n.Validate(); err != nil {
+		return err
+	}
+	ibgp := n.ASN == cfg.ASN
+	if n.RouteReflectorClient && !ibgp {
+		return fieldErr("Neighbor.RouteReflectorClient", "only iBGP peers can be clients (peer AS %d, local AS %d)", n.ASN, cfg.ASN)
+	}
+	if n.EBGPMultihopTTL != 0 && ibgp {
+		return fieldErr("Neighbor.EBGPMultihopTTL", "only applies to eBGP peers")
+	}
+	return nil
+}
+
+func wholeSeconds(field string, d, lo, hi time.Duration) error {
+	if d == 0 {
+		return nil
+	}
+	if d%time.Second != 0 {
+		return fieldErr(field, "%s is not a whole number of seconds", d)
+	}
+	if d < lo || d > hi {
+		return fieldErr(field, "%s is outside %s..%s", d, lo, hi)
+	}
+	return nil
+}
+
+func (n Neighbor) holdTime() time.Duration {
+	if n.HoldTime == 0 {
+		return DefaultHoldTime
+	}
+	return n.HoldTime
+}
+
+// passive reports whether we leave dialing to the peer; see Neighbor.Passive.
+func (n Neighbor) passive() bool {
+	if n.Passive {
+		return true
+	}
+	return n.Kind == KindMesh && n.LocalAddress.IsValid() && n.LocalAddress.Compare(n.Address) > 0
+}
+
+func (n Neighbor) port() uint16 {
+	if n.Port == 0 {
+		return 179
+	}
+	return n.Port
+}
+
+var (
+	familyIPv4 = &api.Family{Afi: api.Family_AFI_IP, Safi: api.Family_SAFI_UNICAST}
+	familyIPv6 = &api.Family{Afi: api.Family_AFI_IP6, Safi: api.Family_SAFI_UNICAST}
+)
+
+// toAPI converts a validated neighbor into GoBGP's peer configuration.
+func (n Neighbor) toAPI(cfg *Config, localRestarting bool) *api.Peer {
+	secs := func(d time.Duration) uint64 { return uint64(d / time.Second) }
+	keepalive := n.KeepaliveTime
+	if keepalive == 0 {
+		keepalive = n.holdTime() / 3
+	}
+	retry := n.ConnectRetry
+	if retry == 0 {
+		retry = DefaultConnectRetry
+	}
+	p := &api.Peer{
+		Conf: &api.PeerConf{
+			NeighborAddress: n.Address.String(),
+			PeerAsn:         n.ASN,
+			LocalAsn:        cfg.ASN,
+			AuthPassword:    n.Password,
+			Description:     n.Kind,
+		},
+		Timers: &api.Timers{Config: &api.TimersConfig{
+			HoldTime:          secs(n.holdTime()),
+			KeepaliveInterval: secs(keepalive),
+			ConnectRetry:      secs(retry),
+		}},
+		Transport: &api.Transport{RemotePort: uint32(n.port()), PassiveMode: n.passive()},
+	}
+	if n.LocalAddress.IsValid() {
+		p.Transport.LocalAddress = n.LocalAddress.String()
+	}
+	if n.EBGPMultihopTTL != 0 {
+		p.EbgpMultihop = &api.EbgpMultihop{Enabled: true, MultihopTtl: uint32(n.EBGPMultihopTTL)}
+	}
+	if n.TTLSecurityHops != 0 {
+		// GTSM: a packet from h hops away arrives with TTL 256-h.
+		p.TtlSecurity = &api.TtlSecurity{Enabled: true, TtlMin: uint32(256 - int(n.TTLSecurityHops))}
+	}
+	if n.RouteReflectorClient {
+		p.RouteReflector = &api.RouteReflector{RouteReflectorClient: true}
+		if n.RouteReflectorClusterID.IsValid() {
+			p.RouteReflector.RouteReflectorClusterId = n.RouteReflectorClusterID.String()
+		}
+	}
+	if n.GracefulRestart {
+		rt := n.RestartTime
+		if rt == 0 {
+			rt = DefaultRestartTime
+		}
+		deferral := cfg.DeferralTime
+		if deferral == 0 {
+			deferral = defaultDeferralTime
+		}
+		p.GracefulRestart = &api.GracefulRestart{
+			Enabled:      true,
+			RestartTime:  uint32(rt / time.Second),
+			DeferralTime: uint32(deferral / time.Second),
+			// With RFC 8538 a NOTIFICATION other than a Hard Reset (e.g. hold timer
+			// expiry) keeps routes too, while our deconfiguration still flushes them.
+			NotificationEnabled: true,
+			LocalRestarting:     localRestarting,
+		}
+	}
+	for _, f := range []*api.Family{familyIPv4, familyIPv6} {
+		p.AfiSafis = append(p.AfiSafis, &api.AfiSafi{
+			Config:            &api.AfiSafiConfig{Family: f, Enabled: true},
+			MpGracefulRestart: &api.MpGracefulRestart{Config: &api.MpGracefulRestartConfig{Enabled: n.GracefulRestart}},
+		})
+	}
+	return p
+}

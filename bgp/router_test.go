@@ -1,0 +1,478 @@
+package bgp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestIBGPAdvertiseWithdraw(t *testing.T) {
+	ctx := context.Background()
+	port := freePort(t)
+	a := startSpeaker(t, "127.0.1.1", port, nil)
+	b := startSpeaker(t, "127.0.1.2", port, nil)
+	sub := b.Subscribe(ctx)
+	peer(t, a, b, nil)
+	eventually(t, 15*time.Second, func() string { return b.established(t, a.ip) })
+
+	p := pfx("10.244.1.0/24")
+	if err := a.Advertise(ctx, p, NewCommunity(65000, 42)); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, func() string {
+		r, ok := b.route(t, p)
+		if !ok {
+			return "route missing on B"
+		}
+		if !slices.Equal(r.NextHops, []netip.Addr{a.ip}) {
+			return fmt.Sprintf("next hops %v, want [%s]", r.NextHops, a.ip)
+		}
+		if got := r.Paths[0]; got.SourcePeer != a.ip || !got.Best || !slices.Equal(got.Communities, []Community{NewCommunity(65000, 42)}) || got.LocalPref != 100 {
+			return fmt.Sprintf("unexpected path %+v", got)
+		}
+		return ""
+	})
+	select {
+	case <-sub:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Subscribe did not fire for a new best path")
+	}
+	// A's own prefix is not a learned route on A.
+	if _, ok := a.route(t, p); ok {
+		t.Fatal("A reports its own advertisement as a learned route")
+	}
+	// Drain, then expect a fresh signal for the withdrawal.
+	select {
+	case <-sub:
+	default:
+	}
+	if err := a.Withdraw(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, func() string {
+		if _, ok := b.route(t, p); ok {
+			return "route still on B after withdraw"
+		}
+		return ""
+	})
+	select {
+	case <-sub:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Subscribe did not fire for the withdrawal")
+	}
+	if err := a.Withdraw(ctx, p); err != nil {
+		t.Fatalf("withdrawing twice: %v", err)
+	}
+
+	ns, err := b.Neighbors(ctx)
+	if err != nil || len(ns) != 1 || ns[0].State != StateEstablished || ns[0].Since.IsZero() || ns[0].Kind != KindMesh {
+		t.Fatalf("Neighbors() = %+v, %v", ns, err)
+	}
+	// Subscriptions close with their context.
+	sctx, cancel := context.WithCancel(ctx)
+	ch := b.Subscribe(sctx)
+	cancel()
+	eventually(t, 2*time.Second, func() string {
+		select {
+		case _, ok := <-ch:
+			if !ok {
+				return ""
+			}
+		default:
+		}
+		return "subscription not closed"
+	})
+}
+
+func TestIPv6PrefixOverIPv4Session(t *testing.T) {
+	ctx := context.Background()
+	port := freePort(t)
+	nh := addr("fd00:10::1")
+	a := startSpeaker(t, "127.0.2.1", port, func(c *Config) { c.NextHopIPv6 = nh })
+	b := startSpeaker(t, "127.0.2.2", port, nil)
+	peer(t, a, b, nil)
+	p6 := pfx("fd10:244:0:1::/64")
+	p4 := pfx("10.244.2.0/24")
+	for _, p := range []netip.Prefix{p6, p4} {
+		if err := a.Advertise(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, 15*time.Second, func() string {
+		r6, ok := b.route(t, p6)
+		if !ok {
+			return "IPv6 route missing on B"
+		}
+		if !slices.Equal(r6.NextHops, []netip.Addr{nh}) {
+			return fmt.Sprintf("IPv6 next hops %v, want [%s]", r6.NextHops, nh)
+		}
+		r4, ok := b.route(t, p4)
+		if !ok {
+			return "IPv4 route missing on B"
+		}
+		if !slices.Equal(r4.NextHops, []netip.Addr{a.ip}) {
+			return fmt.Sprintf("IPv4 next hops %v, want [%s]", r4.NextHops, a.ip)
+		}
+		return ""
+	})
+}
+
+func TestECMP(t *testing.T) {
+	ctx := context.Background()
+	port := freePort(t)
+	a := startSpeaker(t, "127.0.3.1", port, nil)
+	b := startSpeaker(t, "127.0.3.2", port, nil)
+	c := startSpeaker(t, "127.0.3.3", port, nil)
+	peer(t, a, c, nil)
+	peer(t, b, c, nil)
+	anycast := pfx("10.244.99.0/24")
+	for _, s := range []*speaker{a, b} {
+		if err := s.Advertise(ctx, anycast); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, 15*time.Second, func() string {
+		r, ok := c.route(t, anycast)
+		if !ok {
+			return "anycast route missing on C"
+		}
+		if !slices.Equal(r.NextHops, []netip.Addr{a.ip, b.ip}) {
+			return fmt.Sprintf("next hops %v, want [%s %s]", r.NextHops, a.ip, b.ip)
+		}
+		if len(r.Paths) != 2 || !r.Paths[0].Best || r.Paths[1].Best {
+			return fmt.Sprintf("paths %+v", r.Paths)
+		}
+		return ""
+	})
+	// One withdraws: a single next hop remains.
+	if err := a.Withdraw(ctx, anycast); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, func() string {
+		r, ok := c.route(t, anycast)
+		if !ok || !slices.Equal(r.NextHops, []netip.Addr{b.ip}) {
+			return fmt.Sprintf("route %+v, want next hop %s only", r, b.ip)
+		}
+		return ""
+	})
+}
+
+func TestImportPolicyRefusals(t *testing.T) {
+	ctx := context.Background()
+	port := freePort(t)
+	own := pfx("10.244.1.0/24")
+	filter := clusterFilter
+	filter.Deny = []netip.Prefix{own, pfx("10.96.0.0/12")}
+	b := startSpeaker(t, "127.0.4.2", port, func(c *Config) { c.ImportFilter = filter })
+	rogue := startSpeaker(t, "127.0.4.66", port, func(c *Config) { c.NextHopIPv6 = addr("fd00::66") })
+	peer(t, rogue, b, nil)
+	if err := b.Advertise(ctx, own); err != nil {
+		t.Fatal(err)
+	}
+
+	good := pfx("10.244.7.0/24")
+	bad := map[netip.Prefix]string{
+		pfx("0.0.0.0/0"):         ReasonDefaultRoute,
+		pfx("::/0"):              ReasonDefaultRoute,
+		pfx("192.168.0.0/24"):    ReasonOutsideCluster,
+		pfx("10.244.5.128/25"):   ReasonTooLong,
+		own:                      ReasonDenied,
+		pfx("10.244.0.0/23"):     ReasonDenied, // contains our own CIDR
+		pfx("fd10:244:0:1::/80"): ReasonTooLong,
+	}
+	announce := func(community uint16) {
+		for p := range bad {
+			if err := rogue.Advertise(ctx, p, NewCommunity(666, community)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := rogue.Advertise(ctx, good, NewCommunity(666, community)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	announce(1)
+	eventually(t, 15*time.Second, func() string {
+		if _, ok := b.route(t, good); !ok {
+			return "allowed route missing"
+		}
+		if got := len(b.Refusals()); got != len(bad) {
+			return fmt.Sprintf("%d refusals, want %d: %+v", got, len(bad), b.Refusals())
+		}
+		return ""
+	})
+	rs, err := b.Routes(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rs) != 1 || rs[0].Prefix != good {
+		t.Fatalf("routes %+v, want only %s", rs, good)
+	}
+	for _, r := range b.Refusals() {
+		want, ok := bad[r.Prefix]
+		if !ok || !strings.HasPrefix(r.Reason, want) || r.Peer != rogue.ip || r.Count != 1 {
+			t.Errorf("refusal %+v, want reason %q from %s", r, want, rogue.ip)
+		}
+	}
+
+	// Re-announcements (new attributes) count, but each pair is logged once.
+	announce(2)
+	announce(3)
+	eventually(t, 10*time.Second, func() string {
+		for _, r := range b.Refusals() {
+			if r.Count < 3 {
+				return fmt.Sprintf("refusal %s count %d, want 3", r.Prefix, r.Count)
+			}
+		}
+		return ""
+	})
+	for p := range bad {
+		if n := b.logs.count("bgp: refused route", "prefix", p.String(), "peer", rogue.ip.String()); n != 1 {
+			t.Errorf("refusal of %s logged %d times, want once", p, n)
+		}
+	}
+	// GoBGP's own policy engine did the filtering: the rogue's paths are in adj-rib-in.
+	ns, _ := b.Neighbors(ctx)
+	if len(ns) != 1 || ns[0].Received != uint64(len(bad)+1) || ns[0].Accepted != 1 {
+		t.Errorf("counters %+v, want received %d accepted 1", ns, len(bad)+1)
+	}
+
+	// Widen the filter live: the /25 becomes acceptable.
+	filter.MaxLenIPv4 = 25
+	if err := b.UpdateImportFilter(ctx, filter); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, func() string {
+		if _, ok := b.route(t, pfx("10.244.5.128/25")); !ok {
+			return "/25 not accepted after filter update"
+		}
+		for _, r := range b.Refusals() {
+			if r.Prefix == pfx("10.244.5.128/25") {
+				return "/25 still listed as refused"
+			}
+		}
+		return ""
+	})
+	// And narrow it again: the held path is refused without a new announcement.
+	filter.MaxLenIPv4 = 24
+	if err := b.UpdateImportFilter(ctx, filter); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, func() string {
+		if _, ok := b.route(t, pfx("10.244.5.128/25")); ok {
+			return "/25 still installed after narrowing"
+		}
+		if len(b.Refusals()) != len(bad) {
+			return fmt.Sprintf("refusals %+v", b.Refusals())
+		}
+		return ""
+	})
+}
+
+func TestFilterPolicyMatchesClassifier(t *testing.T) {
+	f, err := ImportFilter{
+		ClusterCIDRs: []netip.Prefix{pfx("10.244.0.0/16"), pfx("10.0.0.0/8"), pfx("fd10::/48")},
+		MaxLenIPv4:   24, MaxLenIPv6: 64,
+		Deny: []netip.Prefix{pfx("10.96.0.0/12"), pfx("10.96.5.5/32"), pfx("10.244.3.0/24")},
+	}.normalize()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Nested entries are dropped so GoBGP's longest-match prefix sets stay exact.
+	if !slices.Equal(f.ClusterCIDRs, []netip.Prefix{pfx("10.0.0.0/8"), pfx("fd10::/48")}) || len(f.Deny) != 2 {
+		t.Fatalf("normalized %+v", f)
+	}
+	cases := map[string]string{
+		"10.244.7.0/24":   "",
+		"10.96.1.0/24":    ReasonDenied,
+		"10.96.0.0/11":    ReasonDenied,
+		"10.244.3.128/25": ReasonDenied,
+		"10.244.2.0/23":   ReasonDenied,
+		"10.244.0.0/24":   "",
+		"10.244.7.0/25":   ReasonTooLong,
+		"11.0.0.0/24":     ReasonOutsideCluster,
+		"0.0.0.0/0":       ReasonDefaultRoute,
+		"fd10:0:0:1::/64": "",
+	}
+	for p, want := range cases {
+		if got := f.classify(pfx(p)); !strings.HasPrefix(got, want) || (want == "") != (got == "") {
+			t.Errorf("classify(%s) = %q, want %q", p, got, want)
+		}
+	}
+	for _, bad := range []ImportFilter{
+		{ClusterCIDRs: []netip.Prefix{pfx("10.0.0.0/16")}},
+		{ClusterCIDRs: []netip.Prefix{pfx("10.0.0.0/16")}, MaxLenIPv4: 8},
+		{ClusterCIDRs: []netip.Prefix{pfx("0.0.0.0/0")}, MaxLenIPv4: 24},
+	} {
+		var fe *FieldError
+		if _, err := bad.normalize(); !errors.As(err, &fe) {
+			t.Errorf("normalize(%+v) = %v, want FieldError", bad, err)
+		}
+	}
+}
+
+func TestNeighborValidation(t *testing.T) {
+	port := freePort(t)
+	s := startSpeaker(t, "127.0.5.1", port, nil)
+	good := Neighbor{Address: addr("127.0.5.2"), ASN: testASN}
+	cases := []struct {
+		field string
+		mod   func(*Neighbor)
+	}{
+		{"Neighbor.Address", func(n *Neighbor) { n.Address = netip.Addr{} }},
+		{"Neighbor.Address", func(n *Neighbor) { n.Address = addr("0.0.0.0") }},
+		{"Neighbor.Address", func(n *Neighbor) { n.Address = addr("fe80::1%eth0") }},
+		{"Neighbor.ASN", func(n *Neighbor) { n.ASN = 0 }},
+		{"Neighbor.HoldTime", func(n *Neighbor) { n.HoldTime = 2 * time.Second }},
+		{"Neighbor.HoldTime", func(n *Neighbor) { n.HoldTime = 3500 * time.Millisecond }},
+		{"Neighbor.KeepaliveTime", func(n *Neighbor) { n.HoldTime = 3 * time.Second; n.KeepaliveTime = 3 * time.Second }},
+		{"Neighbor.ConnectRetry", func(n *Neighbor) { n.ConnectRetry = -time.Second }},
+		{"Neighbor.LocalAddress", func(n *Neighbor) { n.LocalAddress = addr("::1") }},
+		{"Neighbor.TTLSecurityHops", func(n *Neighbor) { n.ASN = 65001; n.EBGPMultihopTTL = 2; n.TTLSecurityHops = 1 }},
+		{"Neighbor.EBGPMultihopTTL", func(n *Neighbor) { n.EBGPMultihopTTL = 2 }},
+		{"Neighbor.RestartTime", func(n *Neighbor) { n.GracefulRestart = true; n.RestartTime = 5000 * time.Second }},
+		{"Neighbor.RestartTime", func(n *Neighbor) { n.RestartTime = 10 * time.Second }},
+		{"Neighbor.RouteReflectorClient", func(n *Neighbor) { n.ASN = 65001; n.RouteReflectorClient = true }},
+		{"Neighbor.RouteReflectorClusterID", func(n *Neighbor) { n.RouteReflectorClient = true; n.RouteReflectorClusterID = addr("::1") }},
+		{"Neighbor.Password", func(n *Neighbor) { n.Password = strings.Repeat("x", 81) }},
+		{"Neighbor.Kind", func(n *Neighbor) { n.Kind = "bogus" }},
+	}
+	for _, c := range cases {
+		n := good
+		c.mod(&n)
+		err := s.AddNeighbor(context.Background(), n)
+		var fe *FieldError
+		if !errors.As(err, &fe) || fe.Field != c.field || !strings.Contains(err.Error(), c.field) {
+			t.Errorf("AddNeighbor(%+v) = %v, want error naming %s", n, err, c.field)
+		}
+	}
+	if err := s.AddNeighbor(context.Background(), good); err != nil {
+		t.Fatalf("valid neighbor refused: %v", err)
+	}
+	if err := s.AddNeighbor(context.Background(), good); err == nil {
+		t.Fatal("duplicate neighbor accepted")
+	}
+	if err := s.RemoveNeighbor(context.Background(), addr("127.0.5.99")); err == nil {
+		t.Fatal("removing an unknown neighbor succeeded")
+	}
+	if _, err := New(Config{RouterID: addr("1.2.3.4")}); err == nil || !strings.Contains(err.Error(), "Config.ASN") {
+		t.Fatalf("New without ASN: %v", err)
+	}
+	if _, err := New(Config{ASN: 1, RouterID: addr("::1")}); err == nil || !strings.Contains(err.Error(), "Config.RouterID") {
+		t.Fatalf("New with IPv6 router ID: %v", err)
+	}
+}
+
+func TestNeighborLifecycle(t *testing.T) {
+	ctx := context.Background()
+	port := freePort(t)
+	a := startSpeaker(t, "127.0.6.1", port, nil)
+	b := startSpeaker(t, "127.0.6.2", port, nil)
+	c := startSpeaker(t, "127.0.6.3", port, nil)
+	withPassword := func(n *Neighbor) { n.Password = "podroute-md5" }
+	if err := md5Supported(); err != nil {
+		// The password must then be refused up front rather than keep the session down.
+		n := a.neighborOf(b)
+		withPassword(&n)
+		var fe *FieldError
+		if err := a.AddNeighbor(ctx, n); !errors.As(err, &fe) || fe.Field != "Neighbor.Password" {
+			t.Fatalf("AddNeighbor with password on a kernel without TCP MD5: %v", err)
+		}
+		t.Logf("TCP MD5 unavailable (%v): peering without password", err)
+		withPassword = func(*Neighbor) {}
+	}
+	peer(t, a, b, withPassword)
+	p := pfx("10.244.6.0/24")
+	if err := a.Advertise(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 15*time.Second, func() string {
+		if msg := b.established(t, a.ip); msg != "" {
+			return msg
+		}
+		if _, ok := b.route(t, p); !ok {
+			return "route missing on B"
+		}
+		return ""
+	})
+	ns, err := b.Neighbors(ctx)
+	if err != nil || len(ns) != 1 || ns[0].Password != "" {
+		t.Fatalf("Neighbors() = %+v, %v (password must be blanked)", ns, err)
+	}
+
+	// Update in place: timers change without a reset.
+	n := b.neighborOf(a)
+	withPassword(&n)
+	n.HoldTime = 6 * time.Second
+	n.KeepaliveTime = 2 * time.Second
+	if err := b.UpdateNeighbor(ctx, n); err != nil {
+		t.Fatal(err)
+	}
+	ns, _ = b.Neighbors(ctx)
+	if ns[0].HoldTime != 6*time.Second {
+		t.Fatalf("updated neighbor %+v", ns[0])
+	}
+	if err := b.UpdateNeighbor(ctx, b.neighborOf(c)); err == nil {
+		t.Fatal("updating an unknown neighbor succeeded")
+	}
+
+	// Add a third speaker live.
+	peer(t, c, b, nil)
+	eventually(t, 15*time.Second, func() string { return b.established(t, c.ip) })
+
+	// Remove A: its route disappears from B at once.
+	if err := b.RemoveNeighbor(ctx, a.ip); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, func() string {
+		if _, ok := b.route(t, p); ok {
+			return "route of removed neighbor still present"
+		}
+		ns, _ := b.Neighbors(ctx)
+		if len(ns) != 1 || ns[0].Address != c.ip {
+			return fmt.Sprintf("neighbors %+v", ns)
+		}
+		return ""
+	})
+	if ok, err := b.Synced(ctx); err != nil || !ok {
+		t.Fatalf("Synced() = %v, %v", ok, err)
+	}
+}
+
+func TestStopWithdrawsRoutes(t *testing.T) {
+	ctx := context.Background()
+	port := freePort(t)
+	a := startSpeaker(t, "127.0.8.1", port, nil)
+	b := startSpeaker(t, "127.0.8.2", port, nil)
+	p := pfx("10.244.8.0/24")
+	if err := a.Advertise(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	peer(t, a, b, func(n *Neighbor) { n.GracefulRestart = true; n.RestartTime = 60 * time.Second })
+	eventually(t, 15*time.Second, func() string {
+		if _, ok := b.route(t, p); !ok {
+			return "route missing"
+		}
+		return ""
+	})
+	// A non-graceful stop flushes our routes at peers even with graceful restart.
+	if err := a.Stop(false); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, func() string {
+		if _, ok := b.route(t, p); ok {
+			return "route kept after a hard stop"
+		}
+		return ""
+	})
+	if err := a.Advertise(ctx, p); err == nil {
+		t.Fatal("Advertise after Stop succeeded")
+	}
+	if err := a.Stop(false); err != nil {
+		t.Fatalf("second Stop: %v", err)
+	}
+}

@@ -1,0 +1,135 @@
+package bgp
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+)
+
+// sessionKey identifies the TCP connections of one BGP session: the peer's address and
+// port, and our local address (zero: any) and listening port (0: none).
+type sessionKey struct {
+	remote     netip.Addr
+	remotePort uint16
+	local      netip.Addr
+	listenPort uint16
+}
+
+// abortSessions shuts down (FIN, no BGP NOTIFICATION) every TCP connection of this
+// process that belongs to one of the given sessions, and returns how many it cut.
+//
+// GoBGP has no API to drop a session silently: every stop path writes a CEASE first,
+// which makes peers flush our routes. Shutting the sockets down under it makes the peer
+// read EOF, which RFC 4724 peers treat as a restart; GoBGP's own NOTIFICATION write then
+// fails on the dead socket. The connections are found through /proc/self/fd and matched
+// on both endpoints, so other TCP connections of the process are left alone.
+func abortSessions(keys []sessionKey) (int, error) {
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, e := range entries {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		link, err := os.Readlink("/proc/self/fd/" + e.Name())
+		if err != nil || !strings.HasPrefix(link, "socket:") {
+			continue
+		}
+		if typ, err := syscall.GetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_TYPE); err != nil || typ != syscall.SOCK_STREAM {
+			continue
+		}
+		if proto, err := syscall.GetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_PROTOCOL); err != nil || proto != syscall.IPPROTO_TCP {
+			continue
+		}
+		peerSA, err := syscall.Getpeername(fd)
+		if err != nil {
+			continue // listener or not connected
+		}
+		localSA, err := syscall.Getsockname(fd)
+		if err != nil {
+			continue
+		}
+		remote, rport := sockaddrAddrPort(peerSA)
+		local, lport := sockaddrAddrPort(localSA)
+		if !remote.IsValid() {
+			continue
+		}
+		for _, k := range keys {
+			if remote != k.remote || (k.local.IsValid() && local != k.local) {
+				continue
+			}
+			if rport != k.remotePort && (k.listenPort == 0 || lport != k.listenPort) {
+				continue
+			}
+			if syscall.Shutdown(fd, syscall.SHUT_RDWR) == nil {
+				n++
+			}
+			break
+		}
+	}
+	return n, nil
+}
+
+func sockaddrAddrPort(sa syscall.Sockaddr) (netip.Addr, uint16) {
+	switch sa := sa.(type) {
+	case *syscall.SockaddrInet4:
+		return netip.AddrFrom4(sa.Addr), uint16(sa.Port)
+	case *syscall.SockaddrInet6:
+		return netip.AddrFrom16(sa.Addr).Unmap(), uint16(sa.Port)
+	}
+	return netip.Addr{}, 0
+}
+
+var (
+	md5Once sync.Once
+	md5Err  error
+)
+
+// md5Supported probes once whether TCP_MD5SIG can be set on a listener made the way
+// GoBGP makes it. Without it GoBGP only warns on the listener and then fails every
+// outgoing connection, so a password would silently keep the session down. Go 1.24+
+// listeners use MPTCP by default, which does not support MD5: binaries needing
+// passwords must run with GODEBUG multipathtcp=0 (e.g. //go:debug in package main).
+func md5Supported() error {
+	md5Once.Do(func() {
+		var lc net.ListenConfig
+		l, err := lc.Listen(context.Background(), "tcp4", "127.0.0.1:0")
+		if err != nil {
+			md5Err = fmt.Errorf("probe TCP MD5 support: %w", err)
+			return
+		}
+		defer l.Close()
+		sc, err := l.(*net.TCPListener).SyscallConn()
+		if err != nil {
+			md5Err = fmt.Errorf("probe TCP MD5 support: %w", err)
+			return
+		}
+		// struct tcp_md5sig: sockaddr_storage, flags, prefixlen, keylen, ifindex, key[80].
+		var sig [128 + 1 + 1 + 2 + 4 + 80]byte
+		binary.NativeEndian.PutUint16(sig[0:], syscall.AF_INET)
+		copy(sig[4:8], []byte{127, 0, 0, 2})
+		binary.NativeEndian.PutUint16(sig[130:], 1)
+		sig[136] = 'x'
+		const tcpMD5Sig = 14
+		var serr error
+		if err := sc.Control(func(fd uintptr) {
+			serr = syscall.SetsockoptString(int(fd), syscall.IPPROTO_TCP, tcpMD5Sig, string(sig[:]))
+		}); err != nil {
+			serr = err
+		}
+		if serr != nil {
+			md5Err = fmt.Errorf("TCP MD5 signatures unavailable on listening sockets (MPTCP listener? set GODEBUG multipathtcp=0): %w", serr)
+		}
+	})
+	return md5Err
+}
