@@ -1,0 +1,234 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/podroute/podroute/agentapi"
+	"github.com/podroute/podroute/bgp"
+)
+
+// Version is set at build time.
+var Version = "dev"
+
+var _ agentapi.Source = (*Agent)(nil)
+
+var errNoSpeaker = errors.New("BGP speaker not started yet")
+
+// Status implements agentapi.Source.
+func (a *Agent) Status() agentapi.Status {
+	watchOK, watchErr, _ := a.nodes.Health()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	s := agentapi.Status{
+		Node:             a.cfg.NodeName,
+		ASN:              a.me.ASN,
+		CNIConfig:        a.cniPath,
+		CNIConfigWritten: a.cniWritten,
+		APIWatchHealthy:  watchOK,
+		BGPStarted:       a.router != nil,
+		LastReconcile:    a.lastRun,
+		Version:          Version,
+		Routes: agentapi.Counts{
+			Learned:    a.learned,
+			Installed:  len(a.installed),
+			Advertised: len(a.advertised),
+			Failed:     len(a.installErr),
+		},
+	}
+	if a.me.RouterID.IsValid() {
+		s.RouterID = a.me.RouterID.String()
+	}
+	if !watchOK {
+		s.APIWatchError = watchErr
+	}
+	for _, p := range a.me.PodCIDRs {
+		s.PodCIDRs = append(s.PodCIDRs, p.String())
+	}
+	if a.meErr != nil {
+		s.NodeProblem = a.meErr.Error()
+	}
+	if a.lastErr != nil {
+		s.LastReconcileErr = a.lastErr.Error()
+	}
+	if a.router != nil {
+		s.Routes.Refused = len(a.router.Refusals())
+	}
+	s.NotReadyReasons = a.notReadyLocked(watchOK)
+	s.Ready = len(s.NotReadyReasons) == 0
+	return s
+}
+
+func (a *Agent) notReadyLocked(watchOK bool) []string {
+	var why []string
+	if !watchOK {
+		why = append(why, "Kubernetes API watch not healthy")
+	}
+	if len(a.me.PodCIDRs) == 0 {
+		reason := "no pod CIDR for this node yet"
+		if a.meErr != nil {
+			reason = a.meErr.Error()
+		}
+		why = append(why, reason)
+	}
+	if a.router == nil {
+		why = append(why, "BGP speaker not started")
+	}
+	if a.cfg.InstallCNI && !a.cniWritten {
+		why = append(why, "CNI config not written")
+	}
+	return why
+}
+
+// Neighbors implements agentapi.Source.
+func (a *Agent) Neighbors() ([]agentapi.Neighbor, error) {
+	a.mu.Lock()
+	r, peers := a.router, a.peers
+	nodeOf := make(map[netip.Addr]string, len(peers))
+	for addr, p := range peers {
+		nodeOf[addr] = p.Node
+	}
+	a.mu.Unlock()
+	if r == nil {
+		return nil, errNoSpeaker
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	states, err := r.Neighbors(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]agentapi.Neighbor, 0, len(states))
+	for _, ps := range states {
+		n := agentapi.Neighbor{
+			Address:    ps.Address.String(),
+			ASN:        ps.ASN,
+			Kind:       ps.Kind,
+			Node:       nodeOf[ps.Address],
+			State:      ps.State,
+			Since:      ps.Since,
+			Received:   ps.Received,
+			Accepted:   ps.Accepted,
+			Advertised: ps.Advertised,
+			Restarting: ps.PeerRestarting,
+		}
+		if ps.State != bgp.StateEstablished {
+			n.LastError = ps.LastError
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+// Routes implements agentapi.Source.
+func (a *Agent) Routes() (agentapi.Routes, error) {
+	a.mu.Lock()
+	r := a.router
+	installed, failed := a.installed, a.installErr
+	var adv []string
+	for p := range a.advertised {
+		adv = append(adv, p.String())
+	}
+	a.mu.Unlock()
+	slices.Sort(adv)
+	out := agentapi.Routes{Advertised: adv}
+	if r == nil {
+		return out, errNoSpeaker
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	learned, err := r.Routes(ctx)
+	if err != nil {
+		return out, err
+	}
+	for _, lr := range learned {
+		ar := agentapi.Route{Prefix: lr.Prefix.String(), Installed: installed[lr.Prefix], InstallError: failed[lr.Prefix]}
+		for _, nh := range lr.NextHops {
+			ar.NextHops = append(ar.NextHops, nh.String())
+		}
+		for _, p := range lr.Paths {
+			if p.Best {
+				ar.ASPath = p.ASPath
+				ar.SourcePeer = p.SourcePeer.String()
+			}
+		}
+		out.Routes = append(out.Routes, ar)
+	}
+	for _, f := range r.Refusals() {
+		out.Refused = append(out.Refused, agentapi.Refusal{
+			Prefix: f.Prefix.String(), Peer: f.Peer.String(), Reason: f.Reason,
+			Count: f.Count, FirstSeen: f.FirstSeen, LastSeen: f.LastSeen,
+		})
+	}
+	return out, nil
+}
+
+// Mount adds /metrics, /healthz and /readyz to the API server's mux.
+func (a *Agent) Mount(handle func(pattern string, h http.Handler)) {
+	handle("GET /metrics", promhttp.HandlerFor(a.metrics.Registry, promhttp.HandlerOpts{}))
+	handle("GET /healthz", http.HandlerFunc(a.healthz))
+	handle("GET /readyz", http.HandlerFunc(a.readyz))
+}
+
+// healthz fails when the reconcile loop has stopped turning: a wedged agent must be restarted.
+func (a *Agent) healthz(w http.ResponseWriter, _ *http.Request) {
+	a.mu.Lock()
+	last := a.lastRun
+	a.mu.Unlock()
+	limit := 3*a.cfg.ResyncInterval + 30*time.Second
+	if !last.IsZero() && time.Since(last) > limit {
+		writeProbe(w, http.StatusServiceUnavailable, []string{"no reconcile for " + time.Since(last).Round(time.Second).String()})
+		return
+	}
+	writeProbe(w, http.StatusOK, nil)
+}
+
+func (a *Agent) readyz(w http.ResponseWriter, _ *http.Request) {
+	s := a.Status()
+	code := http.StatusOK
+	if !s.Ready {
+		code = http.StatusServiceUnavailable
+	}
+	writeProbe(w, code, s.NotReadyReasons)
+}
+
+func writeProbe(w http.ResponseWriter, code int, reasons []string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	status := "ok"
+	if code != http.StatusOK {
+		status = "not ok: " + strings.Join(reasons, "; ")
+	}
+	_ = json.NewEncoder(w).Encode(map[string]any{"status": status, "reasons": reasons})
+}
+
+// updatePeerMetrics refreshes the peer and refusal gauges after each reconcile.
+func (a *Agent) updatePeerMetrics(ctx context.Context) {
+	r := a.currentRouter()
+	if r == nil {
+		return
+	}
+	states, err := r.Neighbors(ctx)
+	if err != nil {
+		return
+	}
+	a.metrics.peers.Reset()
+	for _, s := range states {
+		a.metrics.peers.WithLabelValues(s.State).Inc()
+	}
+	refusals := r.Refusals()
+	var total uint64
+	for _, f := range refusals {
+		total += f.Count
+	}
+	a.metrics.refused.Set(float64(len(refusals)))
+	a.metrics.refusedTotal.Set(float64(total))
+}

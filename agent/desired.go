@@ -1,0 +1,224 @@
+package agent
+
+import (
+	"cmp"
+	"fmt"
+	"hash/fnv"
+	"net/netip"
+	"slices"
+
+	"github.com/podroute/podroute/bgp"
+	"github.com/podroute/podroute/cluster"
+	"github.com/podroute/podroute/routes"
+)
+
+// self is this node as routing needs it.
+type self struct {
+	Name     string
+	PodCIDRs []netip.Prefix
+	V4, V6   netip.Addr
+	RouterID netip.Addr
+	ASN      uint32
+}
+
+// findSelf picks this node out of the cluster and fills in what flags override.
+func findSelf(cfg *Config, nodes []cluster.Node) (self, error) {
+	var n *cluster.Node
+	for i := range nodes {
+		if nodes[i].Name == cfg.NodeName {
+			n = &nodes[i]
+		}
+	}
+	if n == nil {
+		return self{}, fmt.Errorf("node %s: no such Node object (is --node-name right?)", cfg.NodeName)
+	}
+	s := self{Name: n.Name, PodCIDRs: n.PodCIDRs}
+	s.V4, _ = n.Address(false)
+	s.V6, _ = n.Address(true)
+	for _, ip := range cfg.NodeIPs {
+		if ip.Is4() {
+			s.V4 = ip
+		} else {
+			s.V6 = ip
+		}
+	}
+	asn, err := n.ASN(cfg.ASN)
+	s.ASN = asn
+	if err != nil {
+		return s, err
+	}
+	switch {
+	case cfg.RouterID.IsValid():
+		s.RouterID = cfg.RouterID
+	case s.V4.IsValid():
+		s.RouterID = s.V4
+	case s.V6.IsValid():
+		s.RouterID = routerIDFrom(n.Name)
+	}
+	if len(s.PodCIDRs) == 0 {
+		return s, fmt.Errorf("node %s: %s", n.Name, n.Problem)
+	}
+	if !s.V4.IsValid() && !s.V6.IsValid() {
+		return s, fmt.Errorf("node %s: no address (set --node-ip or the Node's InternalIP)", n.Name)
+	}
+	return s, nil
+}
+
+// routerIDFrom derives a stable IPv4-shaped identifier for IPv6-only nodes.
+func routerIDFrom(name string) netip.Addr {
+	h := fnv.New32a()
+	h.Write([]byte(name))
+	v := h.Sum32()
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+}
+
+// sessionAddress is the address a session to a peer runs over: IPv4 when both ends have one
+// (one session carries both families), else IPv6.
+func sessionAddress(me self, peer *cluster.Node) (local, remote netip.Addr, ok bool) {
+	if me.V4.IsValid() {
+		if r, found := peer.Address(false); found {
+			return me.V4, r, true
+		}
+	}
+	if me.V6.IsValid() {
+		if r, found := peer.Address(true); found {
+			return me.V6, r, true
+		}
+	}
+	return netip.Addr{}, netip.Addr{}, false
+}
+
+// meshNeighbors is the full iBGP mesh: one session with every other node that has an address.
+func meshNeighbors(cfg *Config, me self, nodes []cluster.Node) (map[netip.Addr]peerSpec, []string) {
+	out := map[netip.Addr]peerSpec{}
+	var problems []string
+	for i := range nodes {
+		n := &nodes[i]
+		if n.Name == me.Name {
+			continue
+		}
+		local, remote, ok := sessionAddress(me, n)
+		if !ok {
+			problems = append(problems, fmt.Sprintf("node %s: no address to peer with", n.Name))
+			continue
+		}
+		asn, err := n.ASN(cfg.ASN)
+		if err != nil {
+			problems = append(problems, err.Error())
+		}
+		out[remote] = peerSpec{
+			Node: n.Name,
+			Neighbor: bgp.Neighbor{
+				Address:         remote,
+				ASN:             asn,
+				LocalAddress:    local,
+				HoldTime:        cfg.HoldTime,
+				KeepaliveTime:   cfg.KeepaliveTime,
+				GracefulRestart: cfg.GracefulRestart,
+				RestartTime:     cfg.RestartTime,
+				Kind:            "mesh",
+			},
+		}
+	}
+	return out, problems
+}
+
+// peerSpec is a desired neighbour and the node behind it.
+type peerSpec struct {
+	Node     string
+	Neighbor bgp.Neighbor
+}
+
+// importFilter accepts other nodes' pod CIDRs and nothing else: inside the cluster CIDRs, no
+// more specific than a node CIDR, never this node's own CIDRs, node addresses or services.
+func importFilter(cfg *Config, me self, nodes []cluster.Node) bgp.ImportFilter {
+	f := bgp.ImportFilter{ClusterCIDRs: cfg.ClusterCIDRs}
+	for _, p := range me.PodCIDRs {
+		if p.Addr().Is4() {
+			f.MaxLenIPv4 = p.Bits()
+		} else {
+			f.MaxLenIPv6 = p.Bits()
+		}
+	}
+	// Without an own CIDR of a family, fall back to the longest accepted by the cluster CIDR
+	// itself, i.e. the cluster prefix length, so nothing more specific is taken.
+	for _, c := range cfg.ClusterCIDRs {
+		if c.Addr().Is4() && f.MaxLenIPv4 == 0 {
+			f.MaxLenIPv4 = c.Bits()
+		}
+		if c.Addr().Is6() && f.MaxLenIPv6 == 0 {
+			f.MaxLenIPv6 = c.Bits()
+		}
+	}
+	for _, c := range cfg.ClusterCIDRs {
+		if c.Addr().Is4() && f.MaxLenIPv4 < c.Bits() {
+			f.MaxLenIPv4 = c.Bits()
+		}
+		if c.Addr().Is6() && f.MaxLenIPv6 < c.Bits() {
+			f.MaxLenIPv6 = c.Bits()
+		}
+	}
+	f.Deny = append(f.Deny, me.PodCIDRs...)
+	f.Deny = append(f.Deny, cfg.ServiceCIDRs...)
+	for i := range nodes {
+		for _, a := range nodes[i].Addresses {
+			f.Deny = append(f.Deny, netip.PrefixFrom(a, a.BitLen()))
+		}
+	}
+	for _, a := range []netip.Addr{me.V4, me.V6} {
+		if a.IsValid() {
+			f.Deny = append(f.Deny, netip.PrefixFrom(a, a.BitLen()))
+		}
+	}
+	slices.SortFunc(f.Deny, comparePrefix)
+	f.Deny = slices.Compact(f.Deny)
+	return f
+}
+
+// kernelRoutes turns learned best paths into kernel routes, plus a blackhole for each own pod
+// CIDR so traffic to a free pod address is dropped instead of leaving by the default route.
+func kernelRoutes(me self, learned []bgp.Route) []routes.Route {
+	out := make([]routes.Route, 0, len(learned)+len(me.PodCIDRs))
+	for _, p := range me.PodCIDRs {
+		out = append(out, routes.Route{Prefix: p, Blackhole: true})
+	}
+	for _, r := range learned {
+		if slices.Contains(me.PodCIDRs, r.Prefix) {
+			continue
+		}
+		var hops []routes.NextHop
+		for _, nh := range r.NextHops {
+			if !nh.IsValid() || nh == me.V4 || nh == me.V6 || nh.Is4() != r.Prefix.Addr().Is4() {
+				continue
+			}
+			hops = append(hops, routes.NextHop{Gateway: nh})
+		}
+		if len(hops) == 0 {
+			continue
+		}
+		out = append(out, routes.Route{Prefix: r.Prefix, NextHops: hops})
+	}
+	return out
+}
+
+// keepStale adds the kernel routes a previous run left that BGP has not re-learned yet, so a
+// restart removes nothing while the peers resend their routes.
+func keepStale(desired, owned []routes.Route) []routes.Route {
+	have := make(map[netip.Prefix]bool, len(desired))
+	for _, r := range desired {
+		have[r.Prefix] = true
+	}
+	for _, r := range owned {
+		if !have[r.Prefix] {
+			desired = append(desired, r)
+		}
+	}
+	return desired
+}
+
+func comparePrefix(a, b netip.Prefix) int {
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.Bits(), b.Bits())
+}
