@@ -17,10 +17,12 @@ build:
 	$(GO) build -trimpath -ldflags '-s -w -X github.com/podroute/podroute/agent.Version=$(VERSION)' -o $(BIN)/podroute-agent ./cmd/podroute-agent
 	$(GO) build -trimpath -ldflags '-s -w -X main.version=$(VERSION)' -o $(BIN)/podroutectl ./cmd/podroutectl
 
-# Debian packages and reference tools the lab and tests use (root; idempotent).
+# Debian packages, reference CNI plugins and Kubernetes binaries (kube-apiserver, kubelet)
+# the lab and tests use (root; idempotent, cached after the first run).
 setup:
 	hack/setup.sh
 	hack/install-ref-cni.sh
+	hack/kube/build.sh
 
 # The whole suite, as CI runs it (needs root: tests use real network namespaces).
 test: setup build
