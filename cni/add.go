@@ -38,14 +38,7 @@ func cmdAdd(args *skel.CmdArgs) error {
 	}
 	defer podNS.Close()
 
-	k8s := parseK8sArgs(args.Args)
-	l := &podLink{
-		hostName: HostVethName(k8s.PodNamespace, k8s.PodName, args.ContainerID, args.IfName),
-		owner:    OwnerAlias(args.ContainerID, args.IfName),
-		ifName:   args.IfName,
-		mtu:      conf.MTU,
-		podNS:    podNS,
-	}
+	l := newPodLink(args, conf.MTU, podNS)
 	if err := clearHostSide(l); err != nil {
 		return err
 	}

@@ -43,13 +43,7 @@ func cmdCheck(args *skel.CmdArgs) error {
 	}
 	defer podNS.Close()
 
-	k8s := parseK8sArgs(args.Args)
-	l := &podLink{
-		hostName: HostVethName(k8s.PodNamespace, k8s.PodName, args.ContainerID, args.IfName),
-		owner:    OwnerAlias(args.ContainerID, args.IfName),
-		ifName:   args.IfName,
-		podNS:    podNS,
-	}
+	l := newPodLink(args, conf.MTU, podNS)
 	host, who, err := l.classify()
 	if err != nil {
 		return err

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -34,6 +35,19 @@ type podLink struct {
 	ifName   string
 	mtu      int
 	podNS    ns.NetNS
+}
+
+// newPodLink names the attachment's host interface from the pod (CNI_ARGS) and records who
+// owns it. podNS may be nil when the netns is gone (DEL).
+func newPodLink(args *skel.CmdArgs, mtu int, podNS ns.NetNS) *podLink {
+	k8s := parseK8sArgs(args.Args)
+	return &podLink{
+		hostName: HostVethName(k8s.PodNamespace, k8s.PodName, args.ContainerID, args.IfName),
+		owner:    OwnerAlias(args.ContainerID, args.IfName),
+		ifName:   args.IfName,
+		mtu:      mtu,
+		podNS:    podNS,
+	}
 }
 
 // ownership says how an existing host-side interface relates to an attachment.

@@ -14,18 +14,14 @@ func cmdDel(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	k8s := parseK8sArgs(args.Args)
-	l := &podLink{
-		hostName: HostVethName(k8s.PodNamespace, k8s.PodName, args.ContainerID, args.IfName),
-		owner:    OwnerAlias(args.ContainerID, args.IfName),
-		ifName:   args.IfName,
-	}
+	var podNS ns.NetNS
 	if args.Netns != "" {
-		if podNS, err := ns.GetNS(args.Netns); err == nil {
-			defer podNS.Close()
-			l.podNS = podNS
+		if n, err := ns.GetNS(args.Netns); err == nil {
+			defer n.Close()
+			podNS = n
 		}
 	}
+	l := newPodLink(args, conf.MTU, podNS)
 	link, who, err := l.classify()
 	if err != nil {
 		return err

@@ -1,7 +1,6 @@
 package cni
 
 import (
-	"errors"
 	"fmt"
 
 	"github.com/containernetworking/cni/pkg/types"
@@ -32,29 +31,7 @@ func kernelErr(format string, a ...any) *types.Error {
 	return types.NewError(ErrCodeKernel, err.Error(), "")
 }
 
-// ipamErr maps the allocator's errors onto the spec's codes, the same way the standalone
-// podroute-ipam mode does.
-func ipamErr(err error) error {
-	if err == nil {
-		return nil
-	}
-	var te *types.Error
-	var fe *ipam.FieldError
-	var de *ipam.DecodeError
-	switch {
-	case errors.As(err, &te):
-		return te
-	case errors.As(err, &fe):
-		return types.NewError(types.ErrInvalidNetworkConfig, err.Error(), "")
-	case errors.As(err, &de):
-		return types.NewError(types.ErrDecodingFailure, err.Error(), "")
-	case errors.Is(err, ipam.ErrBusy):
-		return types.NewError(types.ErrTryAgainLater, err.Error(), "")
-	case errors.Is(err, ipam.ErrExhausted):
-		return types.NewError(ipam.ErrCodeExhausted, err.Error(), "")
-	default:
-		return types.NewError(types.ErrIOFailure, err.Error(), "")
-	}
-}
+// ipamErr maps the allocator's errors onto the spec's codes, as podroute-ipam does.
+func ipamErr(err error) error { return ipam.CNIError(err) }
 
 func typesError(code uint, msg string) *types.Error { return types.NewError(code, msg, "") }

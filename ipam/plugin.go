@@ -156,7 +156,12 @@ func CmdStatus(args *skel.CmdArgs) error {
 	return nil
 }
 
-// cniError maps the package's errors onto CNI error codes; nil stays nil.
+// CNIError maps the package's errors onto CNI error codes; nil stays nil. The plugin's
+// in-process use and the standalone podroute-ipam mode answer alike through it.
+func CNIError(err error) error {
+	return cniError(err)
+}
+
 func cniError(err error) error {
 	if err == nil {
 		return nil
