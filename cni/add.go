@@ -42,7 +42,8 @@ func cmdAdd(args *skel.CmdArgs) error {
 	if err := clearHostSide(l); err != nil {
 		return err
 	}
-	if err := checkIfNameFree(podNS, args.IfName); err != nil {
+	podMAC, err := randomMAC()
+	if err != nil {
 		return err
 	}
 
@@ -60,7 +61,7 @@ func cmdAdd(args *skel.CmdArgs) error {
 			return
 		}
 		if host != nil {
-			if err := netlink.LinkDel(host); err != nil {
+			if err := netlink.LinkDel(host); err != nil && !isGone(err) {
 				fmt.Fprintf(os.Stderr, "podroute: rollback: delete %s: %v\n", l.hostName, err)
 			}
 		}
@@ -69,22 +70,24 @@ func cmdAdd(args *skel.CmdArgs) error {
 		}
 	}()
 
-	host, err = l.create()
+	v4, v6 := families(ips)
+	if v6 && conf.MTU < minMTUv6 {
+		return invalidConfig("mtu", "%d is below %d, the minimum for the IPv6 address IPAM returned", conf.MTU, minMTUv6)
+	}
+	host, err = l.create(podMAC)
 	if err != nil {
 		return err
 	}
-	v4, v6 := families(ips)
 	if err := enableForwarding(v4, v6); err != nil {
 		return err
 	}
 	if err := configureHost(host, v4, v6); err != nil {
 		return err
 	}
-	podMAC, err := configurePod(podNS, args.IfName, ips)
-	if err != nil {
+	if err := routeToPod(host, ips, podMAC); err != nil {
 		return err
 	}
-	if err := routeToPod(host, ips, podMAC); err != nil {
+	if err := configurePod(podNS, args.IfName, ips); err != nil {
 		return err
 	}
 	done = true
@@ -109,20 +112,6 @@ func clearHostSide(l *podLink) error {
 		return kernelErr("delete leftover host interface %s: %v", l.hostName, err)
 	}
 	return nil
-}
-
-func checkIfNameFree(podNS ns.NetNS, ifName string) error {
-	return podNS.Do(func(ns.NetNS) error {
-		_, err := netlink.LinkByName(ifName)
-		if err == nil {
-			return ifaceTaken("CNI_IFNAME: interface %q already exists in the pod's network namespace", ifName)
-		}
-		var nf netlink.LinkNotFoundError
-		if !errors.As(err, &nf) {
-			return kernelErr("look up %s in the pod's network namespace: %v", ifName, err)
-		}
-		return nil
-	})
 }
 
 func buildResult(conf *Config, host netlink.Link, args *skel.CmdArgs, podMAC net.HardwareAddr, ips []netip.Addr) *current.Result {

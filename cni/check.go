@@ -104,16 +104,17 @@ func checkPod(podNS ns.NetNS, ifName string, ips []netip.Addr) error {
 			gw  netip.Addr
 			def string
 		}{{v4, GatewayV4, "0.0.0.0/0"}, {v6, GatewayV6, "::/0"}} {
-			if fam.on && !hasDefaultVia(link.Attrs().Index, fam.gw) {
-				return fmt.Errorf("pod route %s via %s dev %s: missing", fam.def, fam.gw, ifName)
+			// The pod's first podroute interface holds the default route (see configurePod).
+			if fam.on && !hasDefaultVia(fam.gw) {
+				return fmt.Errorf("pod route %s via %s: missing", fam.def, fam.gw)
 			}
 		}
 		return nil
 	})
 }
 
-func hasDefaultVia(linkIndex int, gw netip.Addr) bool {
-	rs, err := netlink.RouteListFiltered(familyOf(gw), &netlink.Route{LinkIndex: linkIndex}, netlink.RT_FILTER_OIF)
+func hasDefaultVia(gw netip.Addr) bool {
+	rs, err := netlink.RouteList(nil, familyOf(gw))
 	if err != nil {
 		return false
 	}

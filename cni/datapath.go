@@ -1,12 +1,14 @@
 package cni
 
 import (
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/plugins/pkg/ns"
@@ -90,21 +92,24 @@ func (l *podLink) classify() (netlink.Link, ownership, error) {
 }
 
 // create makes the veth pair with the pod end born in the pod's netns (never moved: a move
-// costs milliseconds and a window where the pod end sits in the host).
-func (l *podLink) create() (netlink.Link, error) {
+// costs milliseconds and a window where the pod end sits in the host). The pod end's MAC is
+// chosen here so the host's neighbour entry and route can be made without entering the pod.
+func (l *podLink) create(podMAC net.HardwareAddr) (netlink.Link, error) {
 	veth := &netlink.Veth{
 		LinkAttrs: netlink.LinkAttrs{
 			Name:         l.hostName,
 			MTU:          l.mtu,
 			HardwareAddr: HostMAC,
 		},
-		PeerName:      l.ifName,
-		PeerNamespace: netlink.NsFd(int(l.podNS.Fd())),
-		PeerMTU:       uint32(l.mtu),
+		PeerName:         l.ifName,
+		PeerNamespace:    netlink.NsFd(int(l.podNS.Fd())),
+		PeerMTU:          uint32(l.mtu),
+		PeerHardwareAddr: podMAC,
 	}
 	if err := netlink.LinkAdd(veth); err != nil {
 		if errors.Is(err, unix.EEXIST) {
-			return nil, ifaceTaken("veth %s/%s: an interface with one of these names already exists", l.hostName, l.ifName)
+			// The host name was cleared just before, so the pod end's name is the one taken.
+			return nil, ifaceTaken("CNI_IFNAME: interface %q already exists in the pod's network namespace", l.ifName)
 		}
 		return nil, kernelErr("create veth %s (pod end %s): %v", l.hostName, l.ifName, err)
 	}
@@ -118,6 +123,16 @@ func (l *podLink) create() (netlink.Link, error) {
 		return veth, kernelErr("look up new veth %s: %v", l.hostName, err)
 	}
 	return link, nil
+}
+
+// randomMAC returns a locally administered unicast MAC address.
+func randomMAC() (net.HardwareAddr, error) {
+	mac := make(net.HardwareAddr, 6)
+	if _, err := rand.Read(mac); err != nil {
+		return nil, fmt.Errorf("random MAC: %w", err)
+	}
+	mac[0] = mac[0]&0xfe | 0x02
+	return mac, nil
 }
 
 func ifaceTaken(format string, a ...any) error {
@@ -156,16 +171,15 @@ func configureHost(link netlink.Link, v4, v6 bool) error {
 }
 
 // configurePod sets the pod end's addresses (/32, /128), routes via the link-local gateway and
-// permanent neighbour entries for the gateway, so the first packet needs no ARP or NDP.
-// It returns the pod end's MAC address.
-func configurePod(podNS ns.NetNS, ifName string, ips []netip.Addr) (net.HardwareAddr, error) {
-	var mac net.HardwareAddr
-	err := podNS.Do(func(ns.NetNS) error {
+// permanent neighbour entries for the gateway, so the first packet needs no ARP or NDP. Only
+// the pod's first podroute interface gets routes: a second one (another ifname) must not take
+// the pod's default route away from the first.
+func configurePod(podNS ns.NetNS, ifName string, ips []netip.Addr) error {
+	return podNS.Do(func(ns.NetNS) error {
 		link, err := netlink.LinkByName(ifName)
 		if err != nil {
 			return kernelErr("pod interface %s: %v", ifName, err)
 		}
-		mac = link.Attrs().HardwareAddr
 		idx := link.Attrs().Index
 		for _, ip := range ips {
 			addr := &netlink.Addr{IPNet: hostPrefix(ip)}
@@ -181,28 +195,85 @@ func configurePod(podNS ns.NetNS, ifName string, ips []netip.Addr) (net.Hardware
 		}
 		v4, v6 := families(ips)
 		if v4 {
-			gw := GatewayV4.AsSlice()
-			if err := netlink.RouteReplace(&netlink.Route{LinkIndex: idx, Dst: hostPrefix(GatewayV4), Scope: netlink.SCOPE_LINK}); err != nil {
-				return kernelErr("pod: route to gateway %s: %v", GatewayV4, err)
-			}
-			if err := netlink.RouteReplace(&netlink.Route{LinkIndex: idx, Dst: defaultV4, Gw: gw}); err != nil {
-				return kernelErr("pod: default route via %s: %v", GatewayV4, err)
-			}
 			if err := permanentNeigh(idx, GatewayV4, HostMAC); err != nil {
 				return err
 			}
+			if !hasDefaultRoute(netlink.FAMILY_V4) {
+				if err := netlink.RouteReplace(&netlink.Route{LinkIndex: idx, Dst: hostPrefix(GatewayV4), Scope: netlink.SCOPE_LINK}); err != nil {
+					return kernelErr("pod: route to gateway %s: %v", GatewayV4, err)
+				}
+				if err := netlink.RouteReplace(&netlink.Route{LinkIndex: idx, Dst: defaultV4, Gw: GatewayV4.AsSlice()}); err != nil {
+					return kernelErr("pod: default route via %s: %v", GatewayV4, err)
+				}
+			}
 		}
 		if v6 {
-			if err := netlink.RouteReplace(&netlink.Route{LinkIndex: idx, Dst: defaultV6, Gw: GatewayV6.AsSlice()}); err != nil {
-				return kernelErr("pod: default route via %s: %v", GatewayV6, err)
-			}
 			if err := permanentNeigh(idx, GatewayV6, HostMAC); err != nil {
 				return err
 			}
+			if !hasDefaultRoute(netlink.FAMILY_V6) {
+				if err := netlink.RouteReplace(&netlink.Route{LinkIndex: idx, Dst: defaultV6, Gw: GatewayV6.AsSlice()}); err != nil {
+					return kernelErr("pod: default route via %s: %v", GatewayV6, err)
+				}
+			}
+			waitLocalRoutes(ips)
 		}
 		return nil
 	})
-	return mac, err
+}
+
+// hasDefaultRoute tells whether the pod already has a default route of the family: the pod's
+// other podroute interface keeps its own.
+func hasDefaultRoute(family int) bool {
+	rs, err := netlink.RouteList(nil, family)
+	if err != nil {
+		return false
+	}
+	for _, r := range rs {
+		if r.Dst == nil || r.Dst.IP.IsUnspecified() {
+			if ones, _ := maskSize(r); ones == 0 {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func maskSize(r netlink.Route) (int, int) {
+	if r.Dst == nil {
+		return 0, 0
+	}
+	return r.Dst.Mask.Size()
+}
+
+// localRouteWait bounds the wait for the kernel to make IPv6 addresses usable.
+const localRouteWait = 10 * time.Second
+
+// waitLocalRoutes waits until each IPv6 address has its local route. The kernel adds it from
+// its address-configuration work queue, even for NODAD addresses, and under load that lags:
+// until then packets to the pod are dropped. A pod whose route is still late after the bound
+// is returned anyway; it becomes reachable moments later.
+func waitLocalRoutes(ips []netip.Addr) {
+	deadline := time.Now().Add(localRouteWait)
+	pause := 100 * time.Microsecond
+	for _, ip := range ips {
+		if !ip.Is6() {
+			continue
+		}
+		filter := &netlink.Route{Table: unix.RT_TABLE_LOCAL, Dst: hostPrefix(ip)}
+		for {
+			rs, err := netlink.RouteListFiltered(netlink.FAMILY_V6, filter, netlink.RT_FILTER_TABLE|netlink.RT_FILTER_DST)
+			if err == nil && len(rs) > 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				fmt.Fprintf(os.Stderr, "podroute: local route for %s not ready after %s; continuing\n", ip, localRouteWait)
+				return
+			}
+			time.Sleep(pause)
+			pause = min(2*pause, 10*time.Millisecond)
+		}
+	}
 }
 
 // routeToPod installs the host's route to each pod address, marked as podroute's, and a

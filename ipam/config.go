@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"regexp"
 	"strings"
 
 	"github.com/containernetworking/cni/pkg/types"
@@ -155,9 +154,18 @@ func ParseConfig(raw []byte) (*Config, error) {
 	return cfg, nil
 }
 
-// netNameRE is the CNI spec's rule for network names; it also makes the name
+// validNetName is the CNI spec's rule for network names; it also makes the name
 // safe to use as a directory name.
-var netNameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$`)
+// (A loop, not a regexp: compiling one would cost every exec of the plugin.)
+func validNetName(name string) bool {
+	for i, c := range name {
+		alnum := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+		if !alnum && (i == 0 || (c != '_' && c != '.' && c != '-')) {
+			return false
+		}
+	}
+	return name != ""
+}
 
 // LoadNetConf parses a whole CNI network config (stdin bytes) and returns the
 // network name and the validated ipam config.
@@ -192,7 +200,7 @@ func checkNetName(name string) error {
 	if name == "" {
 		return fieldErr("name", "missing")
 	}
-	if !netNameRE.MatchString(name) {
+	if !validNetName(name) {
 		return fieldErr("name", fmt.Sprintf("%q must start with a letter or digit and contain only letters, digits, '_', '.' and '-'", name))
 	}
 	return nil

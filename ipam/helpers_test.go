@@ -90,4 +90,4 @@ func checkNoSharing(t testing.TB, a *Allocator, list []Allocation) map[netip.Add
 	return seen
 }
 
-func crc32c(s string) uint32 { return crc32.Checksum([]byte(s), crcTable) }
+func crc32c(s string) uint32 { return crc32.Checksum([]byte(s), crcTable()) }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"strconv"
 	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
 )
@@ -33,7 +34,9 @@ const (
 	maxIndex   = 64 << 20 // far beyond any real store; guards against a corrupt size
 )
 
-var crcTable = crc32.MakeTable(crc32.Castagnoli)
+// crcTable is built on first use: the plugin is exec'd per pod, and building it in init would
+// cost every invocation, DEL and STATUS included.
+var crcTable = sync.OnceValue(func() *crc32.Table { return crc32.MakeTable(crc32.Castagnoli) })
 
 // readIndex returns entry name -> link target, or ok=false if the index is
 // absent, torn or malformed. Format: a header line
@@ -77,7 +80,7 @@ func parseIndex(b []byte) (map[string]string, bool) {
 	}
 	// Bytes past len are the tail of a longer old index whose truncation a
 	// dying writer did not get to.
-	if n < 0 || n > len(body) || crc32.Checksum(body[:n], crcTable) != sum {
+	if n < 0 || n > len(body) || crc32.Checksum(body[:n], crcTable()) != sum {
 		return nil, false
 	}
 	body = body[:n]
@@ -114,7 +117,7 @@ func (d *storeDir) saveIndex(res []reservation) error {
 		body.WriteByte('\n')
 	}
 	b := []byte(fmt.Sprintf("%s len=%d crc=%08x\n%s", indexMagic, body.Len(),
-		crc32.Checksum([]byte(body.String()), crcTable), body.String()))
+		crc32.Checksum([]byte(body.String()), crcTable()), body.String()))
 	err := d.writeIndex(b)
 	if err != nil {
 		if rmErr := unix.Unlinkat(d.fd, indexName, 0); rmErr != nil && !errors.Is(rmErr, unix.ENOENT) {
