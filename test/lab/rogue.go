@@ -1,0 +1,235 @@
+package lab
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	api "github.com/osrg/gobgp/v3/api"
+	"github.com/osrg/gobgp/v3/pkg/apiutil"
+	bgppkt "github.com/osrg/gobgp/v3/pkg/packet/bgp"
+	"github.com/osrg/gobgp/v3/pkg/server"
+)
+
+// The rogue speaker is this very executable started again inside the rogue's namespace, with
+// rogueEnv naming its configuration file: init below then runs the speaker instead of the
+// program (the tests). It is a plain GoBGP server: no podroute code on that side.
+const rogueEnv = "PODROUTE_LAB_ROGUE_CONFIG"
+
+// RogueOptions configures StartRogue.
+type RogueOptions struct {
+	// Name of the Node object and namespace (default "rogue").
+	Name string
+	// Index gives the rogue 192.0.2.Index and 2001:db8::Index (hex digits as written), and
+	// pod CIDRs 10.244.Index.0/24 and fd00:10:244:Index::/64 on its Node object, so every
+	// agent's mesh peers with it. Default 99.
+	Index int
+	// ASN of the rogue (default 64512, the cluster's: iBGP like a node).
+	ASN uint32
+	// Peers are the nodes the rogue accepts sessions from (default: every node of the lab).
+	Peers []*Node
+	// Announce are the prefixes the rogue originates, next hop its own address.
+	Announce []netip.Prefix
+}
+
+// Rogue is a running hostile BGP speaker.
+type Rogue struct {
+	*Node
+	Announce []netip.Prefix
+	cmd      *exec.Cmd
+	done     chan struct{}
+}
+
+type rogueConfig struct {
+	ASN      uint32
+	RouterID string
+	Listen   []string
+	NextHop4 string
+	NextHop6 string
+	Peers    []string
+	Announce []string
+}
+
+// StartRogue creates the rogue's namespace on the fabric and its Node object, and starts the
+// speaker. Everything goes away in t.Cleanup.
+func (l *Lab) StartRogue(t testing.TB, opts RogueOptions) *Rogue {
+	t.Helper()
+	if opts.Name == "" {
+		opts.Name = "rogue"
+	}
+	if opts.Index == 0 {
+		opts.Index = 99
+	}
+	if opts.ASN == 0 {
+		opts.ASN = 64512
+	}
+	if opts.Peers == nil {
+		opts.Peers = l.Nodes()
+	}
+	n, err := l.addNode(t, opts.Name, opts.Index, true)
+	if err != nil {
+		t.Fatalf("lab: rogue: %v", err)
+	}
+	cfg := rogueConfig{
+		ASN: opts.ASN, RouterID: n.IPv4.String(),
+		Listen:   []string{n.IPv4.String(), n.IPv6.String()},
+		NextHop4: n.IPv4.String(), NextHop6: n.IPv6.String(),
+	}
+	for _, p := range opts.Peers {
+		cfg.Peers = append(cfg.Peers, p.IPv4.String())
+	}
+	for _, p := range opts.Announce {
+		cfg.Announce = append(cfg.Announce, p.String())
+	}
+	b, _ := json.Marshal(cfg)
+	cfgPath := filepath.Join(n.Dir, "rogue.json")
+	if err := os.WriteFile(cfgPath, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	logf, err := os.Create(n.AgentLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &Rogue{Node: n, Announce: opts.Announce, done: make(chan struct{})}
+	r.cmd = exec.Command("ip", "netns", "exec", n.NetNS.Name, exe, "-test.run=^$")
+	r.cmd.Env = append(os.Environ(), rogueEnv+"="+cfgPath)
+	r.cmd.Stdout, r.cmd.Stderr = logf, logf
+	r.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	started := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if err := r.cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		started <- nil
+		_ = r.cmd.Wait()
+		logf.Close()
+		close(r.done)
+	}()
+	if err := <-started; err != nil {
+		t.Fatalf("lab: start rogue speaker: %v", err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			b, _ := os.ReadFile(n.AgentLog)
+			t.Logf("lab: rogue speaker log:\n%s", tail(string(b), 40))
+		}
+		r.Stop()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = l.Kube.DeleteNode(ctx, n.Name)
+	})
+	if err := l.createNodeObject(n, n.PodCIDRs); err != nil {
+		t.Fatalf("lab: rogue: %v", err)
+	}
+	return r
+}
+
+// Stop kills the rogue speaker (its Node object stays until cleanup).
+func (r *Rogue) Stop() {
+	select {
+	case <-r.done:
+		return
+	default:
+	}
+	_ = r.cmd.Process.Kill()
+	<-r.done
+}
+
+// Log is the rogue speaker's output.
+func (r *Rogue) Log() string {
+	b, _ := os.ReadFile(r.AgentLog)
+	return string(b)
+}
+
+func init() {
+	path := os.Getenv(rogueEnv)
+	if path == "" {
+		return
+	}
+	if err := runRogue(path); err != nil {
+		fmt.Fprintf(os.Stderr, "rogue: %v\n", err)
+		os.Exit(1)
+	}
+	os.Exit(0)
+}
+
+// runRogue runs the hostile speaker until SIGTERM/SIGKILL.
+func runRogue(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	var cfg rogueConfig
+	if err := json.Unmarshal(b, &cfg); err != nil {
+		return err
+	}
+	ctx := context.Background()
+	s := server.NewBgpServer()
+	go s.Serve()
+	if err := s.StartBgp(ctx, &api.StartBgpRequest{Global: &api.Global{
+		Asn: cfg.ASN, RouterId: cfg.RouterID, ListenPort: 179, ListenAddresses: cfg.Listen,
+	}}); err != nil {
+		return fmt.Errorf("start: %w", err)
+	}
+	for _, p := range cfg.Peers {
+		peer := &api.Peer{
+			Conf:      &api.PeerConf{NeighborAddress: p, PeerAsn: cfg.ASN},
+			Timers:    &api.Timers{Config: &api.TimersConfig{HoldTime: 3, KeepaliveInterval: 1, ConnectRetry: 1}},
+			Transport: &api.Transport{LocalAddress: cfg.NextHop4, PassiveMode: true},
+		}
+		for _, f := range []*api.Family{
+			{Afi: api.Family_AFI_IP, Safi: api.Family_SAFI_UNICAST},
+			{Afi: api.Family_AFI_IP6, Safi: api.Family_SAFI_UNICAST},
+		} {
+			peer.AfiSafis = append(peer.AfiSafis, &api.AfiSafi{Config: &api.AfiSafiConfig{Family: f, Enabled: true}})
+		}
+		if err := s.AddPeer(ctx, &api.AddPeerRequest{Peer: peer}); err != nil {
+			return fmt.Errorf("add peer %s: %w", p, err)
+		}
+	}
+	for _, a := range cfg.Announce {
+		p, err := netip.ParsePrefix(a)
+		if err != nil {
+			return err
+		}
+		attrs := []bgppkt.PathAttributeInterface{bgppkt.NewPathAttributeOrigin(bgppkt.BGP_ORIGIN_ATTR_TYPE_IGP)}
+		var nlri bgppkt.AddrPrefixInterface
+		if p.Addr().Is4() {
+			nlri = bgppkt.NewIPAddrPrefix(uint8(p.Bits()), p.Addr().String())
+			attrs = append(attrs, bgppkt.NewPathAttributeNextHop(cfg.NextHop4))
+		} else {
+			nlri = bgppkt.NewIPv6AddrPrefix(uint8(p.Bits()), p.Addr().String())
+			attrs = append(attrs, bgppkt.NewPathAttributeMpReachNLRI(cfg.NextHop6, []bgppkt.AddrPrefixInterface{nlri}))
+		}
+		path, err := apiutil.NewPath(nlri, false, attrs, time.Now())
+		if err != nil {
+			return err
+		}
+		if _, err := s.AddPath(ctx, &api.AddPathRequest{TableType: api.TableType_GLOBAL, Path: path}); err != nil {
+			return fmt.Errorf("announce %s: %w", a, err)
+		}
+	}
+	fmt.Fprintf(os.Stderr, "rogue: AS %d, router ID %s, peers %s, announcing %s\n", cfg.ASN, cfg.RouterID,
+		strings.Join(cfg.Peers, " "), strings.Join(cfg.Announce, " "))
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	<-sig
+	return nil
+}
