@@ -112,6 +112,7 @@ func BenchmarkAddDel(b *testing.B) {
 	variants := selectedVariants(b)
 	nPods := envInt("CNIBENCH_PODS", 100)
 	par := envInt("CNIBENCH_PARALLEL", 16)
+	rounds := envInt("CNIBENCH_ROUNDS", 3)
 	modes := []string{"seq", fmt.Sprintf("par%d", par)}
 
 	// Each plugin gets its own pods, made once and reused: after a DEL they are empty again.
@@ -138,9 +139,24 @@ func BenchmarkAddDel(b *testing.B) {
 					if m == "seq" {
 						got = runLockstep(b, order, v, pods)
 					} else {
+						// Concurrent phases cannot take turns call by call, so each plugin
+						// runs several rounds, alternating who goes first, and the samples
+						// are pooled: a load change on the machine then hits both alike.
 						got = map[string]*samples{}
-						for _, p := range order {
-							got[p.name] = runConcurrent(b, p, v, pods[p.name], par)
+						for r := range rounds {
+							ro := slices.Clone(order)
+							if r%2 == 1 {
+								slices.Reverse(ro)
+							}
+							for _, p := range ro {
+								s := runConcurrent(b, p, v, pods[p.name], par)
+								if prev := got[p.name]; prev != nil {
+									prev.add, prev.del = append(prev.add, s.add...), append(prev.del, s.del...)
+									prev.addW, prev.delW = prev.addW+s.addW, prev.delW+s.delW
+								} else {
+									got[p.name] = s
+								}
+							}
 						}
 					}
 					for name, s := range got {
