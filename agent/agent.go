@@ -334,9 +334,11 @@ func (a *Agent) reconcileBGP(ctx context.Context, me self, nodes []cluster.Node)
 	a.mu.Lock()
 	applied := a.filter
 	a.mu.Unlock()
+	filterOK := true
 	if applied == nil || !reflect.DeepEqual(*applied, filter) {
 		if err := r.UpdateImportFilter(ctx, filter); err != nil {
 			errs = append(errs, fmt.Errorf("import filter: %w", err))
+			filterOK = false
 		} else {
 			f := filter
 			a.mu.Lock()
@@ -348,6 +350,13 @@ func (a *Agent) reconcileBGP(ctx context.Context, me self, nodes []cluster.Node)
 	wantPeers, problems := meshNeighbors(&a.cfg, me, nodes)
 	for _, p := range problems {
 		a.once("peer:"+p, slog.LevelWarn, "node left out of the BGP mesh", "reason", p)
+	}
+	if !filterOK {
+		// A new mesh peer must not come up before the filter restricting it to its own
+		// pod CIDRs is in place; add it on a later pass.
+		a.mu.Lock()
+		maps.DeleteFunc(wantPeers, func(addr netip.Addr, _ peerSpec) bool { _, have := a.peers[addr]; return !have })
+		a.mu.Unlock()
 	}
 	errs = append(errs, a.applyPeers(ctx, r, wantPeers)...)
 	errs = append(errs, a.applyAdvertisements(ctx, r, me.PodCIDRs)...)

@@ -88,9 +88,17 @@ func sessionAddress(me self, peer *cluster.Node) (local, remote netip.Addr, ok b
 	return netip.Addr{}, netip.Addr{}, false
 }
 
-// meshNeighbors is the full iBGP mesh: one session with every other node that has an address.
-func meshNeighbors(cfg *Config, me self, nodes []cluster.Node) (map[netip.Addr]peerSpec, []string) {
-	out := map[netip.Addr]peerSpec{}
+// meshPeer is another node of the mesh and the addresses its session runs over.
+type meshPeer struct {
+	node          *cluster.Node
+	local, remote netip.Addr
+}
+
+// meshPeers lists the other nodes to peer with, keyed by session address. A later Node
+// claiming the same address replaces an earlier one; meshNeighbors and importFilter both
+// use this so a session and its origin rule always describe the same Node.
+func meshPeers(me self, nodes []cluster.Node) (map[netip.Addr]meshPeer, []string) {
+	out := map[netip.Addr]meshPeer{}
 	var problems []string
 	for i := range nodes {
 		n := &nodes[i]
@@ -102,16 +110,26 @@ func meshNeighbors(cfg *Config, me self, nodes []cluster.Node) (map[netip.Addr]p
 			problems = append(problems, fmt.Sprintf("node %s: no address to peer with", n.Name))
 			continue
 		}
-		asn, err := n.ASN(cfg.ASN)
+		out[remote] = meshPeer{node: n, local: local, remote: remote}
+	}
+	return out, problems
+}
+
+// meshNeighbors is the full iBGP mesh: one session with every other node that has an address.
+func meshNeighbors(cfg *Config, me self, nodes []cluster.Node) (map[netip.Addr]peerSpec, []string) {
+	peers, problems := meshPeers(me, nodes)
+	out := make(map[netip.Addr]peerSpec, len(peers))
+	for remote, p := range peers {
+		asn, err := p.node.ASN(cfg.ASN)
 		if err != nil {
 			problems = append(problems, err.Error())
 		}
 		out[remote] = peerSpec{
-			Node: n.Name,
+			Node: p.node.Name,
 			Neighbor: bgp.Neighbor{
 				Address:         remote,
 				ASN:             asn,
-				LocalAddress:    local,
+				LocalAddress:    p.local,
 				HoldTime:        cfg.HoldTime,
 				KeepaliveTime:   cfg.KeepaliveTime,
 				GracefulRestart: cfg.GracefulRestart,
@@ -120,6 +138,7 @@ func meshNeighbors(cfg *Config, me self, nodes []cluster.Node) (map[netip.Addr]p
 			},
 		}
 	}
+	slices.Sort(problems)
 	return out, problems
 }
 
@@ -131,8 +150,15 @@ type peerSpec struct {
 
 // importFilter accepts other nodes' pod CIDRs and nothing else: inside the cluster CIDRs, no
 // more specific than a node CIDR, never this node's own CIDRs, node addresses or services.
+// A mesh peer may only originate its own Node's pod CIDRs (both families over its one
+// session), so a node cannot draw another node's pod traffic; a node without pod CIDRs
+// yet gets an empty entry, accepting nothing from it.
 func importFilter(cfg *Config, me self, nodes []cluster.Node) bgp.ImportFilter {
-	f := bgp.ImportFilter{ClusterCIDRs: cfg.ClusterCIDRs}
+	f := bgp.ImportFilter{ClusterCIDRs: cfg.ClusterCIDRs, PeerPrefixes: map[netip.Addr][]netip.Prefix{}}
+	peers, _ := meshPeers(me, nodes)
+	for remote, p := range peers {
+		f.PeerPrefixes[remote] = append([]netip.Prefix{}, p.node.PodCIDRs...)
+	}
 	for _, p := range me.PodCIDRs {
 		if p.Addr().Is4() {
 			f.MaxLenIPv4 = p.Bits()

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"net/netip"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -90,6 +91,42 @@ func TestImportFilter(t *testing.T) {
 			t.Errorf("deny list %v lacks %v", f.Deny, want)
 		}
 	}
+	// Each mesh peer may originate its own Node's CIDRs only, keyed by session address.
+	wantPeers := map[netip.Addr][]netip.Prefix{
+		addr("192.0.2.2"):   {pfx("10.244.2.0/24")},
+		addr("2001:db8::3"): {pfx("fd00:10:244:3::/64")},
+	}
+	if !reflect.DeepEqual(f.PeerPrefixes, wantPeers) {
+		t.Fatalf("peer prefixes %v, want %v", f.PeerPrefixes, wantPeers)
+	}
+
+	// A dual-stack peer announces both families over its IPv4 session; a peer without
+	// pod CIDRs yet gets an empty entry (nothing accepted), not none (cluster rules).
+	nodes = append(nodes,
+		cluster.Node{Name: "e", PodCIDRs: []netip.Prefix{pfx("10.244.5.0/24"), pfx("fd00:10:244:5::/64")}, Addresses: []netip.Addr{addr("192.0.2.5"), addr("2001:db8::5")}},
+		cluster.Node{Name: "f", Problem: "spec.podCIDRs is empty", Addresses: []netip.Addr{addr("192.0.2.6")}},
+	)
+	f = importFilter(&cfg, me, nodes)
+	if got := f.PeerPrefixes[addr("192.0.2.5")]; !slices.Equal(got, []netip.Prefix{pfx("10.244.5.0/24"), pfx("fd00:10:244:5::/64")}) {
+		t.Errorf("dual-stack peer e: %v", got)
+	}
+	if _, ok := f.PeerPrefixes[addr("2001:db8::5")]; ok {
+		t.Errorf("peer e keyed by its IPv6 address too, but its session runs over IPv4")
+	}
+	if got, ok := f.PeerPrefixes[addr("192.0.2.6")]; !ok || got == nil || len(got) != 0 {
+		t.Errorf("peer f without CIDRs: %v, %v; want an empty entry", got, ok)
+	}
+	// The keys are exactly the mesh neighbors.
+	mesh, _ := meshNeighbors(&cfg, me, nodes)
+	for a := range mesh {
+		if _, ok := f.PeerPrefixes[a]; !ok {
+			t.Errorf("mesh neighbor %s has no origin entry", a)
+		}
+	}
+	if len(mesh) != len(f.PeerPrefixes) {
+		t.Errorf("%d origin entries for %d mesh neighbors", len(f.PeerPrefixes), len(mesh))
+	}
+
 	// The filter must be one the speaker accepts.
 	r, err := bgp.New(bgp.Config{ASN: 64512, RouterID: addr("192.0.2.1"), ListenPort: -1, ImportFilter: f})
 	if err != nil {

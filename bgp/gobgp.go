@@ -354,7 +354,7 @@ func (r *router) onAdjIn(resp *api.WatchEventResponse) {
 		if err != nil {
 			continue
 		}
-		if reason := f.classify(prefix); reason != "" {
+		if reason := f.classify(peer, prefix); reason != "" {
 			r.refusals.record(prefix, peer.Unmap(), reason)
 		}
 	}
@@ -440,14 +440,14 @@ func (r *router) UpdateImportFilter(ctx context.Context, f ImportFilter) (err er
 	}
 	// Forget refusals the new filter allows, and account paths already held that it
 	// now refuses (they will not be announced again).
-	r.refusals.retain(func(p netip.Prefix) bool { return nf.classify(p) != "" })
+	r.refusals.retain(func(p netip.Prefix, peer netip.Addr) bool { return nf.classify(peer, p) != "" })
 	for _, a := range addrs {
 		for _, fam := range []*api.Family{familyIPv4, familyIPv6} {
 			err := r.srv.ListPath(ctx, &api.ListPathRequest{TableType: api.TableType_ADJ_IN, Name: a.String(), Family: fam, EnableOnlyBinary: true},
 				func(d *api.Destination) {
 					for _, p := range d.Paths {
 						if prefix, ok := pathPrefix(p); ok {
-							if reason := nf.classify(prefix); reason != "" {
+							if reason := nf.classify(a, prefix); reason != "" {
 								r.refusals.note(prefix, a, reason)
 							}
 						}
@@ -925,7 +925,7 @@ func (r *router) acceptedCounts(ctx context.Context, peers map[netip.Addr]*api.P
 			_ = r.srv.ListPath(ctx, &api.ListPathRequest{TableType: api.TableType_ADJ_IN, Name: a.String(), Family: fam, EnableOnlyBinary: true},
 				func(d *api.Destination) {
 					for _, path := range d.Paths {
-						if pfx, ok := pathPrefix(path); ok && f.classify(pfx) == "" {
+						if pfx, ok := pathPrefix(path); ok && f.classify(a, pfx) == "" {
 							out[a]++
 						}
 					}

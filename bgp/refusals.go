@@ -71,12 +71,12 @@ func (r *refusals) note(prefix netip.Prefix, peer netip.Addr, reason string) {
 	r.record(prefix, peer, reason)
 }
 
-// retain drops the entries whose prefix keep reports as no longer refused.
-func (r *refusals) retain(keep func(netip.Prefix) bool) {
+// retain drops the entries that keep reports as no longer refused.
+func (r *refusals) retain(keep func(prefix netip.Prefix, peer netip.Addr) bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for k := range r.entries {
-		if !keep(k.prefix) {
+		if !keep(k.prefix, k.peer) {
 			delete(r.entries, k)
 		}
 	}

@@ -273,11 +273,145 @@ func TestImportPolicyRefusals(t *testing.T) {
 	})
 }
 
+// TestPeerOriginValidation: a neighbor with a PeerPrefixes entry gets only its own
+// prefixes accepted, while a neighbor without one gets the cluster rules; live changes
+// re-evaluate what was already received.
+func TestPeerOriginValidation(t *testing.T) {
+	ctx := context.Background()
+	port := freePort(t)
+	own := pfx("10.244.10.0/24")
+	absent := addr("127.0.9.9") // a node without a session yet
+	filter := clusterFilter
+	filter.Deny = []netip.Prefix{own}
+	nh6 := addr("fd00::91")
+	filter.PeerPrefixes = map[netip.Addr][]netip.Prefix{
+		addr("127.0.9.1"): {pfx("10.244.1.0/24"), pfx("fd10:244:0:1::/64")},
+		absent:            {pfx("10.244.2.0/24")},
+	}
+	b := startSpeaker(t, "127.0.9.2", port, func(c *Config) { c.ImportFilter = filter })
+	mesh := startSpeaker(t, "127.0.9.1", port, func(c *Config) { c.NextHopIPv6 = nh6 })
+	ext := startSpeaker(t, "127.0.9.3", port, nil)
+	peer(t, mesh, b, nil)
+	peer(t, ext, b, func(n *Neighbor) { n.Kind = KindExternal })
+	if err := b.Advertise(ctx, own); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"10.244.1.0/24", "fd10:244:0:1::/64", "10.244.2.0/24", "10.244.3.0/24", "fd10:244:0:3::/64", "10.244.1.128/25"} {
+		if err := mesh.Advertise(ctx, pfx(p)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, p := range []string{"10.244.2.0/24", "10.244.3.0/24"} {
+		if err := ext.Advertise(ctx, pfx(p)); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// expect waits until b's routes (prefix: next hops) and refusals from the mesh
+	// peer (prefix: reason) are exactly as given.
+	expect := func(routes map[string][]netip.Addr, refused map[netip.Addr]map[string]string) {
+		t.Helper()
+		eventually(t, 15*time.Second, func() string {
+			rs, err := b.Routes(ctx)
+			if err != nil {
+				return err.Error()
+			}
+			got := map[string][]netip.Addr{}
+			for _, r := range rs {
+				got[r.Prefix.String()] = r.NextHops
+			}
+			if fmt.Sprint(got) != fmt.Sprint(routes) {
+				return fmt.Sprintf("routes %v, want %v", got, routes)
+			}
+			gotRefused := map[netip.Addr]map[string]string{}
+			for _, r := range b.Refusals() {
+				if gotRefused[r.Peer] == nil {
+					gotRefused[r.Peer] = map[string]string{}
+				}
+				gotRefused[r.Peer][r.Prefix.String()] = r.Reason
+			}
+			if fmt.Sprint(gotRefused) != fmt.Sprint(refused) {
+				return fmt.Sprintf("refusals %v, want %v", gotRefused, refused)
+			}
+			return ""
+		})
+	}
+	notPeers := ReasonNotPeersCIDR
+	expect(map[string][]netip.Addr{
+		"10.244.1.0/24":     {mesh.ip},
+		"fd10:244:0:1::/64": {nh6},
+		"10.244.2.0/24":     {ext.ip},
+		"10.244.3.0/24":     {ext.ip},
+	}, map[netip.Addr]map[string]string{mesh.ip: {
+		"10.244.2.0/24":     notPeers + " (pod CIDR of peer 127.0.9.9)",
+		"10.244.3.0/24":     notPeers,
+		"fd10:244:0:3::/64": notPeers,
+		"10.244.1.128/25":   ReasonTooLong + " /24",
+	}})
+	ns, err := b.Neighbors(ctx)
+	if err != nil || len(ns) != 2 || ns[0].Accepted != 2 || ns[0].Received != 6 || ns[1].Accepted != 2 {
+		t.Errorf("neighbors %+v, %v: want 2 of 6 accepted from %s, 2 from %s", ns, err, mesh.ip, ext.ip)
+	}
+
+	// The mesh peer's node gets another IPv4 CIDR: the old one is refused, the new one
+	// accepted next to the external peer's path, without any new announcement.
+	filter.PeerPrefixes = map[netip.Addr][]netip.Prefix{
+		mesh.ip: {pfx("10.244.3.0/24"), pfx("fd10:244:0:1::/64")},
+		absent:  {pfx("10.244.2.0/24")},
+	}
+	if err := b.UpdateImportFilter(ctx, filter); err != nil {
+		t.Fatal(err)
+	}
+	expect(map[string][]netip.Addr{
+		"fd10:244:0:1::/64": {nh6},
+		"10.244.2.0/24":     {ext.ip},
+		"10.244.3.0/24":     {mesh.ip, ext.ip},
+	}, map[netip.Addr]map[string]string{mesh.ip: {
+		"10.244.1.0/24":     notPeers,
+		"10.244.2.0/24":     notPeers + " (pod CIDR of peer 127.0.9.9)",
+		"fd10:244:0:3::/64": notPeers,
+		"10.244.1.128/25":   ReasonTooLong + " /24",
+	}})
+
+	// An empty entry accepts nothing from that neighbor.
+	filter.PeerPrefixes[ext.ip] = nil
+	if err := b.UpdateImportFilter(ctx, filter); err != nil {
+		t.Fatal(err)
+	}
+	expect(map[string][]netip.Addr{
+		"fd10:244:0:1::/64": {nh6},
+		"10.244.3.0/24":     {mesh.ip},
+	}, map[netip.Addr]map[string]string{
+		mesh.ip: {
+			"10.244.1.0/24":     notPeers,
+			"10.244.2.0/24":     notPeers + " (pod CIDR of peer 127.0.9.9)",
+			"fd10:244:0:3::/64": notPeers,
+			"10.244.1.128/25":   ReasonTooLong + " /24",
+		},
+		ext.ip: {
+			"10.244.2.0/24": notPeers + " (pod CIDR of peer 127.0.9.9)",
+			"10.244.3.0/24": notPeers + " (pod CIDR of peer 127.0.9.1)",
+		},
+	})
+	// Each refusal is logged once, whatever the re-evaluations.
+	if n := b.logs.count("bgp: refused route", "prefix", "10.244.2.0/24", "peer", mesh.ip.String()); n != 1 {
+		t.Errorf("refusal of 10.244.2.0/24 from %s logged %d times, want once", mesh.ip, n)
+	}
+}
+
 func TestFilterPolicyMatchesClassifier(t *testing.T) {
+	mesh, mesh6, empty, external := addr("192.0.2.2"), addr("2001:db8::3"), addr("192.0.2.4"), addr("198.51.100.1")
 	f, err := ImportFilter{
 		ClusterCIDRs: []netip.Prefix{pfx("10.244.0.0/16"), pfx("10.0.0.0/8"), pfx("fd10::/48")},
 		MaxLenIPv4:   24, MaxLenIPv6: 64,
 		Deny: []netip.Prefix{pfx("10.96.0.0/12"), pfx("10.96.5.5/32"), pfx("10.244.3.0/24")},
+		PeerPrefixes: map[netip.Addr][]netip.Prefix{
+			// Mapped address and unmasked prefix are normalized; the /25 and the
+			// outside prefix can never be accepted and are dropped.
+			netip.AddrFrom16(mesh.As16()): {pfx("10.244.2.7/24"), pfx("fd10:0:0:2::/64"), pfx("10.244.9.0/25"), pfx("192.168.0.0/24")},
+			mesh6:                         {pfx("fd10:0:0:3::/64")},
+			empty:                         nil,
+		},
 	}.normalize()
 	if err != nil {
 		t.Fatal(err)
@@ -286,27 +420,105 @@ func TestFilterPolicyMatchesClassifier(t *testing.T) {
 	if !slices.Equal(f.ClusterCIDRs, []netip.Prefix{pfx("10.0.0.0/8"), pfx("fd10::/48")}) || len(f.Deny) != 2 {
 		t.Fatalf("normalized %+v", f)
 	}
-	cases := map[string]string{
-		"10.244.7.0/24":   "",
-		"10.96.1.0/24":    ReasonDenied,
-		"10.96.0.0/11":    ReasonDenied,
-		"10.244.3.128/25": ReasonDenied,
-		"10.244.2.0/23":   ReasonDenied,
-		"10.244.0.0/24":   "",
-		"10.244.7.0/25":   ReasonTooLong,
-		"11.0.0.0/24":     ReasonOutsideCluster,
-		"0.0.0.0/0":       ReasonDefaultRoute,
-		"fd10:0:0:1::/64": "",
+	if got := f.PeerPrefixes[mesh]; !slices.Equal(got, []netip.Prefix{pfx("10.244.2.0/24"), pfx("fd10:0:0:2::/64")}) {
+		t.Fatalf("normalized peer prefixes of %s: %v", mesh, got)
 	}
-	for p, want := range cases {
-		if got := f.classify(pfx(p)); !strings.HasPrefix(got, want) || (want == "") != (got == "") {
-			t.Errorf("classify(%s) = %q, want %q", p, got, want)
+	if got, ok := f.PeerPrefixes[empty]; !ok || got == nil || len(got) != 0 {
+		t.Fatalf("peer without prefixes normalized to %v, %v; want a present empty entry", got, ok)
+	}
+	cases := []struct {
+		peer   netip.Addr
+		prefix string
+		want   string
+	}{
+		{external, "10.244.7.0/24", ""},
+		{external, "10.96.1.0/24", ReasonDenied},
+		{external, "10.96.0.0/11", ReasonDenied},
+		{external, "10.244.3.128/25", ReasonDenied},
+		{external, "10.244.2.0/23", ReasonDenied},
+		{external, "10.244.0.0/24", ""},
+		{external, "10.244.7.0/25", ReasonTooLong},
+		{external, "11.0.0.0/24", ReasonOutsideCluster},
+		{external, "0.0.0.0/0", ReasonDefaultRoute},
+		{external, "fd10:0:0:1::/64", ""},
+		// Validated neighbors: their own prefixes only.
+		{mesh, "10.244.2.0/24", ""},
+		{mesh, "fd10:0:0:2::/64", ""},
+		{mesh, "10.244.7.0/24", ReasonNotPeersCIDR},
+		{mesh, "fd10:0:0:3::/64", ReasonNotPeersCIDR + " (pod CIDR of peer 2001:db8::3)"},
+		{mesh, "10.244.2.0/25", ReasonTooLong},
+		{mesh, "10.244.9.0/25", ReasonTooLong},
+		{mesh, "192.168.0.0/24", ReasonOutsideCluster},
+		{mesh, "10.244.4.0/23", ReasonNotPeersCIDR},
+		{mesh, "10.244.3.0/24", ReasonDenied},
+		{mesh, "0.0.0.0/0", ReasonDefaultRoute},
+		{mesh6, "fd10:0:0:3::/64", ""},
+		{mesh6, "10.244.2.0/24", ReasonNotPeersCIDR + " (pod CIDR of peer 192.0.2.2)"},
+		{empty, "10.244.4.0/24", ReasonNotPeersCIDR},
+		{netip.AddrFrom16(empty.As16()), "10.244.4.0/24", ReasonNotPeersCIDR},
+	}
+	for _, c := range cases {
+		if got := f.classify(c.peer, pfx(c.prefix)); !strings.HasPrefix(got, c.want) || (c.want == "") != (got == "") {
+			t.Errorf("classify(%s, %s) = %q, want %q", c.peer, c.prefix, got, c.want)
 		}
 	}
+
+	// The import policy runs the same rules in the same order.
+	req := f.policies(nil)
+	var names []string
+	for _, s := range req.Policies[0].Statements {
+		names = append(names, s.Name)
+	}
+	want := []string{
+		"allow-local",
+		"match-" + setDefault4, "match-" + setDefault6,
+		"match-" + setDeny4,
+		"origin-podroute-peer-192.0.2.2-v4", "origin-podroute-peer-192.0.2.2-v6",
+		"origin-podroute-peer-2001:db8::3-v6",
+		"match-" + setValidated,
+		"match-" + setAllow4, "match-" + setAllow6,
+	}
+	if !slices.Equal(names, want) {
+		t.Fatalf("import statements\n%v\nwant\n%v", names, want)
+	}
+	sets := map[string][]string{}
+	for _, d := range req.DefinedSets {
+		for _, p := range d.Prefixes {
+			sets[d.Name] = append(sets[d.Name], fmt.Sprintf("%s %d..%d", p.IpPrefix, p.MaskLengthMin, p.MaskLengthMax))
+		}
+		sets[d.Name] = append(sets[d.Name], d.List...)
+	}
+	for name, want := range map[string][]string{
+		"podroute-peer-192.0.2.2":      {"192.0.2.2/32"},
+		"podroute-peer-192.0.2.2-v4":   {"10.244.2.0/24 24..24"},
+		"podroute-peer-192.0.2.2-v6":   {"fd10:0:0:2::/64 64..64"},
+		"podroute-peer-2001:db8::3-v6": {"fd10:0:0:3::/64 64..64"},
+		setValidated:                   {"192.0.2.2/32", "192.0.2.4/32", "2001:db8::3/128"},
+		"podroute-peer-192.0.2.4":      nil,
+		"podroute-peer-2001:db8::3-v4": nil,
+	} {
+		if !slices.Equal(sets[name], want) {
+			t.Errorf("defined set %s = %v, want %v", name, sets[name], want)
+		}
+	}
+	// Without validated neighbors no neighbor set exists: an empty one matches everyone.
+	plain := f
+	plain.PeerPrefixes = nil
+	for _, d := range plain.policies(nil).DefinedSets {
+		if len(d.List) == 0 && len(d.Prefixes) == 0 {
+			t.Errorf("empty defined set %s", d.Name)
+		}
+		if strings.HasPrefix(d.Name, setPeerPrefix) || d.Name == setValidated {
+			t.Errorf("defined set %s without PeerPrefixes", d.Name)
+		}
+	}
+
 	for _, bad := range []ImportFilter{
 		{ClusterCIDRs: []netip.Prefix{pfx("10.0.0.0/16")}},
 		{ClusterCIDRs: []netip.Prefix{pfx("10.0.0.0/16")}, MaxLenIPv4: 8},
 		{ClusterCIDRs: []netip.Prefix{pfx("0.0.0.0/0")}, MaxLenIPv4: 24},
+		{PeerPrefixes: map[netip.Addr][]netip.Prefix{{}: nil}},
+		{PeerPrefixes: map[netip.Addr][]netip.Prefix{mesh: {{}}}},
 	} {
 		var fe *FieldError
 		if _, err := bad.normalize(); !errors.As(err, &fe) {
