@@ -31,29 +31,29 @@ type Agent struct {
 	metrics *Metrics
 	started time.Time
 
-	// newRouter builds the BGP speaker; tests may swap the listen port through Config only.
+	// newRouter builds the BGP speaker.
 	newRouter func(bgp.Config) (bgp.Router, error)
 
-	mu sync.Mutex // guards everything below; the API reads it
-	router      bgp.Router
-	routerCfg   bgp.Config
-	me          self
-	meErr       error
-	peers       map[netip.Addr]peerSpec
-	advertised  map[netip.Prefix]bool
-	filter      *bgp.ImportFilter
-	cniPath     string
-	cniWritten  bool
-	egressDone  *egress.Config
-	egressAt    time.Time
-	restarting  bool // routes from a previous run were in the kernel at start
-	swept       bool // ...and have been reconciled away since BGP resynchronised
-	installErr  map[netip.Prefix]string
-	installed   map[netip.Prefix]bool
-	learned     int
-	lastRun     time.Time
-	lastErr     error
-	logged      map[string]bool
+	mu         sync.Mutex // guards everything below; the API reads it
+	router     bgp.Router
+	routerCfg  bgp.Config
+	me         self
+	meErr      error
+	peers      map[netip.Addr]peerSpec
+	advertised map[netip.Prefix]bool
+	filter     *bgp.ImportFilter
+	cniPath    string
+	cniWritten bool
+	egressDone *egress.Config
+	egressAt   time.Time
+	restarting bool // routes from a previous run were in the kernel at start
+	swept      bool // ...and have been reconciled away since BGP resynchronised
+	installErr map[netip.Prefix]string
+	installed  map[netip.Prefix]bool
+	learned    int
+	lastRun    time.Time
+	lastErr    error
+	logged     map[string]bool
 }
 
 // New builds an agent; Run starts it.
@@ -197,6 +197,14 @@ func (a *Agent) reconcileOnce(ctx context.Context) error {
 	}
 	me = a.me
 	a.mu.Unlock()
+	if meErr == nil {
+		if err := overlaps(me, nodes); err != nil {
+			meErr = err
+			a.mu.Lock()
+			a.meErr = err
+			a.mu.Unlock()
+		}
+	}
 	if meErr != nil {
 		a.once("self:"+meErr.Error(), slog.LevelWarn, "this node cannot be fully served yet", "node", a.cfg.NodeName, "reason", meErr)
 	}
@@ -285,9 +293,12 @@ func (a *Agent) routerConfig(me self, filter bgp.ImportFilter) bgp.Config {
 		Restarting:   a.restarting,
 		Logger:       a.log.With("component", "bgp"),
 	}
-	for _, ip := range []netip.Addr{me.V4, me.V6} {
-		if ip.IsValid() {
-			c.ListenAddresses = append(c.ListenAddresses, ip)
+	c.ListenAddresses = a.cfg.ListenAddresses
+	if len(c.ListenAddresses) == 0 {
+		for _, ip := range []netip.Addr{me.V4, me.V6} {
+			if ip.IsValid() {
+				c.ListenAddresses = append(c.ListenAddresses, ip)
+			}
 		}
 	}
 	return c

@@ -29,7 +29,9 @@ type Config struct {
 	// ServiceCIDRs are never accepted from BGP.
 	ServiceCIDRs []netip.Prefix
 
-	BGPPort         int32 // 0 = 179
+	BGPPort int32 // 0 = 179
+	// ListenAddresses are where the BGP speaker listens (default: the node's addresses).
+	ListenAddresses []netip.Addr
 	HoldTime        time.Duration
 	KeepaliveTime   time.Duration
 	GracefulRestart bool

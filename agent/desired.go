@@ -6,6 +6,7 @@ import (
 	"hash/fnv"
 	"net/netip"
 	"slices"
+	"strings"
 
 	"github.com/podroute/podroute/bgp"
 	"github.com/podroute/podroute/cluster"
@@ -62,6 +63,29 @@ func findSelf(cfg *Config, nodes []cluster.Node) (self, error) {
 		return s, fmt.Errorf("node %s: no address (set --node-ip or the Node's InternalIP)", n.Name)
 	}
 	return s, nil
+}
+
+// overlaps reports other Nodes whose pod CIDRs overlap this node's: two nodes would hand out
+// the same pod addresses. The agent keeps serving (the import filter refuses the other node's
+// announcement of an overlapping prefix) and says so, since only an operator can fix it.
+func overlaps(me self, nodes []cluster.Node) error {
+	var clashes []string
+	for i := range nodes {
+		if nodes[i].Name == me.Name {
+			continue
+		}
+		for _, theirs := range nodes[i].PodCIDRs {
+			for _, mine := range me.PodCIDRs {
+				if mine.Overlaps(theirs) {
+					clashes = append(clashes, fmt.Sprintf("%s overlaps node %s's %s", mine, nodes[i].Name, theirs))
+				}
+			}
+		}
+	}
+	if len(clashes) == 0 {
+		return nil
+	}
+	return fmt.Errorf("node %s: pod CIDR %s", me.Name, strings.Join(clashes, "; "))
 }
 
 // routerIDFrom derives a stable IPv4-shaped identifier for IPv6-only nodes.

@@ -141,8 +141,8 @@ func TestKernelRoutes(t *testing.T) {
 	learned := []bgp.Route{
 		{Prefix: pfx("10.244.2.0/24"), NextHops: []netip.Addr{addr("192.0.2.2"), addr("192.0.2.3")}},
 		{Prefix: pfx("fd00:10:244:3::/64"), NextHops: []netip.Addr{addr("2001:db8::3")}},
-		{Prefix: pfx("10.244.1.0/24"), NextHops: []netip.Addr{addr("192.0.2.9")}},  // own CIDR: never
-		{Prefix: pfx("10.244.9.0/24"), NextHops: []netip.Addr{addr("192.0.2.1")}},  // via ourselves: never
+		{Prefix: pfx("10.244.1.0/24"), NextHops: []netip.Addr{addr("192.0.2.9")}},   // own CIDR: never
+		{Prefix: pfx("10.244.9.0/24"), NextHops: []netip.Addr{addr("192.0.2.1")}},   // via ourselves: never
 		{Prefix: pfx("10.244.8.0/24"), NextHops: []netip.Addr{addr("2001:db8::8")}}, // family mismatch
 	}
 	got := kernelRoutes(me, learned)
@@ -178,5 +178,19 @@ func TestConfigValidate(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), flag) {
 			t.Errorf("error %v does not name %s", err, flag)
 		}
+	}
+}
+
+func TestOverlaps(t *testing.T) {
+	cfg := testConfig()
+	nodes := testNodes()
+	me, _ := findSelf(&cfg, nodes)
+	if err := overlaps(me, nodes); err != nil {
+		t.Fatalf("disjoint CIDRs reported: %v", err)
+	}
+	nodes[1].PodCIDRs = append(nodes[1].PodCIDRs, pfx("10.244.1.128/25"))
+	err := overlaps(me, nodes)
+	if err == nil || !strings.Contains(err.Error(), "node b") || !strings.Contains(err.Error(), "10.244.1.128/25") {
+		t.Fatalf("overlap with node b not named: %v", err)
 	}
 }

@@ -47,6 +47,7 @@ func run() error {
 		clusterCIDRs = fs.String("cluster-cidrs", "", "the cluster's pod CIDRs, comma-separated (required)")
 		serviceCIDRs = fs.String("service-cidrs", "", "the cluster's service CIDRs, never accepted from BGP")
 		bgpPort      = fs.Int("bgp-port", 179, "BGP port to listen on and to reach peers at")
+		bgpListen    = fs.String("bgp-listen-address", "", "addresses the BGP speaker listens on, comma-separated (default: the node's addresses)")
 		holdTime     = fs.Duration("hold-time", 9*time.Second, "BGP hold time proposed to peers (failure detection)")
 		keepalive    = fs.Duration("keepalive", 3*time.Second, "BGP keepalive interval")
 		gr           = fs.Bool("graceful-restart", true, "negotiate graceful restart so agent restarts keep traffic flowing")
@@ -108,6 +109,9 @@ func run() error {
 		if cfg.RouterID, err = netip.ParseAddr(*routerID); err != nil {
 			return fmt.Errorf("--router-id: %w", err)
 		}
+	}
+	if cfg.ListenAddresses, err = parseAddrs(*bgpListen); err != nil {
+		return fmt.Errorf("--bgp-listen-address: %w", err)
 	}
 	if cfg.ClusterCIDRs, err = parsePrefixes(*clusterCIDRs); err != nil {
 		return fmt.Errorf("--cluster-cidrs: %w", err)
