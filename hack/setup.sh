@@ -10,6 +10,7 @@ PACKAGES=(
   make
   etcd-server     # backs the real kube-apiserver in the agent tests
   nftables        # egress masquerade (nft, driven through knftables)
+  iperf3          # data path benchmark
 )
 
 missing=()

@@ -194,3 +194,14 @@ func (a *Agent) LogSince(off int64) string {
 	}
 	return s[off:]
 }
+
+// PID is the agent process's ID (the agent itself: ip netns exec execs it in place), or 0
+// when it is not running.
+func (a *Agent) PID() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.cmd == nil || exited(a.done) {
+		return 0
+	}
+	return a.cmd.Process.Pid
+}

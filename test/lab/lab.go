@@ -14,7 +14,10 @@
 //     conflist the node's agent wrote;
 //   - probes: ping, TCP, a UDP sequence flow that counts lost packets, kernel route snapshots,
 //     podroutectl against each node's agent socket;
-//   - a rogue BGP speaker: a Node on the fabric whose "agent" is a hostile GoBGP speaker.
+//   - a rogue BGP speaker: a Node on the fabric whose "agent" is a hostile GoBGP speaker
+//     (optionally announcing a generated range of prefixes, for scale measurements);
+//   - data-path measurements between namespaces: TCP throughput, request/response round
+//     trips, iperf3 (perf.go).
 //
 // Nothing is changed in the network namespace the test process runs in. Every namespace is
 // named with a prefix holding the process ID (prt<pid>-<n>-...), so concurrent runs do not

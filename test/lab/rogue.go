@@ -40,6 +40,62 @@ type RogueOptions struct {
 	Peers []*Node
 	// Announce are the prefixes the rogue originates, next hop its own address.
 	Announce []netip.Prefix
+	// Generate, when Count > 0, makes the rogue also originate Count consecutive prefixes
+	// of First's length starting at First (10.0.0.0/24, 10.0.1.0/24, ...), for scale
+	// tests. They are put in the speaker's table before any peer is configured, so each
+	// session's initial UPDATEs carry them all.
+	Generate PrefixRange
+	// LogPeerEvents makes the rogue log every session state change with its time (see
+	// Rogue.StateChanges).
+	LogPeerEvents bool
+}
+
+// PrefixRange is Count consecutive prefixes of First's length starting at First.
+type PrefixRange struct {
+	First netip.Prefix
+	Count int
+}
+
+// Prefixes lists the range. It stops early at the end of the address space.
+func (r PrefixRange) Prefixes() []netip.Prefix {
+	if r.Count <= 0 || !r.First.IsValid() {
+		return nil
+	}
+	out := make([]netip.Prefix, 0, r.Count)
+	p := r.First.Masked()
+	for range r.Count {
+		out = append(out, p)
+		next, ok := nextPrefix(p)
+		if !ok {
+			break
+		}
+		p = next
+	}
+	return out
+}
+
+// nextPrefix is the prefix of the same length right after p.
+func nextPrefix(p netip.Prefix) (netip.Prefix, bool) {
+	b := p.Addr().AsSlice()
+	bits := p.Bits()
+	if bits == 0 {
+		return netip.Prefix{}, false
+	}
+	// Add 1 at bit position bits-1 (counted from the most significant bit).
+	i, inc := (bits-1)/8, byte(1)<<(7-uint((bits-1)%8))
+	for ; i >= 0; i-- {
+		sum := uint16(b[i]) + uint16(inc)
+		b[i] = byte(sum)
+		if sum < 0x100 {
+			break
+		}
+		inc = 1
+	}
+	if i < 0 {
+		return netip.Prefix{}, false
+	}
+	a, _ := netip.AddrFromSlice(b)
+	return netip.PrefixFrom(a, bits), true
 }
 
 // Rogue is a running hostile BGP speaker.
@@ -58,6 +114,10 @@ type rogueConfig struct {
 	NextHop6 string
 	Peers    []string
 	Announce []string
+	// GenerateFirst/GenerateCount: see RogueOptions.Generate.
+	GenerateFirst string `json:",omitempty"`
+	GenerateCount int    `json:",omitempty"`
+	LogEvents     bool   `json:",omitempty"`
 }
 
 // StartRogue creates the rogue's namespace on the fabric and its Node object, and starts the
@@ -91,6 +151,10 @@ func (l *Lab) StartRogue(t testing.TB, opts RogueOptions) *Rogue {
 	for _, p := range opts.Announce {
 		cfg.Announce = append(cfg.Announce, p.String())
 	}
+	if opts.Generate.Count > 0 {
+		cfg.GenerateFirst, cfg.GenerateCount = opts.Generate.First.String(), opts.Generate.Count
+	}
+	cfg.LogEvents = opts.LogPeerEvents
 	b, _ := json.Marshal(cfg)
 	cfgPath := filepath.Join(n.Dir, "rogue.json")
 	if err := os.WriteFile(cfgPath, b, 0o644); err != nil {
@@ -188,6 +252,31 @@ func runRogue(path string) error {
 	}}); err != nil {
 		return fmt.Errorf("start: %w", err)
 	}
+	if cfg.LogEvents {
+		if err := s.WatchEvent(ctx, &api.WatchEventRequest{Peer: &api.WatchEventRequest_Peer{}}, func(r *api.WatchEventResponse) {
+			pe := r.GetPeer()
+			if pe == nil || pe.Type != api.WatchEventResponse_PeerEvent_STATE || pe.Peer == nil || pe.Peer.State == nil {
+				return
+			}
+			fmt.Fprintf(os.Stderr, "%s %s %s %s\n", rogueStateTag, time.Now().Format(time.RFC3339Nano),
+				pe.Peer.State.NeighborAddress, strings.ToLower(strings.TrimPrefix(pe.Peer.State.SessionState.String(), "PeerState_")))
+		}); err != nil {
+			return fmt.Errorf("watch peer events: %w", err)
+		}
+	}
+	if cfg.GenerateCount > 0 {
+		first, err := netip.ParsePrefix(cfg.GenerateFirst)
+		if err != nil {
+			return err
+		}
+		gen := PrefixRange{First: first, Count: cfg.GenerateCount}.Prefixes()
+		for _, p := range gen {
+			if err := rogueAnnounce(ctx, s, &cfg, p); err != nil {
+				return err
+			}
+		}
+		fmt.Fprintf(os.Stderr, "rogue: %d prefixes from %s in the table at %s\n", len(gen), first, time.Now().Format(time.RFC3339Nano))
+	}
 	for _, p := range cfg.Peers {
 		peer := &api.Peer{
 			Conf:      &api.PeerConf{NeighborAddress: p, PeerAsn: cfg.ASN},
@@ -209,21 +298,8 @@ func runRogue(path string) error {
 		if err != nil {
 			return err
 		}
-		attrs := []bgppkt.PathAttributeInterface{bgppkt.NewPathAttributeOrigin(bgppkt.BGP_ORIGIN_ATTR_TYPE_IGP)}
-		var nlri bgppkt.AddrPrefixInterface
-		if p.Addr().Is4() {
-			nlri = bgppkt.NewIPAddrPrefix(uint8(p.Bits()), p.Addr().String())
-			attrs = append(attrs, bgppkt.NewPathAttributeNextHop(cfg.NextHop4))
-		} else {
-			nlri = bgppkt.NewIPv6AddrPrefix(uint8(p.Bits()), p.Addr().String())
-			attrs = append(attrs, bgppkt.NewPathAttributeMpReachNLRI(cfg.NextHop6, []bgppkt.AddrPrefixInterface{nlri}))
-		}
-		path, err := apiutil.NewPath(nlri, false, attrs, time.Now())
-		if err != nil {
+		if err := rogueAnnounce(ctx, s, &cfg, p); err != nil {
 			return err
-		}
-		if _, err := s.AddPath(ctx, &api.AddPathRequest{TableType: api.TableType_GLOBAL, Path: path}); err != nil {
-			return fmt.Errorf("announce %s: %w", a, err)
 		}
 	}
 	fmt.Fprintf(os.Stderr, "rogue: AS %d, router ID %s, peers %s, announcing %s\n", cfg.ASN, cfg.RouterID,
@@ -232,4 +308,58 @@ func runRogue(path string) error {
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
 	<-sig
 	return nil
+}
+
+// rogueAnnounce originates p from the rogue speaker, next hop the rogue's own address.
+func rogueAnnounce(ctx context.Context, s *server.BgpServer, cfg *rogueConfig, p netip.Prefix) error {
+	attrs := []bgppkt.PathAttributeInterface{bgppkt.NewPathAttributeOrigin(bgppkt.BGP_ORIGIN_ATTR_TYPE_IGP)}
+	var nlri bgppkt.AddrPrefixInterface
+	if p.Addr().Is4() {
+		nlri = bgppkt.NewIPAddrPrefix(uint8(p.Bits()), p.Addr().String())
+		attrs = append(attrs, bgppkt.NewPathAttributeNextHop(cfg.NextHop4))
+	} else {
+		nlri = bgppkt.NewIPv6AddrPrefix(uint8(p.Bits()), p.Addr().String())
+		attrs = append(attrs, bgppkt.NewPathAttributeMpReachNLRI(cfg.NextHop6, []bgppkt.AddrPrefixInterface{nlri}))
+	}
+	path, err := apiutil.NewPath(nlri, false, attrs, time.Now())
+	if err != nil {
+		return err
+	}
+	if _, err := s.AddPath(ctx, &api.AddPathRequest{TableType: api.TableType_GLOBAL, Path: path}); err != nil {
+		return fmt.Errorf("announce %s: %w", p, err)
+	}
+	return nil
+}
+
+// rogueStateTag starts the log lines of RogueOptions.LogPeerEvents.
+const rogueStateTag = "rogue-peer-state:"
+
+// StateChange is one session state change the rogue speaker saw.
+type StateChange struct {
+	Time  time.Time
+	Peer  netip.Addr
+	State string // idle, connect, active, opensent, openconfirm, established
+}
+
+// StateChanges lists the session state changes the rogue logged so far (only with
+// RogueOptions.LogPeerEvents).
+func (r *Rogue) StateChanges() []StateChange {
+	var out []StateChange
+	for _, line := range strings.Split(r.Log(), "\n") {
+		rest, ok := strings.CutPrefix(line, rogueStateTag+" ")
+		if !ok {
+			continue
+		}
+		f := strings.Fields(rest)
+		if len(f) != 3 {
+			continue
+		}
+		t, err1 := time.Parse(time.RFC3339Nano, f[0])
+		a, err2 := netip.ParseAddr(f[1])
+		if err1 != nil || err2 != nil {
+			continue
+		}
+		out = append(out, StateChange{Time: t, Peer: a, State: f[2]})
+	}
+	return out
 }
