@@ -162,8 +162,12 @@ func (l *Lab) addNode(t testing.TB, name string, index int, rogue bool) (*Node, 
 		}
 	})
 	// The fabric end is made in the fabric namespace; the node end is born in the node's.
+	// The uplink's MAC follows from the index, as a real server's NIC keeps its MAC: a node
+	// re-created with the same address must not be hidden behind its neighbours' stale ARP
+	// entries for the old MAC.
+	mac := fmt.Sprintf("02:70:72:00:%02x:%02x", index>>8&0xff, index&0xff)
 	if err := l.Fabric.IP(
-		[]string{"link", "add", n.port, "type", "veth", "peer", "name", UplinkName, "netns", nsName},
+		[]string{"link", "add", n.port, "type", "veth", "peer", "name", UplinkName, "address", mac, "netns", nsName},
 		[]string{"link", "set", n.port, "master", bridgeName, "up"},
 	); err != nil {
 		return nil, err
