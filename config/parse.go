@@ -1,0 +1,470 @@
+package config
+
+import (
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/validation/field"
+
+	"github.com/podroute/podroute/bgp"
+)
+
+// Limits shared with the CRDs and with bgp.Neighbor.
+const (
+	maxASN          = 4294967295
+	asTrans         = 23456 // RFC 6793: stands in for a 4-byte AS towards old speakers, never a real AS
+	maxPasswordLen  = 80    // TCP_MD5SIG_MAXKEYLEN
+	defaultHoldTime = 90 * time.Second
+)
+
+// Peer is a valid BGPPeer in typed form.
+type Peer struct {
+	// Name is the BGPPeer's name.
+	Name    string
+	Address netip.Addr
+	ASN     uint32
+	// Port is the peer's TCP port (179 unless set).
+	Port uint16
+	// NodeSelector selects the nodes that peer with it; labels.Everything() when unset.
+	NodeSelector labels.Selector
+	// PasswordSecret names the TCP MD5 password; Password is its value once resolved.
+	PasswordSecret *SecretKeyRef
+	Password       string
+	// Zero durations mean bgp's defaults (hold time 90s, keepalive a third of it,
+	// restart time 120s).
+	HoldTime            time.Duration
+	KeepaliveTime       time.Duration
+	GracefulRestartTime time.Duration
+	EBGPMultihopTTL     uint8
+	TTLSecurityHops     uint8
+	// RouteReflectorClient makes the peer our route-reflector client, with
+	// RouteReflectorClusterID (BGPConfiguration's; zero means the router ID).
+	RouteReflectorClient    bool
+	RouteReflectorClusterID netip.Addr
+	// ExportPodCIDRs is whether the nodes advertise their pod CIDRs to this peer: the
+	// peer's own setting, else the cluster's.
+	ExportPodCIDRs bool
+	// Nodes are the names of the nodes it selects, sorted; set when the Watcher knows the
+	// Nodes (Options.Nodes).
+	Nodes []string
+	// Object is where the peer came from, for status writes.
+	Object ObjectState
+}
+
+// Neighbor is the peer as the BGP speaker takes it. local is the node's peering address
+// (its podroute.io/peering-address or InternalIP); it is used only when it is of the
+// peer's family, else the kernel picks the source address.
+func (p Peer) Neighbor(local netip.Addr) bgp.Neighbor {
+	n := bgp.Neighbor{
+		Address:                 p.Address,
+		ASN:                     p.ASN,
+		Port:                    p.Port,
+		Password:                p.Password,
+		HoldTime:                p.HoldTime,
+		KeepaliveTime:           p.KeepaliveTime,
+		EBGPMultihopTTL:         p.EBGPMultihopTTL,
+		TTLSecurityHops:         p.TTLSecurityHops,
+		GracefulRestart:         true,
+		RestartTime:             p.GracefulRestartTime,
+		RouteReflectorClient:    p.RouteReflectorClient,
+		RouteReflectorClusterID: p.RouteReflectorClusterID,
+		Kind:                    bgp.KindExternal,
+	}
+	if local.IsValid() && local.Unmap().Is4() == p.Address.Is4() {
+		n.LocalAddress = local.Unmap()
+	}
+	if p.Port == DefaultPort {
+		n.Port = 0
+	}
+	return n
+}
+
+// ObjectState is what the status writer needs to know about an object it read.
+type ObjectState struct {
+	Name            string
+	UID             types.UID
+	Generation      int64
+	ResourceVersion string
+	Status          Status
+}
+
+func objectState(m metav1.ObjectMeta, st Status) ObjectState {
+	return ObjectState{Name: m.Name, UID: m.UID, Generation: m.Generation, ResourceVersion: m.ResourceVersion, Status: st}
+}
+
+// Configuration is the cluster-wide BGP configuration in typed form.
+type Configuration struct {
+	ASN            uint32
+	NodeToNodeMesh bool
+	// RouteReflectorNodeSelector selects the route-reflector nodes; labels.Nothing() when
+	// unset (an empty selector selects every node).
+	RouteReflectorNodeSelector labels.Selector
+	// RouteReflectorClusterID is the reflectors' cluster ID; zero means each one's router ID.
+	RouteReflectorClusterID netip.Addr
+	// Communities are added to the pod CIDR advertisements.
+	Communities []bgp.Community
+	// ExportPodCIDRs is whether pod CIDRs are advertised to external peers.
+	ExportPodCIDRs bool
+	// ClusterCIDRs and ServiceCIDRs feed the import filter; empty means the agent's flags.
+	ClusterCIDRs []netip.Prefix
+	ServiceCIDRs []netip.Prefix
+}
+
+// DefaultConfiguration is the configuration without a BGPConfiguration and without flags.
+func DefaultConfiguration() Configuration {
+	return Configuration{
+		ASN:                        DefaultASN,
+		NodeToNodeMesh:             DefaultNodeToNodeMesh,
+		RouteReflectorNodeSelector: labels.Nothing(),
+		ExportPodCIDRs:             DefaultExportPodCIDRs,
+	}
+}
+
+// IsRouteReflector reports whether node is one of the cluster's route reflectors.
+func (c Configuration) IsRouteReflector(nodeLabels map[string]string) bool {
+	return c.RouteReflectorNodeSelector != nil && c.RouteReflectorNodeSelector.Matches(labels.Set(nodeLabels))
+}
+
+// BGPPeerFromUnstructured decodes an object read through the dynamic client.
+func BGPPeerFromUnstructured(u *unstructured.Unstructured) (*BGPPeer, error) {
+	var p BGPPeer
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.UnstructuredContent(), &p); err != nil {
+		return nil, fmt.Errorf("decode BGPPeer %s: %w", u.GetName(), err)
+	}
+	return &p, nil
+}
+
+// BGPConfigurationFromUnstructured decodes an object read through the dynamic client.
+func BGPConfigurationFromUnstructured(u *unstructured.Unstructured) (*BGPConfiguration, error) {
+	var c BGPConfiguration
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.UnstructuredContent(), &c); err != nil {
+		return nil, fmt.Errorf("decode BGPConfiguration %s: %w", u.GetName(), err)
+	}
+	return &c, nil
+}
+
+// ToUnstructured encodes a BGPPeer or BGPConfiguration for the dynamic client, setting
+// apiVersion and kind; an empty status and a zero creationTimestamp are left out.
+func ToUnstructured(obj any) (*unstructured.Unstructured, error) {
+	m, err := runtime.DefaultUnstructuredConverter.ToUnstructured(obj)
+	if err != nil {
+		return nil, fmt.Errorf("encode %T: %w", obj, err)
+	}
+	u := &unstructured.Unstructured{Object: m}
+	// Drop what the API server owns, so the result can be created as is.
+	if st, ok := m["status"].(map[string]any); ok && len(st) == 0 {
+		delete(m, "status")
+	}
+	unstructured.RemoveNestedField(m, "metadata", "creationTimestamp")
+	u.SetAPIVersion(APIVersion)
+	switch obj.(type) {
+	case *BGPPeer, BGPPeer:
+		u.SetKind(KindBGPPeer)
+	case *BGPConfiguration, BGPConfiguration:
+		u.SetKind(KindBGPConfiguration)
+	}
+	return u, nil
+}
+
+// Validate checks the BGPPeer on its own (what the CRD schema checks and more), naming
+// the fields: "spec.peerASN: Invalid value: 0: must be 1..4294967295". Checks that need
+// the cluster configuration, Secrets or Nodes happen in Parse and in the Watcher.
+func (p *BGPPeer) Validate() field.ErrorList {
+	_, errs := p.Spec.parse(field.NewPath("spec"))
+	return errs
+}
+
+// Parse validates the BGPPeer against the cluster configuration cfg and returns it in
+// typed form. The password is not resolved (the Watcher does that).
+func (p *BGPPeer) Parse(cfg Configuration) (Peer, field.ErrorList) {
+	path := field.NewPath("spec")
+	peer, errs := p.Spec.parse(path)
+	peer.Name = p.Name
+	peer.Object = objectState(p.ObjectMeta, p.Status)
+	peer.RouteReflectorClusterID = cfg.RouteReflectorClusterID
+	peer.ExportPodCIDRs = cfg.ExportPodCIDRs
+	if p.Spec.ExportPodCIDRs != nil {
+		peer.ExportPodCIDRs = *p.Spec.ExportPodCIDRs
+	}
+	ibgp := p.Spec.PeerASN == int64(cfg.ASN)
+	if p.Spec.RouteReflectorClient && !ibgp {
+		errs = append(errs, field.Invalid(path.Child("routeReflectorClient"), true,
+			fmt.Sprintf("only iBGP peers can be route-reflector clients (peerASN %d, cluster asNumber %d)", p.Spec.PeerASN, cfg.ASN)))
+	}
+	if p.Spec.EBGPMultihop != nil && ibgp {
+		errs = append(errs, field.Invalid(path.Child("ebgpMultihop"), *p.Spec.EBGPMultihop,
+			fmt.Sprintf("only applies to eBGP peers (peerASN equals the cluster asNumber %d)", cfg.ASN)))
+	}
+	return peer, errs
+}
+
+func (s *BGPPeerSpec) parse(path *field.Path) (Peer, field.ErrorList) {
+	var p Peer
+	var errs field.ErrorList
+
+	addrPath := path.Child("peerAddress")
+	if s.PeerAddress == "" {
+		errs = append(errs, field.Required(addrPath, "the peer's IPv4 or IPv6 address"))
+	} else if a, err := netip.ParseAddr(s.PeerAddress); err != nil {
+		errs = append(errs, field.Invalid(addrPath, s.PeerAddress, "must be an IPv4 or IPv6 address"))
+	} else if reason := unicastProblem(a); reason != "" {
+		errs = append(errs, field.Invalid(addrPath, s.PeerAddress, reason))
+	} else {
+		p.Address = a
+	}
+
+	if asn, err := parseASN(s.PeerASN); err != nil {
+		errs = append(errs, field.Invalid(path.Child("peerASN"), s.PeerASN, err.Error()))
+	} else {
+		p.ASN = asn
+	}
+
+	p.NodeSelector = labels.Everything()
+	if s.NodeSelector != nil {
+		sel, err := metav1.LabelSelectorAsSelector(s.NodeSelector)
+		if err != nil {
+			errs = append(errs, field.Invalid(path.Child("nodeSelector"), s.NodeSelector.String(), err.Error()))
+		} else {
+			p.NodeSelector = sel
+		}
+	}
+
+	if r := s.PasswordSecretRef; r != nil {
+		rp := path.Child("passwordSecretRef")
+		for _, f := range []struct{ name, value string }{{"namespace", r.Namespace}, {"name", r.Name}, {"key", r.Key}} {
+			if f.value == "" {
+				errs = append(errs, field.Required(rp.Child(f.name), ""))
+			}
+		}
+		ref := *r
+		p.PasswordSecret = &ref
+	}
+
+	var err error
+	var hold time.Duration
+	if hold, err = parseSeconds(s.HoldTime, 3*time.Second, 65535*time.Second); err != nil {
+		errs = append(errs, field.Invalid(path.Child("holdTime"), s.HoldTime, err.Error()))
+	}
+	p.HoldTime = hold
+	if p.KeepaliveTime, err = parseSeconds(s.KeepaliveTime, time.Second, 65535*time.Second); err != nil {
+		errs = append(errs, field.Invalid(path.Child("keepaliveTime"), s.KeepaliveTime, err.Error()))
+	} else if effHold := cmpOr(hold, defaultHoldTime); p.KeepaliveTime != 0 && p.KeepaliveTime >= effHold {
+		errs = append(errs, field.Invalid(path.Child("keepaliveTime"), s.KeepaliveTime,
+			fmt.Sprintf("must be shorter than the hold time %s", effHold)))
+	}
+	if p.GracefulRestartTime, err = parseSeconds(s.GracefulRestartTime, time.Second, 4095*time.Second); err != nil {
+		errs = append(errs, field.Invalid(path.Child("gracefulRestartTime"), s.GracefulRestartTime, err.Error()))
+	}
+
+	if s.EBGPMultihop != nil {
+		if v := *s.EBGPMultihop; v < 1 || v > 255 {
+			errs = append(errs, field.Invalid(path.Child("ebgpMultihop"), v, "must be 1..255"))
+		} else {
+			p.EBGPMultihopTTL = uint8(v)
+		}
+	}
+	if s.TTLSecurity != nil {
+		if v := *s.TTLSecurity; v < 1 || v > 255 {
+			errs = append(errs, field.Invalid(path.Child("ttlSecurity"), v, "must be 1..255"))
+		} else {
+			p.TTLSecurityHops = uint8(v)
+		}
+	}
+	if s.EBGPMultihop != nil && s.TTLSecurity != nil {
+		errs = append(errs, field.Forbidden(path.Child("ttlSecurity"), "ebgpMultihop and ttlSecurity are mutually exclusive"))
+	}
+
+	p.RouteReflectorClient = s.RouteReflectorClient
+	p.Port = DefaultPort
+	if s.Port != nil {
+		if v := *s.Port; v < 1 || v > 65535 {
+			errs = append(errs, field.Invalid(path.Child("port"), v, "must be 1..65535"))
+		} else {
+			p.Port = uint16(v)
+		}
+	}
+	p.ExportPodCIDRs = DefaultExportPodCIDRs
+	if s.ExportPodCIDRs != nil {
+		p.ExportPodCIDRs = *s.ExportPodCIDRs
+	}
+	return p, errs
+}
+
+// Validate checks the BGPConfiguration on its own, naming the fields.
+func (c *BGPConfiguration) Validate() field.ErrorList {
+	_, errs := c.Parse(DefaultConfiguration())
+	return errs
+}
+
+// Parse returns the configuration in typed form: defaults (the agent's flags, or
+// DefaultConfiguration) overridden by each field the spec sets. An invalid field is
+// reported and leaves its default in place, so one typo never takes the whole cluster
+// configuration away.
+func (c *BGPConfiguration) Parse(defaults Configuration) (Configuration, field.ErrorList) {
+	cfg := defaults
+	cfg.Communities = append([]bgp.Community(nil), defaults.Communities...)
+	cfg.ClusterCIDRs = append([]netip.Prefix(nil), defaults.ClusterCIDRs...)
+	cfg.ServiceCIDRs = append([]netip.Prefix(nil), defaults.ServiceCIDRs...)
+	if cfg.RouteReflectorNodeSelector == nil {
+		cfg.RouteReflectorNodeSelector = labels.Nothing()
+	}
+	var errs field.ErrorList
+	path := field.NewPath("spec")
+	s := &c.Spec
+
+	if c.Name != "" && c.Name != ConfigurationName {
+		errs = append(errs, field.Invalid(field.NewPath("metadata", "name"), c.Name,
+			fmt.Sprintf("must be %q: BGPConfiguration is a singleton", ConfigurationName)))
+	}
+	if s.ASNumber != nil {
+		if asn, err := parseASN(*s.ASNumber); err != nil {
+			errs = append(errs, field.Invalid(path.Child("asNumber"), *s.ASNumber, err.Error()))
+		} else {
+			cfg.ASN = asn
+		}
+	}
+	if s.NodeToNodeMesh != nil {
+		cfg.NodeToNodeMesh = *s.NodeToNodeMesh
+	}
+	if s.RouteReflectorNodeSelector != nil {
+		sel, err := metav1.LabelSelectorAsSelector(s.RouteReflectorNodeSelector)
+		if err != nil {
+			errs = append(errs, field.Invalid(path.Child("routeReflectorNodeSelector"), s.RouteReflectorNodeSelector.String(), err.Error()))
+		} else {
+			cfg.RouteReflectorNodeSelector = sel
+		}
+	}
+	if s.RouteReflectorClusterID != "" {
+		a, err := netip.ParseAddr(s.RouteReflectorClusterID)
+		if err != nil || !a.Is4() || a.IsUnspecified() {
+			errs = append(errs, field.Invalid(path.Child("routeReflectorClusterID"), s.RouteReflectorClusterID, "must be an IPv4 address other than 0.0.0.0"))
+		} else {
+			cfg.RouteReflectorClusterID = a
+		}
+	}
+	if s.Communities != nil {
+		var comms []bgp.Community
+		bad := false
+		for i, v := range s.Communities {
+			cm, err := ParseCommunity(v)
+			if err != nil {
+				errs = append(errs, field.Invalid(path.Child("communities").Index(i), v, err.Error()))
+				bad = true
+				continue
+			}
+			comms = append(comms, cm)
+		}
+		if !bad {
+			cfg.Communities = comms
+		}
+	}
+	if s.ExportPodCIDRs != nil {
+		cfg.ExportPodCIDRs = *s.ExportPodCIDRs
+	}
+	if s.ClusterCIDRs != nil {
+		if ps, ok := parsePrefixes(path.Child("clusterCIDRs"), s.ClusterCIDRs, &errs); ok {
+			cfg.ClusterCIDRs = ps
+		}
+	}
+	if s.ServiceCIDRs != nil {
+		if ps, ok := parsePrefixes(path.Child("serviceCIDRs"), s.ServiceCIDRs, &errs); ok {
+			cfg.ServiceCIDRs = ps
+		}
+	}
+	return cfg, errs
+}
+
+// ParseCommunity parses a standard community "asn:value" (each half 0..65535).
+func ParseCommunity(s string) (bgp.Community, error) {
+	hi, lo, ok := strings.Cut(s, ":")
+	if !ok {
+		return 0, fmt.Errorf("must be asn:value")
+	}
+	a, err1 := strconv.ParseUint(hi, 10, 16)
+	v, err2 := strconv.ParseUint(lo, 10, 16)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("must be asn:value with both halves in 0..65535")
+	}
+	return bgp.NewCommunity(uint16(a), uint16(v)), nil
+}
+
+func parsePrefixes(path *field.Path, in []string, errs *field.ErrorList) ([]netip.Prefix, bool) {
+	out := make([]netip.Prefix, 0, len(in))
+	ok := true
+	for i, s := range in {
+		p, err := netip.ParsePrefix(s)
+		switch {
+		case err != nil:
+			*errs = append(*errs, field.Invalid(path.Index(i), s, "must be a CIDR"))
+			ok = false
+		case p != p.Masked():
+			*errs = append(*errs, field.Invalid(path.Index(i), s, fmt.Sprintf("has host bits set (did you mean %s?)", p.Masked())))
+			ok = false
+		default:
+			out = append(out, p)
+		}
+	}
+	return out, ok
+}
+
+func parseASN(v int64) (uint32, error) {
+	if v < 1 || v > maxASN {
+		return 0, fmt.Errorf("must be 1..%d", int64(maxASN))
+	}
+	if v == asTrans {
+		return 0, fmt.Errorf("23456 (AS_TRANS) is reserved")
+	}
+	return uint32(v), nil
+}
+
+// parseSeconds parses an optional duration of whole seconds within lo..hi; "" is 0.
+func parseSeconds(s string, lo, hi time.Duration) (time.Duration, error) {
+	if s == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, fmt.Errorf("must be a duration such as \"9s\" or \"1m30s\"")
+	}
+	if d%time.Second != 0 {
+		return 0, fmt.Errorf("must be a whole number of seconds")
+	}
+	if d < lo || d > hi {
+		return 0, fmt.Errorf("must be between %s and %s", fmtSeconds(lo), fmtSeconds(hi))
+	}
+	return d, nil
+}
+
+func fmtSeconds(d time.Duration) string { return strconv.FormatInt(int64(d/time.Second), 10) + "s" }
+
+// unicastProblem says why a is no usable peer address, or "".
+func unicastProblem(a netip.Addr) string {
+	switch {
+	case a.Zone() != "":
+		return "must not have a zone"
+	case a.Is4In6():
+		return "must not be an IPv4-mapped IPv6 address; write the IPv4 address"
+	case a.IsUnspecified():
+		return "must not be the unspecified address"
+	case a.IsMulticast():
+		return "must be a unicast address"
+	case a.IsLinkLocalUnicast():
+		return "link-local peers are not supported"
+	}
+	return ""
+}
+
+func cmpOr(d, def time.Duration) time.Duration {
+	if d == 0 {
+		return def
+	}
+	return d
+}

@@ -1,0 +1,315 @@
+package config
+
+import (
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/podroute/podroute/bgp"
+	"github.com/podroute/podroute/cluster"
+)
+
+func ptr[T any](v T) *T { return &v }
+
+func validPeer() *BGPPeer {
+	return &BGPPeer{
+		ObjectMeta: metav1.ObjectMeta{Name: "tor-a", Generation: 1},
+		Spec: BGPPeerSpec{
+			PeerAddress:         "192.0.2.1",
+			PeerASN:             65001,
+			NodeSelector:        &metav1.LabelSelector{MatchLabels: map[string]string{"rack": "a"}},
+			HoldTime:            "9s",
+			KeepaliveTime:       "3s",
+			GracefulRestartTime: "1m",
+			EBGPMultihop:        ptr[int64](2),
+			Port:                ptr[int64](1790),
+		},
+	}
+}
+
+func TestPeerParse(t *testing.T) {
+	cfg := DefaultConfiguration()
+	p, errs := validPeer().Parse(cfg)
+	if len(errs) != 0 {
+		t.Fatalf("valid peer: %v", errs)
+	}
+	want := Peer{Name: "tor-a", Address: netip.MustParseAddr("192.0.2.1"), ASN: 65001, Port: 1790,
+		HoldTime: 9 * time.Second, KeepaliveTime: 3 * time.Second, GracefulRestartTime: time.Minute, EBGPMultihopTTL: 2, ExportPodCIDRs: true}
+	if p.Name != want.Name || p.Address != want.Address || p.ASN != want.ASN || p.Port != want.Port || p.HoldTime != want.HoldTime ||
+		p.KeepaliveTime != want.KeepaliveTime || p.GracefulRestartTime != want.GracefulRestartTime || p.EBGPMultihopTTL != want.EBGPMultihopTTL ||
+		p.ExportPodCIDRs != want.ExportPodCIDRs {
+		t.Fatalf("parsed %+v, want %+v", p, want)
+	}
+	if p.NodeSelector.String() != "rack=a" {
+		t.Errorf("selector %q", p.NodeSelector)
+	}
+	n := p.Neighbor(netip.MustParseAddr("192.0.2.10"))
+	if err := n.Validate(); err != nil {
+		t.Fatalf("neighbor of a valid peer: %v", err)
+	}
+	if n.LocalAddress != netip.MustParseAddr("192.0.2.10") || !n.GracefulRestart || n.RestartTime != time.Minute || n.Kind != bgp.KindExternal || n.Port != 1790 {
+		t.Errorf("neighbor %+v", n)
+	}
+	if n := p.Neighbor(netip.MustParseAddr("2001:db8::10")); n.LocalAddress.IsValid() {
+		t.Errorf("local address of the other family used: %v", n.LocalAddress)
+	}
+
+	// Defaults: nil selector = every node, port 179, cluster export setting.
+	bare := &BGPPeer{ObjectMeta: metav1.ObjectMeta{Name: "x"}, Spec: BGPPeerSpec{PeerAddress: "2001:db8::1", PeerASN: 64512}}
+	cfg.ExportPodCIDRs = false
+	p, errs = bare.Parse(cfg)
+	if len(errs) != 0 || !p.NodeSelector.Empty() || p.Port != 179 || p.ExportPodCIDRs || p.Neighbor(netip.Addr{}).Port != 0 {
+		t.Fatalf("bare peer: %+v %v", p, errs)
+	}
+	bare.Spec.ExportPodCIDRs = ptr(true)
+	if p, _ = bare.Parse(cfg); !p.ExportPodCIDRs {
+		t.Errorf("spec.exportPodCIDRs does not override the cluster setting")
+	}
+}
+
+func TestPeerValidate(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		mutate func(*BGPPeerSpec)
+		want   string
+	}{
+		{"asn0", func(s *BGPPeerSpec) { s.PeerASN = 0 }, "spec.peerASN: Invalid value: 0: must be 1..4294967295"},
+		{"asnBig", func(s *BGPPeerSpec) { s.PeerASN = 1 << 32 }, "spec.peerASN: Invalid value: 4294967296: must be 1..4294967295"},
+		{"asTrans", func(s *BGPPeerSpec) { s.PeerASN = 23456 }, "spec.peerASN: Invalid value: 23456: 23456 (AS_TRANS) is reserved"},
+		{"noAddr", func(s *BGPPeerSpec) { s.PeerAddress = "" }, "spec.peerAddress: Required value"},
+		{"badAddr", func(s *BGPPeerSpec) { s.PeerAddress = "192.0.2.300" }, `spec.peerAddress: Invalid value: "192.0.2.300": must be an IPv4 or IPv6 address`},
+		{"linkLocal", func(s *BGPPeerSpec) { s.PeerAddress = "fe80::1" }, "link-local peers are not supported"},
+		{"multicast", func(s *BGPPeerSpec) { s.PeerAddress = "239.0.0.1" }, "must be a unicast address"},
+		{"mapped", func(s *BGPPeerSpec) { s.PeerAddress = "::ffff:192.0.2.1" }, "IPv4-mapped"},
+		{"selector", func(s *BGPPeerSpec) {
+			s.NodeSelector = &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "rack", Operator: "In"}}}
+		}, "spec.nodeSelector: Invalid value"},
+		{"hold", func(s *BGPPeerSpec) { s.HoldTime = "2s" }, `spec.holdTime: Invalid value: "2s": must be between 3s and 65535s`},
+		{"holdFraction", func(s *BGPPeerSpec) { s.HoldTime = "9.5s" }, "spec.holdTime: Invalid value: \"9.5s\": must be a whole number of seconds"},
+		{"holdSyntax", func(s *BGPPeerSpec) { s.HoldTime = "nine" }, "spec.holdTime: Invalid value: \"nine\": must be a duration"},
+		{"keepalive", func(s *BGPPeerSpec) { s.KeepaliveTime = "9s" }, `spec.keepaliveTime: Invalid value: "9s": must be shorter than the hold time 9s`},
+		{"keepaliveDefaultHold", func(s *BGPPeerSpec) { s.HoldTime = ""; s.KeepaliveTime = "90s" }, "must be shorter than the hold time 1m30s"},
+		{"restart", func(s *BGPPeerSpec) { s.GracefulRestartTime = "4096s" }, "spec.gracefulRestartTime: Invalid value: \"4096s\": must be between 1s and 4095s"},
+		{"ttl", func(s *BGPPeerSpec) { s.EBGPMultihop = ptr[int64](256) }, "spec.ebgpMultihop: Invalid value: 256: must be 1..255"},
+		{"exclusive", func(s *BGPPeerSpec) { s.TTLSecurity = ptr[int64](1) }, "spec.ttlSecurity: Forbidden: ebgpMultihop and ttlSecurity are mutually exclusive"},
+		{"port", func(s *BGPPeerSpec) { s.Port = ptr[int64](0) }, "spec.port: Invalid value: 0: must be 1..65535"},
+		{"secretRef", func(s *BGPPeerSpec) { s.PasswordSecretRef = &SecretKeyRef{Namespace: "kube-system", Name: "tor"} }, "spec.passwordSecretRef.key: Required value"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := validPeer()
+			tc.mutate(&p.Spec)
+			errs := p.Validate()
+			if !strings.Contains(errs.ToAggregate().Error(), tc.want) {
+				t.Fatalf("errors %v, want one containing %q", errs, tc.want)
+			}
+		})
+	}
+}
+
+func TestPeerParseAgainstConfiguration(t *testing.T) {
+	cfg := DefaultConfiguration()
+	p := validPeer()
+	p.Spec.RouteReflectorClient = true
+	_, errs := p.Parse(cfg)
+	if !strings.Contains(errs.ToAggregate().Error(), "spec.routeReflectorClient: Invalid value: true: only iBGP peers") {
+		t.Errorf("eBGP route-reflector client: %v", errs)
+	}
+	p = validPeer()
+	p.Spec.PeerASN = DefaultASN
+	_, errs = p.Parse(cfg)
+	if !strings.Contains(errs.ToAggregate().Error(), "spec.ebgpMultihop: Invalid value: 2: only applies to eBGP peers") {
+		t.Errorf("iBGP multihop: %v", errs)
+	}
+	p.Spec.EBGPMultihop = nil
+	p.Spec.RouteReflectorClient = true
+	cfg.RouteReflectorClusterID = netip.MustParseAddr("10.0.0.1")
+	peer, errs := p.Parse(cfg)
+	if len(errs) != 0 {
+		t.Fatalf("iBGP client: %v", errs)
+	}
+	if n := peer.Neighbor(netip.Addr{}); n.RouteReflectorClusterID != cfg.RouteReflectorClusterID || !n.RouteReflectorClient || n.Validate() != nil {
+		t.Errorf("client neighbor %+v: %v", n, n.Validate())
+	}
+}
+
+func TestConfigurationParse(t *testing.T) {
+	defaults := DefaultConfiguration()
+	defaults.ASN = 65000
+	defaults.ClusterCIDRs = []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}
+
+	// Absent fields keep the defaults (flags).
+	cfg, errs := (&BGPConfiguration{ObjectMeta: metav1.ObjectMeta{Name: "default"}}).Parse(defaults)
+	if len(errs) != 0 || cfg.ASN != 65000 || !cfg.NodeToNodeMesh || !cfg.ExportPodCIDRs || len(cfg.ClusterCIDRs) != 1 ||
+		cfg.IsRouteReflector(map[string]string{"a": "b"}) {
+		t.Fatalf("empty spec: %+v %v", cfg, errs)
+	}
+
+	c := &BGPConfiguration{ObjectMeta: metav1.ObjectMeta{Name: "default"}, Spec: BGPConfigurationSpec{
+		ASNumber:                   ptr[int64](4200000000),
+		NodeToNodeMesh:             ptr(false),
+		RouteReflectorNodeSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"podroute.io/rr": "true"}},
+		RouteReflectorClusterID:    "10.0.0.1",
+		Communities:                []string{"64512:100", "0:65535"},
+		ExportPodCIDRs:             ptr(false),
+		ClusterCIDRs:               []string{"10.8.0.0/16", "fd00:8::/56"},
+		ServiceCIDRs:               []string{"10.96.0.0/12"},
+	}}
+	cfg, errs = c.Parse(defaults)
+	if len(errs) != 0 {
+		t.Fatal(errs)
+	}
+	if cfg.ASN != 4200000000 || cfg.NodeToNodeMesh || cfg.ExportPodCIDRs || cfg.RouteReflectorClusterID.String() != "10.0.0.1" ||
+		!slices.Equal(cfg.Communities, []bgp.Community{bgp.NewCommunity(64512, 100), bgp.NewCommunity(0, 65535)}) ||
+		len(cfg.ClusterCIDRs) != 2 || len(cfg.ServiceCIDRs) != 1 {
+		t.Fatalf("parsed %+v", cfg)
+	}
+	if !cfg.IsRouteReflector(map[string]string{"podroute.io/rr": "true"}) || cfg.IsRouteReflector(nil) {
+		t.Errorf("route reflector selector %v", cfg.RouteReflectorNodeSelector)
+	}
+
+	// Invalid fields are named and fall back to the defaults; valid ones still apply.
+	c.Name = "other"
+	c.Spec.ASNumber = ptr[int64](0)
+	c.Spec.Communities = []string{"64512:100", "70000:1"}
+	c.Spec.ClusterCIDRs = []string{"10.8.0.1/16"}
+	c.Spec.RouteReflectorClusterID = "2001:db8::1"
+	cfg, errs = c.Parse(defaults)
+	got := errs.ToAggregate().Error()
+	for _, want := range []string{
+		`metadata.name: Invalid value: "other": must be "default"`,
+		"spec.asNumber: Invalid value: 0: must be 1..4294967295",
+		`spec.communities[1]: Invalid value: "70000:1"`,
+		`spec.clusterCIDRs[0]: Invalid value: "10.8.0.1/16": has host bits set (did you mean 10.8.0.0/16?)`,
+		`spec.routeReflectorClusterID: Invalid value: "2001:db8::1"`,
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("errors %q lack %q", got, want)
+		}
+	}
+	if cfg.ASN != 65000 || len(cfg.Communities) != 0 || cfg.ClusterCIDRs[0].String() != "10.244.0.0/16" || cfg.NodeToNodeMesh {
+		t.Errorf("fallbacks: %+v", cfg)
+	}
+}
+
+func TestOverrides(t *testing.T) {
+	n := cluster.Node{Name: "n1",
+		Addresses: []netip.Addr{netip.MustParseAddr("192.0.2.11"), netip.MustParseAddr("2001:db8::11")},
+		Annotations: map[string]string{
+			AnnotationASN:            "65010",
+			AnnotationRouterID:       "10.255.0.1",
+			AnnotationPeeringAddress: "2001:db8:1::1, 198.51.100.1",
+		},
+		Labels: map[string]string{AnnotationASN: "65099"},
+	}
+	o, errs := OverridesForNode(n)
+	if len(errs) != 0 || o.ASN != 65010 || o.RouterID.String() != "10.255.0.1" ||
+		!slices.Equal(o.PeeringAddresses, []netip.Addr{netip.MustParseAddr("198.51.100.1"), netip.MustParseAddr("2001:db8:1::1")}) {
+		t.Fatalf("overrides %+v %v", o, errs)
+	}
+	if asn, err := NodeASN(n, 64512); asn != 65010 || err != nil {
+		t.Errorf("NodeASN %d %v (the annotation wins over the label)", asn, err)
+	}
+	if a, ok, err := NodePeeringAddress(n, true); a.String() != "2001:db8:1::1" || !ok || err != nil {
+		t.Errorf("peering v6 %v %v %v", a, ok, err)
+	}
+
+	// A label works where the value fits one; without overrides the node's addresses apply.
+	n.Annotations = nil
+	if asn, err := NodeASN(n, 64512); asn != 65099 || err != nil {
+		t.Errorf("NodeASN from label %d %v", asn, err)
+	}
+	if id, ok, err := NodeRouterID(n); id.String() != "192.0.2.11" || !ok || err != nil {
+		t.Errorf("router ID %v %v %v", id, ok, err)
+	}
+	if a, ok, _ := NodePeeringAddress(n, true); a.String() != "2001:db8::11" || !ok {
+		t.Errorf("peering v6 fallback %v", a)
+	}
+
+	// Bad values are named and ignored.
+	n.Annotations = map[string]string{AnnotationASN: "0", AnnotationRouterID: "2001:db8::1", AnnotationPeeringAddress: "10.0.0.1,10.0.0.2"}
+	o, errs = OverridesForNode(n)
+	got := errs.ToAggregate().Error()
+	for _, want := range []string{
+		`metadata.annotations[podroute.io/asn]: Invalid value: "0"`,
+		`metadata.annotations[podroute.io/router-id]: Invalid value: "2001:db8::1"`,
+		`metadata.annotations[podroute.io/peering-address]: Invalid value: "10.0.0.1,10.0.0.2": at most one address per family`,
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("errors %q lack %q", got, want)
+		}
+	}
+	if o.ASN != 0 || o.RouterID.IsValid() || o.PeeringAddresses != nil {
+		t.Errorf("bad values used: %+v", o)
+	}
+	if asn, err := NodeASN(n, 64512); asn != 64512 || err == nil {
+		t.Errorf("NodeASN with a bad annotation: %d %v", asn, err)
+	}
+}
+
+func TestCheckNodes(t *testing.T) {
+	cfg := DefaultConfiguration()
+	mk := func(name, addr string, sel map[string]string) Peer {
+		bp := &BGPPeer{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: BGPPeerSpec{PeerAddress: addr, PeerASN: 65001}}
+		if sel != nil {
+			bp.Spec.NodeSelector = &metav1.LabelSelector{MatchLabels: sel}
+		}
+		p, errs := bp.Parse(cfg)
+		if len(errs) != 0 {
+			t.Fatal(errs)
+		}
+		return p
+	}
+	nodes := []cluster.Node{
+		{Name: "b1", Labels: map[string]string{"rack": "b"}, Addresses: []netip.Addr{netip.MustParseAddr("192.0.2.21")}},
+		{Name: "a1", Labels: map[string]string{"rack": "a"}, Addresses: []netip.Addr{netip.MustParseAddr("192.0.2.11")}},
+	}
+	s := Settings{Configuration: cfg, Peers: []Peer{
+		mk("all", "198.51.100.1", nil),
+		mk("is-node", "192.0.2.21", nil),
+		mk("tor-a", "10.0.0.1", map[string]string{"rack": "a"}),
+		mk("tor-a-dup", "10.0.0.1", map[string]string{"rack": "a"}),
+		mk("tor-b", "10.0.0.1", map[string]string{"rack": "b"}), // same address, other rack: fine
+		mk("tor-c", "10.0.0.3", map[string]string{"rack": "c"}),
+	}}
+	checkNodes(&s, nodes)
+	var names []string
+	for _, p := range s.Peers {
+		names = append(names, p.Name+"="+strings.Join(p.Nodes, ","))
+	}
+	if want := []string{"all=a1,b1", "tor-a=a1", "tor-b=b1", "tor-c="}; !slices.Equal(names, want) {
+		t.Errorf("valid peers %v, want %v", names, want)
+	}
+	if len(s.InvalidPeers) != 2 {
+		t.Fatalf("invalid peers %+v", s.InvalidPeers)
+	}
+	for _, ip := range s.InvalidPeers {
+		msg := ip.Errors.ToAggregate().Error()
+		switch ip.Name {
+		case "is-node":
+			if !strings.Contains(msg, `spec.peerAddress: Invalid value: "192.0.2.21": is the address of node b1`) {
+				t.Errorf("is-node: %s", msg)
+			}
+		case "tor-a-dup":
+			if !strings.Contains(msg, "spec.peerAddress") || !strings.Contains(msg, "BGPPeer tor-a already peers with this address from node a1") {
+				t.Errorf("tor-a-dup: %s", msg)
+			}
+		default:
+			t.Errorf("unexpected invalid peer %s: %s", ip.Name, msg)
+		}
+	}
+	if got := s.PeersForNode(nodes[1]); len(got) != 2 || got[0].Name != "all" || got[1].Name != "tor-a" {
+		t.Errorf("PeersForNode(a1) = %v", got)
+	}
+}
+
+func TestParseCommunity(t *testing.T) {
+	for in, ok := range map[string]bool{"1:2": true, "65535:65535": true, "0:0": true, "65536:1": false, "1": false, "a:b": false, "1:2:3": false, "-1:2": false} {
+		if _, err := ParseCommunity(in); (err == nil) != ok {
+			t.Errorf("ParseCommunity(%q) err=%v, want ok=%v", in, err, ok)
+		}
+	}
+}

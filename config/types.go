@@ -1,0 +1,130 @@
+package config
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+)
+
+// The podroute API: group, version and the resources the agent reads.
+const (
+	Group   = "podroute.io"
+	Version = "v1alpha1"
+
+	KindBGPPeer          = "BGPPeer"
+	KindBGPConfiguration = "BGPConfiguration"
+
+	// ConfigurationName is the name of the only BGPConfiguration podroute reads.
+	ConfigurationName = "default"
+)
+
+var (
+	// BGPPeerGVR and BGPConfigurationGVR address the custom resources.
+	BGPPeerGVR          = schema.GroupVersionResource{Group: Group, Version: Version, Resource: "bgppeers"}
+	BGPConfigurationGVR = schema.GroupVersionResource{Group: Group, Version: Version, Resource: "bgpconfigurations"}
+	// SecretGVR addresses the Secrets holding peers' passwords.
+	SecretGVR = schema.GroupVersionResource{Version: "v1", Resource: "secrets"}
+)
+
+// APIVersion is the apiVersion of podroute's objects.
+var APIVersion = Group + "/" + Version
+
+// Defaults of BGPConfiguration (the CRD applies the same ones) and of BGPPeer.
+const (
+	DefaultASN            = 64512
+	DefaultNodeToNodeMesh = true
+	DefaultExportPodCIDRs = true
+	DefaultPort           = 179
+)
+
+// Condition types podroute writes.
+const (
+	// ConditionValid is True when podroute accepts the spec; False names the fields it rejects.
+	ConditionValid = "Valid"
+	// ConditionAccepted is True when a valid BGPPeer selects at least one node.
+	ConditionAccepted = "Accepted"
+)
+
+// Condition reasons, also used as Event reasons.
+const (
+	ReasonValid           = "Valid"
+	ReasonInvalidSpec     = "InvalidSpec"
+	ReasonNodesSelected   = "NodesSelected"
+	ReasonNoNodesSelected = "NoNodesSelected"
+)
+
+// BGPPeer is an external BGP peer (a top-of-rack router, a route reflector) of the nodes
+// its NodeSelector selects. Cluster-scoped.
+type BGPPeer struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Spec   BGPPeerSpec `json:"spec"`
+	Status Status      `json:"status,omitempty"`
+}
+
+// BGPPeerSpec mirrors the CRD's spec. Durations stay strings here ("9s"); Parse turns the
+// spec into a Peer with typed values.
+type BGPPeerSpec struct {
+	// PeerAddress is the peer's IPv4 or IPv6 address.
+	PeerAddress string `json:"peerAddress"`
+	// PeerASN is the peer's AS number, 1..4294967295; int64 so that an out-of-range value
+	// still decodes and is reported as a field error.
+	PeerASN int64 `json:"peerASN"`
+	// NodeSelector selects the nodes that peer with it; nil or empty selects every node.
+	NodeSelector *metav1.LabelSelector `json:"nodeSelector,omitempty"`
+	// PasswordSecretRef names the TCP MD5 password.
+	PasswordSecretRef *SecretKeyRef `json:"passwordSecretRef,omitempty"`
+	// HoldTime, KeepaliveTime and GracefulRestartTime are durations in whole seconds.
+	HoldTime            string `json:"holdTime,omitempty"`
+	KeepaliveTime       string `json:"keepaliveTime,omitempty"`
+	GracefulRestartTime string `json:"gracefulRestartTime,omitempty"`
+	// EBGPMultihop (a TTL) and TTLSecurity (hops, GTSM) are mutually exclusive, 1..255.
+	EBGPMultihop *int64 `json:"ebgpMultihop,omitempty"`
+	TTLSecurity  *int64 `json:"ttlSecurity,omitempty"`
+	// RouteReflectorClient makes this iBGP peer our route-reflector client.
+	RouteReflectorClient bool `json:"routeReflectorClient,omitempty"`
+	// Port is the peer's TCP port; nil means 179.
+	Port *int64 `json:"port,omitempty"`
+	// ExportPodCIDRs overrides BGPConfiguration spec.exportPodCIDRs for this peer.
+	ExportPodCIDRs *bool `json:"exportPodCIDRs,omitempty"`
+}
+
+// SecretKeyRef names one key of a Secret.
+type SecretKeyRef struct {
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	Key       string `json:"key"`
+}
+
+// String formats the reference as namespace/name[key].
+func (r SecretKeyRef) String() string { return r.Namespace + "/" + r.Name + "[" + r.Key + "]" }
+
+// BGPConfiguration holds the cluster-wide BGP settings. Cluster-scoped; only the object
+// named ConfigurationName is read.
+type BGPConfiguration struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Spec   BGPConfigurationSpec `json:"spec"`
+	Status Status               `json:"status,omitempty"`
+}
+
+// BGPConfigurationSpec mirrors the CRD's spec. Pointers tell an absent field (the default,
+// or the agent's flag) from a set one.
+type BGPConfigurationSpec struct {
+	ASNumber                   *int64                `json:"asNumber,omitempty"`
+	NodeToNodeMesh             *bool                 `json:"nodeToNodeMesh,omitempty"`
+	RouteReflectorNodeSelector *metav1.LabelSelector `json:"routeReflectorNodeSelector,omitempty"`
+	RouteReflectorClusterID    string                `json:"routeReflectorClusterID,omitempty"`
+	Communities                []string              `json:"communities,omitempty"`
+	ExportPodCIDRs             *bool                 `json:"exportPodCIDRs,omitempty"`
+	ClusterCIDRs               []string              `json:"clusterCIDRs,omitempty"`
+	ServiceCIDRs               []string              `json:"serviceCIDRs,omitempty"`
+}
+
+// Status is the status of both resources.
+type Status struct {
+	// ObservedGeneration is the metadata.generation the conditions describe.
+	ObservedGeneration int64              `json:"observedGeneration,omitempty"`
+	Conditions         []metav1.Condition `json:"conditions,omitempty"`
+}
