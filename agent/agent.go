@@ -12,11 +12,13 @@ import (
 	"sync"
 	"time"
 
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/podroute/podroute/bgp"
 	"github.com/podroute/podroute/cluster"
 	"github.com/podroute/podroute/cniconf"
+	"github.com/podroute/podroute/config"
 	"github.com/podroute/podroute/egress"
 	"github.com/podroute/podroute/routes"
 )
@@ -26,6 +28,9 @@ type Agent struct {
 	cfg     Config
 	log     *slog.Logger
 	nodes   *cluster.Watcher
+	// settings and status are nil when the agent runs without the podroute CRDs' client.
+	settings *config.Watcher
+	status   *config.StatusWriter
 	kernel  *routes.Reconciler
 	masq    *egress.Masquerade
 	metrics *Metrics
@@ -40,7 +45,7 @@ type Agent struct {
 	me         self
 	meErr      error
 	peers      map[netip.Addr]peerSpec
-	advertised map[netip.Prefix]bool
+	advertised map[netip.Prefix]string // prefix -> communities it was advertised with
 	filter     *bgp.ImportFilter
 	cniPath    string
 	cniWritten bool
@@ -56,8 +61,9 @@ type Agent struct {
 	logged     map[string]bool
 }
 
-// New builds an agent; Run starts it.
-func New(cfg Config, client kubernetes.Interface, log *slog.Logger) (*Agent, error) {
+// New builds an agent; Run starts it. dyn reads podroute's BGPPeer and BGPConfiguration
+// resources; nil runs the agent on its flags alone.
+func New(cfg Config, client kubernetes.Interface, dyn dynamic.Interface, log *slog.Logger) (*Agent, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -71,10 +77,19 @@ func New(cfg Config, client kubernetes.Interface, log *slog.Logger) (*Agent, err
 		metrics:    newMetrics(),
 		newRouter:  bgp.New,
 		peers:      map[netip.Addr]peerSpec{},
-		advertised: map[netip.Prefix]bool{},
+		advertised: map[netip.Prefix]string{},
 		installErr: map[netip.Prefix]string{},
 		installed:  map[netip.Prefix]bool{},
 		logged:     map[string]bool{},
+	}
+	if dyn != nil {
+		defaults := cfg.defaults()
+		a.settings = config.NewWatcher(dyn, config.Options{
+			Defaults: &defaults,
+			Nodes:    a.nodes.Nodes,
+			Logger:   log.With("component", "config"),
+		})
+		a.status = config.NewStatusWriter(dyn, client.CoreV1(), cfg.NodeName, log.With("component", "status"))
 	}
 	return a, nil
 }
@@ -116,6 +131,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 
 	go a.nodes.Run(ctx)
+	var settingsChanged <-chan struct{}
+	if a.settings != nil {
+		go a.settings.Run(ctx)
+		defer a.status.Shutdown()
+		settingsChanged = a.settings.Changed()
+	}
 	kernelEvents, err := kernel.Watch(ctx)
 	if err != nil {
 		a.log.Warn("watching kernel routes failed; relying on periodic resync", "err", err)
@@ -136,6 +157,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-a.nodes.Changed():
+		case <-settingsChanged:
 		case _, ok := <-bgpEvents:
 			if !ok {
 				bgpEvents = nil
@@ -188,8 +210,24 @@ func (a *Agent) reconcileOnce(ctx context.Context) error {
 	if !a.nodes.Synced() {
 		return errors.New("waiting for the first list of Nodes from the Kubernetes API")
 	}
-	nodes := a.nodes.Nodes()
-	me, meErr := findSelf(&a.cfg, nodes)
+	s := a.settingsSnapshot()
+	if !s.Synced {
+		return errors.New("waiting for the first list of BGPPeers and BGPConfiguration")
+	}
+	if a.status != nil {
+		if err := a.status.Sync(ctx, s); err != nil {
+			a.once("status:"+err.Error(), slog.LevelWarn, "could not write the status of podroute resources", "err", err)
+		}
+	}
+	for _, p := range s.Problems {
+		a.once("config:"+p, slog.LevelWarn, "BGP configuration", "problem", p)
+	}
+	cfg := effective(&a.cfg, s)
+	nodes, problems := withOverrides(a.nodes.Nodes())
+	for _, p := range problems {
+		a.once("override:"+p, slog.LevelWarn, "node override ignored", "reason", p)
+	}
+	me, meErr := findSelf(&cfg, nodes)
 	a.mu.Lock()
 	a.meErr = meErr
 	if meErr == nil || (len(me.PodCIDRs) > 0 && (me.V4.IsValid() || me.V6.IsValid())) {
@@ -216,10 +254,10 @@ func (a *Agent) reconcileOnce(ctx context.Context) error {
 	if err := a.reconcileCNI(me); err != nil {
 		errs = append(errs, err)
 	}
-	if err := a.reconcileEgress(ctx, me); err != nil {
+	if err := a.reconcileEgress(ctx, &cfg, me); err != nil {
 		errs = append(errs, err)
 	}
-	if err := a.reconcileBGP(ctx, me, nodes); err != nil {
+	if err := a.reconcileBGP(ctx, &cfg, s, me, nodes); err != nil {
 		errs = append(errs, err)
 	}
 	if err := a.reconcileKernel(ctx, me); err != nil {
@@ -261,11 +299,11 @@ func (a *Agent) reconcileCNI(me self) error {
 // flushed ruleset comes back.
 const egressResync = 5 * time.Minute
 
-func (a *Agent) reconcileEgress(ctx context.Context, me self) error {
+func (a *Agent) reconcileEgress(ctx context.Context, cfg *Config, me self) error {
 	if a.masq == nil {
 		return nil
 	}
-	want := egress.Config{PodCIDRs: me.PodCIDRs, ClusterCIDRs: a.cfg.ClusterCIDRs, Enabled: true}
+	want := egress.Config{PodCIDRs: me.PodCIDRs, ClusterCIDRs: cfg.ClusterCIDRs, Enabled: true}
 	a.mu.Lock()
 	same := a.egressDone != nil && reflect.DeepEqual(*a.egressDone, want) && time.Since(a.egressAt) < egressResync
 	a.mu.Unlock()
@@ -310,8 +348,10 @@ func sameIdentity(a, b bgp.Config) bool {
 		slices.Equal(a.ListenAddresses, b.ListenAddresses)
 }
 
-func (a *Agent) reconcileBGP(ctx context.Context, me self, nodes []cluster.Node) error {
-	filter := importFilter(&a.cfg, me, nodes)
+func (a *Agent) reconcileBGP(ctx context.Context, cfg *Config, s config.Settings, me self, nodes []cluster.Node) error {
+	t := nodeTopology(cfg, s, me, me.Node, nodes)
+	t.addExternal(cfg, s, me, me.Node)
+	filter := importFilter(cfg, me, nodes, t.origin)
 	want := a.routerConfig(me, filter)
 
 	a.mu.Lock()
@@ -321,7 +361,7 @@ func (a *Agent) reconcileBGP(ctx context.Context, me self, nodes []cluster.Node)
 		a.log.Info("BGP identity changed: restarting the speaker", "asn", want.ASN, "routerID", want.RouterID)
 		a.stopRouter()
 		a.mu.Lock()
-		a.peers, a.advertised, a.filter = map[netip.Addr]peerSpec{}, map[netip.Prefix]bool{}, nil
+		a.peers, a.advertised, a.filter = map[netip.Addr]peerSpec{}, map[netip.Prefix]string{}, nil
 		a.mu.Unlock()
 		r = nil
 	}
@@ -358,9 +398,9 @@ func (a *Agent) reconcileBGP(ctx context.Context, me self, nodes []cluster.Node)
 		}
 	}
 
-	wantPeers, problems := meshNeighbors(&a.cfg, me, nodes)
-	for _, p := range problems {
-		a.once("peer:"+p, slog.LevelWarn, "node left out of the BGP mesh", "reason", p)
+	wantPeers := t.peers
+	for _, p := range t.problems {
+		a.once("peer:"+p, slog.LevelWarn, "peer left out", "reason", p)
 	}
 	if !filterOK {
 		// A new mesh peer must not come up before the filter restricting it to its own
@@ -370,7 +410,7 @@ func (a *Agent) reconcileBGP(ctx context.Context, me self, nodes []cluster.Node)
 		a.mu.Unlock()
 	}
 	errs = append(errs, a.applyPeers(ctx, r, wantPeers)...)
-	errs = append(errs, a.applyAdvertisements(ctx, r, me.PodCIDRs)...)
+	errs = append(errs, a.applyAdvertisements(ctx, r, me.PodCIDRs, s.Configuration.Communities)...)
 	return errors.Join(errs...)
 }
 
@@ -415,22 +455,24 @@ func (a *Agent) applyPeers(ctx context.Context, r bgp.Router, want map[netip.Add
 	return errs
 }
 
-func (a *Agent) applyAdvertisements(ctx context.Context, r bgp.Router, want []netip.Prefix) []error {
+func (a *Agent) applyAdvertisements(ctx context.Context, r bgp.Router, want []netip.Prefix, comms []bgp.Community) []error {
 	var errs []error
 	a.mu.Lock()
 	have := maps.Clone(a.advertised)
 	a.mu.Unlock()
+	key := fmt.Sprint(comms)
 	for _, p := range want {
-		if have[p] {
+		if k, ok := have[p]; ok && k == key {
 			continue
 		}
-		if err := r.Advertise(ctx, p); err != nil {
+		// Advertise replaces an earlier advertisement, so a change of communities is one call.
+		if err := r.Advertise(ctx, p, comms...); err != nil {
 			errs = append(errs, fmt.Errorf("advertise %s: %w", p, err))
 			continue
 		}
-		a.log.Info("advertising pod CIDR", "prefix", p)
+		a.log.Info("advertising pod CIDR", "prefix", p, "communities", key)
 		a.mu.Lock()
-		a.advertised[p] = true
+		a.advertised[p] = key
 		a.mu.Unlock()
 	}
 	for p := range have {
@@ -447,6 +489,15 @@ func (a *Agent) applyAdvertisements(ctx context.Context, r bgp.Router, want []ne
 		a.mu.Unlock()
 	}
 	return errs
+}
+
+// settingsSnapshot is the cluster's BGP configuration, or the flags' when the agent runs
+// without the CRDs' client.
+func (a *Agent) settingsSnapshot() config.Settings {
+	if a.settings == nil {
+		return config.Settings{Synced: true, Configuration: a.cfg.defaults()}
+	}
+	return a.settings.Snapshot()
 }
 
 func (a *Agent) reconcileKernel(ctx context.Context, me self) error {

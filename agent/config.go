@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/podroute/podroute/cniconf"
+	"github.com/podroute/podroute/config"
 )
 
 // DefaultASN is the private AS number the cluster uses unless told otherwise.
@@ -50,6 +51,16 @@ type Config struct {
 	// StaleTimeout bounds how long routes left by a previous run are kept while the BGP
 	// speaker resynchronises after a restart.
 	StaleTimeout time.Duration
+}
+
+// defaults is the BGP configuration the flags describe: what applies when the cluster has no
+// BGPConfiguration (or the CRDs are not installed).
+func (c *Config) defaults() config.Configuration {
+	d := config.DefaultConfiguration()
+	d.ASN = c.ASN
+	d.ClusterCIDRs = c.ClusterCIDRs
+	d.ServiceCIDRs = c.ServiceCIDRs
+	return d
 }
 
 // Validate checks the configuration; errors name the flag.

@@ -10,6 +10,7 @@ import (
 
 	"github.com/podroute/podroute/bgp"
 	"github.com/podroute/podroute/cluster"
+	"github.com/podroute/podroute/config"
 	"github.com/podroute/podroute/routes"
 )
 
@@ -20,6 +21,8 @@ type self struct {
 	V4, V6   netip.Addr
 	RouterID netip.Addr
 	ASN      uint32
+	// Node is this node's object as routing sees it (labels select peers and reflectors).
+	Node cluster.Node
 }
 
 // findSelf picks this node out of the cluster and fills in what flags override.
@@ -33,7 +36,7 @@ func findSelf(cfg *Config, nodes []cluster.Node) (self, error) {
 	if n == nil {
 		return self{}, fmt.Errorf("node %s: no such Node object (is --node-name right?)", cfg.NodeName)
 	}
-	s := self{Name: n.Name, PodCIDRs: n.PodCIDRs}
+	s := self{Name: n.Name, PodCIDRs: n.PodCIDRs, Node: *n}
 	s.V4, _ = n.Address(false)
 	s.V6, _ = n.Address(true)
 	for _, ip := range cfg.NodeIPs {
@@ -43,14 +46,20 @@ func findSelf(cfg *Config, nodes []cluster.Node) (self, error) {
 			s.V6 = ip
 		}
 	}
-	asn, err := n.ASN(cfg.ASN)
+	asn, err := config.NodeASN(*n, cfg.ASN)
 	s.ASN = asn
 	if err != nil {
 		return s, err
 	}
+	o, errs := config.OverridesForNode(*n)
+	if agg := errs.ToAggregate(); agg != nil {
+		return s, fmt.Errorf("node %s: %w", n.Name, agg)
+	}
 	switch {
 	case cfg.RouterID.IsValid():
 		s.RouterID = cfg.RouterID
+	case o.RouterID.IsValid():
+		s.RouterID = o.RouterID
 	case s.V4.IsValid():
 		s.RouterID = s.V4
 	case s.V6.IsValid():
@@ -112,76 +121,22 @@ func sessionAddress(me self, peer *cluster.Node) (local, remote netip.Addr, ok b
 	return netip.Addr{}, netip.Addr{}, false
 }
 
-// meshPeer is another node of the mesh and the addresses its session runs over.
-type meshPeer struct {
-	node          *cluster.Node
-	local, remote netip.Addr
-}
-
-// meshPeers lists the other nodes to peer with, keyed by session address. A later Node
-// claiming the same address replaces an earlier one; meshNeighbors and importFilter both
-// use this so a session and its origin rule always describe the same Node.
-func meshPeers(me self, nodes []cluster.Node) (map[netip.Addr]meshPeer, []string) {
-	out := map[netip.Addr]meshPeer{}
-	var problems []string
-	for i := range nodes {
-		n := &nodes[i]
-		if n.Name == me.Name {
-			continue
-		}
-		local, remote, ok := sessionAddress(me, n)
-		if !ok {
-			problems = append(problems, fmt.Sprintf("node %s: no address to peer with", n.Name))
-			continue
-		}
-		out[remote] = meshPeer{node: n, local: local, remote: remote}
-	}
-	return out, problems
-}
-
-// meshNeighbors is the full iBGP mesh: one session with every other node that has an address.
-func meshNeighbors(cfg *Config, me self, nodes []cluster.Node) (map[netip.Addr]peerSpec, []string) {
-	peers, problems := meshPeers(me, nodes)
-	out := make(map[netip.Addr]peerSpec, len(peers))
-	for remote, p := range peers {
-		asn, err := p.node.ASN(cfg.ASN)
-		if err != nil {
-			problems = append(problems, err.Error())
-		}
-		out[remote] = peerSpec{
-			Node: p.node.Name,
-			Neighbor: bgp.Neighbor{
-				Address:         remote,
-				ASN:             asn,
-				LocalAddress:    p.local,
-				HoldTime:        cfg.HoldTime,
-				KeepaliveTime:   cfg.KeepaliveTime,
-				GracefulRestart: cfg.GracefulRestart,
-				RestartTime:     cfg.RestartTime,
-				Kind:            "mesh",
-			},
-		}
-	}
-	slices.Sort(problems)
-	return out, problems
-}
-
-// peerSpec is a desired neighbour and the node behind it.
+// peerSpec is a desired neighbour and the node or BGPPeer behind it.
 type peerSpec struct {
 	Node     string
+	Peer     string // BGPPeer name, for external peers
 	Neighbor bgp.Neighbor
 }
 
 // importFilter accepts other nodes' pod CIDRs and nothing else: inside the cluster CIDRs, no
 // more specific than a node CIDR, never this node's own CIDRs, node addresses or services.
-// A mesh peer may only originate its own Node's pod CIDRs (both families over its one
-// session), so a node cannot draw another node's pod traffic; a node without pod CIDRs
-// yet gets an empty entry, accepting nothing from it.
-func importFilter(cfg *Config, me self, nodes []cluster.Node) bgp.ImportFilter {
+// origin restricts node peers to their own Node's pod CIDRs (both families over the one
+// session), so a node cannot draw another node's pod traffic; a node without pod CIDRs yet
+// gets an empty entry, accepting nothing from it.
+func importFilter(cfg *Config, me self, nodes []cluster.Node, origin map[netip.Addr][]netip.Prefix) bgp.ImportFilter {
 	f := bgp.ImportFilter{ClusterCIDRs: cfg.ClusterCIDRs, PeerPrefixes: map[netip.Addr][]netip.Prefix{}}
-	peers, _ := meshPeers(me, nodes)
-	for remote, p := range peers {
-		f.PeerPrefixes[remote] = append([]netip.Prefix{}, p.node.PodCIDRs...)
+	for remote, prefixes := range origin {
+		f.PeerPrefixes[remote] = append([]netip.Prefix{}, prefixes...)
 	}
 	for _, p := range me.PodCIDRs {
 		if p.Addr().Is4() {

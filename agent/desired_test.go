@@ -1,15 +1,19 @@
 package agent
 
 import (
+	"fmt"
 	"net/netip"
 	"reflect"
 	"slices"
 	"strings"
 	"testing"
+
+	"k8s.io/apimachinery/pkg/labels"
 	"time"
 
 	"github.com/podroute/podroute/bgp"
 	"github.com/podroute/podroute/cluster"
+	"github.com/podroute/podroute/config"
 	"github.com/podroute/podroute/routes"
 )
 
@@ -82,7 +86,7 @@ func TestImportFilter(t *testing.T) {
 	cfg := testConfig()
 	nodes := testNodes()
 	me, _ := findSelf(&cfg, nodes)
-	f := importFilter(&cfg, me, nodes)
+	f := filterFor(&cfg, me, nodes)
 	if f.MaxLenIPv4 != 24 || f.MaxLenIPv6 != 64 {
 		t.Fatalf("max lengths %d/%d, want the node CIDR sizes", f.MaxLenIPv4, f.MaxLenIPv6)
 	}
@@ -106,7 +110,7 @@ func TestImportFilter(t *testing.T) {
 		cluster.Node{Name: "e", PodCIDRs: []netip.Prefix{pfx("10.244.5.0/24"), pfx("fd00:10:244:5::/64")}, Addresses: []netip.Addr{addr("192.0.2.5"), addr("2001:db8::5")}},
 		cluster.Node{Name: "f", Problem: "spec.podCIDRs is empty", Addresses: []netip.Addr{addr("192.0.2.6")}},
 	)
-	f = importFilter(&cfg, me, nodes)
+	f = filterFor(&cfg, me, nodes)
 	if got := f.PeerPrefixes[addr("192.0.2.5")]; !slices.Equal(got, []netip.Prefix{pfx("10.244.5.0/24"), pfx("fd00:10:244:5::/64")}) {
 		t.Errorf("dual-stack peer e: %v", got)
 	}
@@ -192,5 +196,169 @@ func TestOverlaps(t *testing.T) {
 	err := overlaps(me, nodes)
 	if err == nil || !strings.Contains(err.Error(), "node b") || !strings.Contains(err.Error(), "10.244.1.128/25") {
 		t.Fatalf("overlap with node b not named: %v", err)
+	}
+}
+
+// meshNeighbors and filterFor run the topology with the flags' defaults: the full mesh.
+func meshNeighbors(cfg *Config, me self, nodes []cluster.Node) (map[netip.Addr]peerSpec, []string) {
+	t := nodeTopology(cfg, config.Settings{Configuration: cfg.defaults()}, me, me.Node, nodes)
+	return t.peers, t.problems
+}
+
+func filterFor(cfg *Config, me self, nodes []cluster.Node) bgp.ImportFilter {
+	t := nodeTopology(cfg, config.Settings{Configuration: cfg.defaults()}, me, me.Node, nodes)
+	return importFilter(cfg, me, nodes, t.origin)
+}
+
+func rrNodes() []cluster.Node {
+	var nodes []cluster.Node
+	for i := 1; i <= 6; i++ {
+		n := cluster.Node{
+			Name:      fmt.Sprintf("n%d", i),
+			PodCIDRs:  []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, byte(i), 0}), 24)},
+			Addresses: []netip.Addr{netip.AddrFrom4([4]byte{192, 0, 2, byte(i)})},
+			Labels:    map[string]string{"rack": "a"},
+		}
+		if i <= 2 {
+			n.Labels["podroute.io/route-reflector"] = "true"
+		}
+		nodes = append(nodes, n)
+	}
+	return nodes
+}
+
+func rrSettings(cfg *Config) config.Settings {
+	c := cfg.defaults()
+	c.NodeToNodeMesh = false
+	c.RouteReflectorNodeSelector = labels.SelectorFromSet(labels.Set{"podroute.io/route-reflector": "true"})
+	c.RouteReflectorClusterID = addr("192.0.2.250")
+	return config.Settings{Synced: true, Configuration: c}
+}
+
+func TestRouteReflectorTopology(t *testing.T) {
+	cfg := testConfig()
+	nodes := rrNodes()
+	s := rrSettings(&cfg)
+	sessions := 0
+	for i := range nodes {
+		cfg.NodeName = nodes[i].Name
+		me, err := findSelf(&cfg, nodes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		top := nodeTopology(&cfg, s, me, me.Node, nodes)
+		sessions += len(top.peers)
+		isRR := i < 2
+		switch {
+		case isRR:
+			// A reflector peers with the other reflector (no origin rule) and takes the four
+			// other nodes as clients, each limited to its own pod CIDR.
+			if len(top.peers) != 5 {
+				t.Fatalf("reflector %s has %d peers, want 5", me.Name, len(top.peers))
+			}
+			other := top.peers[nodes[1-i].Addresses[0]]
+			if other.Neighbor.Kind != bgp.KindReflector || other.Neighbor.RouteReflectorClient {
+				t.Errorf("reflector-reflector session %+v", other.Neighbor)
+			}
+			if _, restricted := top.origin[nodes[1-i].Addresses[0]]; restricted {
+				t.Error("the other reflector relays every node's routes: it must not be origin-restricted")
+			}
+			c := top.peers[nodes[4].Addresses[0]]
+			if !c.Neighbor.RouteReflectorClient || c.Neighbor.Kind != bgp.KindReflectorClient || c.Neighbor.RouteReflectorClusterID != addr("192.0.2.250") {
+				t.Errorf("client session %+v", c.Neighbor)
+			}
+			if got := top.origin[nodes[4].Addresses[0]]; !slices.Equal(got, nodes[4].PodCIDRs) {
+				t.Errorf("client origin %v, want %v", got, nodes[4].PodCIDRs)
+			}
+		default:
+			// A client peers with the reflectors only.
+			if len(top.peers) != 2 {
+				t.Fatalf("client %s has %d peers, want the 2 reflectors", me.Name, len(top.peers))
+			}
+			for _, p := range top.peers {
+				if p.Neighbor.Kind != bgp.KindReflector || p.Neighbor.RouteReflectorClient {
+					t.Errorf("client's session %+v", p.Neighbor)
+				}
+			}
+			if len(top.origin) != 0 {
+				t.Errorf("a client must accept reflected routes, origin %v", top.origin)
+			}
+		}
+	}
+	// 2 reflectors x 5 + 4 clients x 2 session ends = 18, against 30 for a mesh of 6.
+	if sessions != 18 {
+		t.Fatalf("%d session ends, want 18", sessions)
+	}
+
+	// Mesh off and no reflector: node sessions vanish, only external peers remain.
+	s.Configuration.RouteReflectorNodeSelector = labels.Nothing()
+	cfg.NodeName = "n3"
+	me, _ := findSelf(&cfg, nodes)
+	if top := nodeTopology(&cfg, s, me, me.Node, nodes); len(top.peers) != 0 {
+		t.Fatalf("mesh off without reflectors: %d node sessions", len(top.peers))
+	}
+}
+
+func TestExternalPeers(t *testing.T) {
+	cfg := testConfig()
+	nodes := rrNodes()
+	cfg.NodeName = "n3"
+	me, _ := findSelf(&cfg, nodes)
+	s := config.Settings{Synced: true, Configuration: cfg.defaults(), Peers: []config.Peer{
+		{Name: "tor-a", Address: addr("192.0.2.254"), ASN: 65101, NodeSelector: labels.SelectorFromSet(labels.Set{"rack": "a"}), ExportPodCIDRs: true},
+		{Name: "tor-b", Address: addr("192.0.2.253"), ASN: 65102, NodeSelector: labels.SelectorFromSet(labels.Set{"rack": "b"}), ExportPodCIDRs: true},
+		{Name: "quiet", Address: addr("192.0.2.252"), ASN: 64512, NodeSelector: labels.Everything(), ExportPodCIDRs: false},
+		{Name: "clash", Address: addr("192.0.2.4"), ASN: 65000, NodeSelector: labels.Everything(), ExportPodCIDRs: true},
+	}}
+	top := nodeTopology(&cfg, s, me, me.Node, nodes)
+	top.addExternal(&cfg, s, me, me.Node)
+	tor := top.peers[addr("192.0.2.254")]
+	if tor.Peer != "tor-a" || tor.Neighbor.Kind != bgp.KindExternal || tor.Neighbor.AllowOwnAS != 1 || tor.Neighbor.NoExport || tor.Neighbor.LocalAddress != me.V4 {
+		t.Fatalf("ToR of rack a: %+v", tor)
+	}
+	if _, ok := top.peers[addr("192.0.2.253")]; ok {
+		t.Fatal("rack b's ToR selected on a rack a node")
+	}
+	if q := top.peers[addr("192.0.2.252")]; !q.Neighbor.NoExport || q.Neighbor.AllowOwnAS != 0 {
+		t.Fatalf("iBGP peer without export: %+v", q.Neighbor)
+	}
+	if c := top.peers[addr("192.0.2.4")]; c.Node != "n4" || c.Neighbor.Kind != bgp.KindMesh {
+		t.Fatalf("a BGPPeer at a node's address replaced the node session: %+v", c)
+	}
+	if len(top.problems) != 1 || !strings.Contains(top.problems[0], "BGPPeer clash") {
+		t.Fatalf("problems %v: want the clash named", top.problems)
+	}
+	if _, restricted := top.origin[addr("192.0.2.254")]; restricted {
+		t.Fatal("a ToR carries other racks' routes: it must not be origin-restricted")
+	}
+}
+
+func TestOverridesAndEffective(t *testing.T) {
+	cfg := testConfig()
+	nodes := testNodes()
+	nodes[1].Annotations = map[string]string{"podroute.io/peering-address": "198.51.100.2"}
+	nodes[0].Annotations = map[string]string{"podroute.io/router-id": "10.255.0.1", "podroute.io/asn": "65001"}
+	got, problems := withOverrides(nodes)
+	if len(problems) != 0 || got[1].Addresses[0] != addr("198.51.100.2") {
+		t.Fatalf("peering address override: %v %v", got[1].Addresses, problems)
+	}
+	me, err := findSelf(&cfg, got)
+	if err != nil || me.RouterID != addr("10.255.0.1") || me.ASN != 65001 {
+		t.Fatalf("self with overrides: %+v %v", me, err)
+	}
+	peers, _ := meshNeighbors(&cfg, me, got)
+	if _, ok := peers[addr("198.51.100.2")]; !ok {
+		t.Fatalf("session to node b not on its peering address: %v", peers)
+	}
+
+	s := config.Settings{Configuration: cfg.defaults()}
+	s.Configuration.ASN = 65123
+	s.Configuration.ClusterCIDRs = []netip.Prefix{pfx("10.0.0.0/8")}
+	if e := effective(&cfg, s); e.ASN != cfg.ASN || e.ClusterCIDRs[0] != pfx("10.0.0.0/8") {
+		t.Fatalf("without a BGPConfiguration object the flags' AS stays: %+v", e)
+	}
+	s.ConfigurationObject = &config.ObjectState{Name: "default"}
+	if e := effective(&cfg, s); e.ASN != 65123 {
+		t.Fatalf("the BGPConfiguration's AS must win: %d", e.ASN)
 	}
 }

@@ -193,6 +193,7 @@ const (
 	setValidated     = "podroute-validated-peers"
 	setPeerPrefix    = "podroute-peer-" // + neighbor address, and "-v4"/"-v6" for its prefixes
 	setRRClients     = "podroute-rr-clients"
+	setNoExport      = "podroute-no-export"
 )
 
 // policies builds the whole routing policy: the import policy (assigned globally with
@@ -212,10 +213,10 @@ const (
 // set against the address of the peer the path came from, so steps 4 and 5 single out
 // the validated neighbors.
 //
-// Export: accept our own paths; accept everything towards route-reflector clients
-// (GoBGP decides what to reflect). Without this a node would re-advertise other nodes'
-// routes to its eBGP peers as if it were transit for them.
-func (f *ImportFilter) policies(rrClients []netip.Addr) *api.SetPoliciesRequest {
+// Export: nothing to NoExport neighbors; accept our own paths; accept everything towards
+// route-reflector clients (GoBGP decides what to reflect). Without the default reject a node
+// would re-advertise other nodes' routes to its eBGP peers as if it were transit for them.
+func (f *ImportFilter) policies(rrClients, noExport []netip.Addr) *api.SetPoliciesRequest {
 	req := &api.SetPoliciesRequest{}
 	accept := &api.Actions{RouteAction: api.RouteAction_ACCEPT}
 	reject := &api.Actions{RouteAction: api.RouteAction_REJECT}
@@ -309,11 +310,19 @@ func (f *ImportFilter) policies(rrClients []netip.Addr) *api.SetPoliciesRequest 
 	matchPrefixes(setAllow4, allow4, accept)
 	matchPrefixes(setAllow6, allow6, accept)
 
-	exp := &api.Policy{Name: exportPolicyName, Statements: []*api.Statement{{
+	exp := &api.Policy{Name: exportPolicyName}
+	if addNeighborSet(setNoExport, noExport) {
+		exp.Statements = append(exp.Statements, &api.Statement{
+			Name:       "no-export",
+			Conditions: &api.Conditions{NeighborSet: &api.MatchSet{Type: api.MatchSet_ANY, Name: setNoExport}},
+			Actions:    reject,
+		})
+	}
+	exp.Statements = append(exp.Statements, &api.Statement{
 		Name:       "export-local",
 		Conditions: &api.Conditions{RouteType: api.Conditions_ROUTE_TYPE_LOCAL},
 		Actions:    accept,
-	}}}
+	})
 	// The statement only exists when there are clients (see addNeighborSet).
 	if addNeighborSet(setRRClients, rrClients) {
 		exp.Statements = append(exp.Statements, &api.Statement{

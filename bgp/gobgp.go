@@ -385,15 +385,19 @@ func (r *router) notePeerProblem(key, msg string, fields gobgplog.Fields) {
 func (r *router) applyPoliciesLocked(ctx context.Context, initial bool) error {
 	r.mu.Lock()
 	f := r.filter
-	var clients []netip.Addr
+	var clients, noExport []netip.Addr
 	for a, n := range r.neighbors {
 		if n.RouteReflectorClient {
 			clients = append(clients, a)
 		}
+		if n.NoExport {
+			noExport = append(noExport, a)
+		}
 	}
 	r.mu.Unlock()
 	slices.SortFunc(clients, netip.Addr.Compare)
-	if err := r.srv.SetPolicies(ctx, f.policies(clients)); err != nil {
+	slices.SortFunc(noExport, netip.Addr.Compare)
+	if err := r.srv.SetPolicies(ctx, f.policies(clients, noExport)); err != nil {
 		return fmt.Errorf("bgp: set routing policy: %w", err)
 	}
 	if !initial {
@@ -496,8 +500,9 @@ func (r *router) AddNeighbor(ctx context.Context, n Neighbor) (err error) {
 	if exists {
 		return fmt.Errorf("bgp: neighbor %s already configured", n.Address)
 	}
-	if n.RouteReflectorClient {
-		// The export policy must allow reflection before the session can come up.
+	if n.shapesPolicy() {
+		// The export policy must allow reflection (or forbid export) before the session
+		// can come up.
 		r.mu.Lock()
 		r.neighbors[n.Address] = n
 		r.mu.Unlock()
@@ -517,7 +522,7 @@ func (r *router) AddNeighbor(ctx context.Context, n Neighbor) (err error) {
 		r.mu.Lock()
 		delete(r.neighbors, n.Address)
 		r.mu.Unlock()
-		if n.RouteReflectorClient {
+		if n.shapesPolicy() {
 			_ = r.applyPoliciesLocked(ctx, false)
 		}
 		return fmt.Errorf("bgp: add neighbor %s (AS %d): %w", n.Address, n.ASN, err)
@@ -554,7 +559,7 @@ func (r *router) UpdateNeighbor(ctx context.Context, n Neighbor) (err error) {
 		r.neighbors[n.Address] = old
 		r.mu.Unlock()
 	}
-	rrChanged := old.RouteReflectorClient != n.RouteReflectorClient
+	rrChanged := old.RouteReflectorClient != n.RouteReflectorClient || old.NoExport != n.NoExport
 	if rrChanged {
 		if err := r.applyPoliciesLocked(ctx, false); err != nil {
 			rollback()
@@ -604,7 +609,7 @@ func (r *router) RemoveNeighbor(ctx context.Context, addr netip.Addr) (err error
 	delete(r.neighbors, addr)
 	delete(r.problems, addr)
 	r.mu.Unlock()
-	if n.RouteReflectorClient {
+	if n.shapesPolicy() {
 		if err := r.applyPoliciesLocked(ctx, false); err != nil {
 			return err
 		}

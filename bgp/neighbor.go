@@ -13,6 +13,8 @@ const (
 	KindMesh      = "mesh"
 	KindExternal  = "external"
 	KindReflector = "reflector"
+	// KindReflectorClient is a node this speaker reflects routes to.
+	KindReflectorClient = "rr-client"
 )
 
 // Defaults applied to zero Neighbor fields.
@@ -37,10 +39,10 @@ type Neighbor struct {
 	Port uint16
 	// Password enables TCP MD5 signatures (RFC 2385) with this key.
 	Password string
-	// Passive makes us wait for the peer to connect instead of dialing it. Mesh peers
-	// (Kind KindMesh) with LocalAddress set are made passive automatically when
-	// LocalAddress is the greater address, so exactly one end of each mesh session
-	// dials: GoBGP keeps a dropped session idle for 5s, refusing connections, and drops
+	// Passive makes us wait for the peer to connect instead of dialing it. Node-to-node
+	// peers (Kind mesh, reflector, rr-client) with LocalAddress set are made passive
+	// automatically when LocalAddress is the greater address, so exactly one end of each
+	// such session dials: GoBGP keeps a dropped session idle for 5s, refusing connections, and drops
 	// a restarting peer's stale routes when one of its own reconnection attempts fails;
 	// two ends dialing each other after a restart keep landing in each other's idle time.
 	Passive bool
@@ -67,6 +69,14 @@ type Neighbor struct {
 	// 120s, at most 4095s, whole seconds. Keep it above HoldTime: GoBGP only accepts the
 	// restarted session once the old one is gone, which can take a hold time.
 	RestartTime time.Duration
+
+	// AllowOwnAS accepts paths carrying our own AS up to that many times: with one AS per
+	// rack (RFC 7938), a node learns its rack neighbours' routes back through the ToR.
+	AllowOwnAS uint8
+
+	// NoExport advertises nothing to this peer (an external peer of a rack that must not
+	// learn pod CIDRs); we still accept what it sends.
+	NoExport bool
 
 	// RouteReflectorClient makes this (iBGP) peer our route-reflector client: we reflect
 	// learned routes to it.
@@ -175,7 +185,12 @@ func (n Neighbor) passive() bool {
 	if n.Passive {
 		return true
 	}
-	return n.Kind == KindMesh && n.LocalAddress.IsValid() && n.LocalAddress.Compare(n.Address) > 0
+	return n.nodeToNode() && n.LocalAddress.IsValid() && n.LocalAddress.Compare(n.Address) > 0
+}
+
+// nodeToNode tells a session between two podroute nodes, where exactly one end must dial.
+func (n Neighbor) nodeToNode() bool {
+	return n.Kind == KindMesh || n.Kind == KindReflector || n.Kind == KindReflectorClient
 }
 
 func (n Neighbor) port() uint16 {
@@ -208,6 +223,7 @@ func (n Neighbor) toAPI(cfg *Config, localRestarting bool) *api.Peer {
 			LocalAsn:        cfg.ASN,
 			AuthPassword:    n.Password,
 			Description:     n.Kind,
+			AllowOwnAsn:     uint32(n.AllowOwnAS),
 		},
 		Timers: &api.Timers{Config: &api.TimersConfig{
 			HoldTime:          secs(n.holdTime()),
@@ -259,3 +275,7 @@ func (n Neighbor) toAPI(cfg *Config, localRestarting bool) *api.Peer {
 	}
 	return p
 }
+
+// shapesPolicy tells whether the neighbor appears in the export policy's neighbor sets, so
+// adding, changing or removing it must rebuild the policy.
+func (n Neighbor) shapesPolicy() bool { return n.RouteReflectorClient || n.NoExport }

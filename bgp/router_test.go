@@ -464,7 +464,7 @@ func TestFilterPolicyMatchesClassifier(t *testing.T) {
 	}
 
 	// The import policy runs the same rules in the same order.
-	req := f.policies(nil)
+	req := f.policies(nil, nil)
 	var names []string
 	for _, s := range req.Policies[0].Statements {
 		names = append(names, s.Name)
@@ -504,7 +504,7 @@ func TestFilterPolicyMatchesClassifier(t *testing.T) {
 	// Without validated neighbors no neighbor set exists: an empty one matches everyone.
 	plain := f
 	plain.PeerPrefixes = nil
-	for _, d := range plain.policies(nil).DefinedSets {
+	for _, d := range plain.policies(nil, nil).DefinedSets {
 		if len(d.List) == 0 && len(d.Prefixes) == 0 {
 			t.Errorf("empty defined set %s", d.Name)
 		}

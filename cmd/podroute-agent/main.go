@@ -18,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -43,9 +44,9 @@ func run() error {
 		nodeName     = fs.String("node-name", envOr("NODE_NAME", host), "this node's Node name (env NODE_NAME)")
 		nodeIPs      = fs.String("node-ip", "", "this node's addresses, one per family, comma-separated (default: the Node's InternalIPs)")
 		routerID     = fs.String("router-id", "", "BGP identifier (default: the node's IPv4 address)")
-		asn          = fs.Uint("asn", agent.DefaultASN, "the cluster's AS number (a node's podroute.io/asn annotation overrides it)")
-		clusterCIDRs = fs.String("cluster-cidrs", "", "the cluster's pod CIDRs, comma-separated (required)")
-		serviceCIDRs = fs.String("service-cidrs", "", "the cluster's service CIDRs, never accepted from BGP")
+		asn          = fs.Uint("asn", agent.DefaultASN, "the cluster's AS number when no BGPConfiguration sets it (a node's podroute.io/asn annotation overrides both)")
+		clusterCIDRs = fs.String("cluster-cidrs", "", "the cluster's pod CIDRs, comma-separated (required; BGPConfiguration spec.clusterCIDRs overrides)")
+		serviceCIDRs = fs.String("service-cidrs", "", "the cluster's service CIDRs, never accepted from BGP (BGPConfiguration spec.serviceCIDRs overrides)")
 		bgpPort      = fs.Int("bgp-port", 179, "BGP port to listen on and to reach peers at")
 		bgpListen    = fs.String("bgp-listen-address", "", "addresses the BGP speaker listens on, comma-separated (default: the node's addresses)")
 		holdTime     = fs.Duration("hold-time", 9*time.Second, "BGP hold time proposed to peers (failure detection)")
@@ -132,7 +133,11 @@ func run() error {
 	if err != nil {
 		return fmt.Errorf("kubernetes client: %w", err)
 	}
-	a, err := agent.New(cfg, client, log)
+	dyn, err := dynamic.NewForConfig(rc)
+	if err != nil {
+		return fmt.Errorf("kubernetes dynamic client: %w", err)
+	}
+	a, err := agent.New(cfg, client, dyn, log)
 	if err != nil {
 		return err
 	}
