@@ -25,16 +25,16 @@ import (
 
 // Agent is one node's podroute agent.
 type Agent struct {
-	cfg     Config
-	log     *slog.Logger
-	nodes   *cluster.Watcher
+	cfg   Config
+	log   *slog.Logger
+	nodes *cluster.Watcher
 	// settings and status are nil when the agent runs without the podroute CRDs' client.
 	settings *config.Watcher
 	status   *config.StatusWriter
-	kernel  *routes.Reconciler
-	masq    *egress.Masquerade
-	metrics *Metrics
-	started time.Time
+	kernel   *routes.Reconciler
+	masq     *egress.Masquerade
+	metrics  *Metrics
+	started  time.Time
 
 	// newRouter builds the BGP speaker.
 	newRouter func(bgp.Config) (bgp.Router, error)
@@ -58,7 +58,10 @@ type Agent struct {
 	learned    int
 	lastRun    time.Time
 	lastErr    error
-	logged     map[string]bool
+	problems   []string // configuration problems of the last pass, for the API
+	// topologyProblems are the peers the last BGP pass left out, and why.
+	topologyProblems []string
+	logged           map[string]bool
 }
 
 // New builds an agent; Run starts it. dyn reads podroute's BGPPeer and BGPConfiguration
@@ -222,11 +225,21 @@ func (a *Agent) reconcileOnce(ctx context.Context) error {
 	for _, p := range s.Problems {
 		a.once("config:"+p, slog.LevelWarn, "BGP configuration", "problem", p)
 	}
+	problems := slices.Clone(s.Problems)
+	for _, ip := range s.InvalidPeers {
+		problems = append(problems, fmt.Sprintf("BGPPeer %s ignored: %v", ip.Name, ip.Errors.ToAggregate()))
+	}
 	cfg := effective(&a.cfg, s)
-	nodes, problems := withOverrides(a.nodes.Nodes())
-	for _, p := range problems {
+	nodes, overrideProblems := withOverrides(a.nodes.Nodes())
+	for _, p := range overrideProblems {
 		a.once("override:"+p, slog.LevelWarn, "node override ignored", "reason", p)
 	}
+	problems = append(problems, overrideProblems...)
+	defer func() {
+		a.mu.Lock()
+		a.problems = problems
+		a.mu.Unlock()
+	}()
 	me, meErr := findSelf(&cfg, nodes)
 	a.mu.Lock()
 	a.meErr = meErr
@@ -402,6 +415,9 @@ func (a *Agent) reconcileBGP(ctx context.Context, cfg *Config, s config.Settings
 	for _, p := range t.problems {
 		a.once("peer:"+p, slog.LevelWarn, "peer left out", "reason", p)
 	}
+	a.mu.Lock()
+	a.topologyProblems = t.problems
+	a.mu.Unlock()
 	if !filterOK {
 		// A new mesh peer must not come up before the filter restricting it to its own
 		// pod CIDRs is in place; add it on a later pass.

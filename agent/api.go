@@ -59,6 +59,7 @@ func (a *Agent) Status() agentapi.Status {
 	if a.lastErr != nil {
 		s.LastReconcileErr = a.lastErr.Error()
 	}
+	s.Problems = append(slices.Clone(a.problems), a.topologyProblems...)
 	if a.router != nil {
 		s.Routes.Refused = len(a.router.Refusals())
 	}

@@ -33,7 +33,10 @@ type Status struct {
 	Routes           Counts    `json:"routes"`
 	LastReconcile    time.Time `json:"lastReconcile"`
 	LastReconcileErr string    `json:"lastReconcileError,omitempty"`
-	Version          string    `json:"version"`
+	// Problems are configuration problems the agent works around: invalid BGPPeers, a
+	// missing CRD, a peer clashing with a node, a malformed node override.
+	Problems []string `json:"problems,omitempty"`
+	Version  string   `json:"version"`
 }
 
 // Counts are route counts for Status.

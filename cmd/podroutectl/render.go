@@ -243,6 +243,13 @@ func renderStatus(w io.Writer, format string, st agentapi.Status, now time.Time)
 	} {
 		t.row(kv[0]+":", kv[1])
 	}
+	for i, p := range st.Problems {
+		label := ""
+		if i == 0 {
+			label = "Problems:"
+		}
+		t.row(label, p)
+	}
 	return t.flush()
 }
 

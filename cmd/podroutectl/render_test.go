@@ -88,3 +88,20 @@ func TestParseFormat(t *testing.T) {
 		}
 	}
 }
+
+func TestRenderStatusProblems(t *testing.T) {
+	var b strings.Builder
+	st := agentapi.Status{Node: "n1", Problems: []string{"BGPPeer tor-a ignored: spec.peerASN: Invalid value: 0", "CRDs not installed"}}
+	if err := renderStatus(&b, formatTable, st, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	for _, want := range []string{"Problems:", "BGPPeer tor-a ignored: spec.peerASN", "CRDs not installed"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("status output lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Count(out, "Problems:") != 1 {
+		t.Errorf("the label must appear once:\n%s", out)
+	}
+}
