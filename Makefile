@@ -6,7 +6,7 @@ LDFLAGS  := -s -w -X github.com/podroute/podroute/cni.Version=$(VERSION)
 # Static binaries: the plugin is exec'd on every pod start and runs on any host.
 export CGO_ENABLED := 0
 
-.PHONY: all setup build test test-unit fuzz bench lab lab-down clean
+.PHONY: all setup build test fuzz bench lab lab-down image clean
 
 all: build
 
@@ -44,6 +44,10 @@ lab: setup build
 
 lab-down:
 	hack/lab.sh down
+
+# The agent's image, built offline from bin/ (docker-archive tar for ctr/docker load).
+image: build
+	$(GO) run ./hack/image -bin $(BIN) -version $(VERSION) -o build/podroute-$(VERSION).tar
 
 clean:
 	rm -rf $(BIN) build

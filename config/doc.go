@@ -29,7 +29,11 @@
 //	  resourceNames: [default]          # lists and watches use fieldSelector metadata.name=default
 //	  verbs: [list, watch]
 //	- apiGroups: [podroute.io]
-//	  resources: [bgppeers/status, bgpconfigurations/status]
+//	  resources: [bgppeers/status]
+//	  verbs: [patch]
+//	- apiGroups: [podroute.io]
+//	  resources: [bgpconfigurations/status]
+//	  resourceNames: [default]
 //	  verbs: [patch]
 //	# Role in each namespace holding peer passwords; resourceNames may list the Secrets,
 //	# since each referenced Secret is listed and watched with fieldSelector metadata.name=NAME

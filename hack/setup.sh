@@ -11,6 +11,8 @@ PACKAGES=(
   etcd-server     # backs the real kube-apiserver in the agent tests
   nftables        # egress masquerade (nft, driven through knftables)
   iperf3          # data path benchmark
+  containerd      # the kubelet end-to-end test and the image import check
+  runc
 )
 
 missing=()

@@ -26,6 +26,7 @@ import (
 	"github.com/podroute/podroute/agent"
 	"github.com/podroute/podroute/agentapi"
 	"github.com/podroute/podroute/cniconf"
+	"github.com/podroute/podroute/uninstall"
 )
 
 func main() {
@@ -65,6 +66,10 @@ func run() error {
 		resync       = fs.Duration("resync-interval", 30*time.Second, "period of the safety-net reconcile")
 		staleTimeout = fs.Duration("stale-timeout", 0, "after a restart, keep the previous run's routes at most this long while BGP resynchronises (default: --restart-time)")
 		logLevel     = fs.String("log-level", "info", "debug, info, warn or error")
+		uninst       = fs.Bool("uninstall", false, "remove everything podroute put on this node (CNI config and plugin, pod veths, protocol 201 routes, nftables table inet podroute, IPAM data, socket) and exit; for a drained node or a cluster leaving podroute")
+		dryRun       = fs.Bool("dry-run", false, "with --uninstall: list what would be removed, change nothing")
+		force        = fs.Bool("force", false, "with --uninstall: run even though an agent answers on --socket")
+		wait         = fs.Bool("wait", false, "with --uninstall: after success, block until SIGTERM (for a clean-up DaemonSet)")
 	)
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -78,6 +83,12 @@ func run() error {
 	}
 	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	slog.SetDefault(log)
+	if *uninst {
+		return runUninstall(uninstall.Options{
+			CNI:    cniconf.Options{ConfDir: *cniConfDir, BinDir: *cniBinDir, DataDir: *dataDir},
+			Socket: *socket, DryRun: *dryRun, Force: *force, Logger: log,
+		}, *wait)
+	}
 
 	cfg := agent.Config{
 		NodeName:        *nodeName,
@@ -129,6 +140,9 @@ func run() error {
 		return err
 	}
 	rc.UserAgent = "podroute-agent/" + agent.Version
+	// client-go's default (5 QPS, burst 10) throttled the first status writes and events for
+	// seconds at start; the agent's steady state is a few watches and rare writes.
+	rc.QPS, rc.Burst = 20, 40
 	client, err := kubernetes.NewForConfig(rc)
 	if err != nil {
 		return fmt.Errorf("kubernetes client: %w", err)
@@ -166,6 +180,31 @@ func run() error {
 	case err := <-runErr:
 		return err
 	}
+}
+
+// runUninstall removes podroute from this node and prints one line per item on stdout.
+func runUninstall(opts uninstall.Options, wait bool) error {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	rep, err := uninstall.Run(ctx, opts)
+	verb := "removed"
+	if rep.DryRun {
+		verb = "would remove"
+	}
+	for _, it := range rep.Items {
+		if it.Err != nil {
+			fmt.Printf("failed\t%s\t%s\t%v\n", it.Kind, it.Name, it.Err)
+		} else {
+			fmt.Printf("%s\t%s\t%s\n", verb, it.Kind, it.Name)
+		}
+	}
+	if len(rep.Items) == 0 && err == nil {
+		fmt.Println("nothing of podroute's on this node")
+	}
+	if err == nil && wait {
+		<-ctx.Done()
+	}
+	return err
 }
 
 // serveHealth serves the probes and metrics on TCP for kubelet and Prometheus, only when asked.

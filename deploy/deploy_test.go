@@ -1,0 +1,634 @@
+// Package deploy_test checks podroute's manifests: every YAML parses, the DaemonSet is what
+// the docs promise (host network, two capabilities, probes on the node's loopback, ...), and
+// all of it applies to a real kube-apiserver, where the agent's ServiceAccount can do exactly
+// what the agent does (shown by running the agent's own watchers as that ServiceAccount) and
+// nothing more.
+package deploy_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	authzv1 "k8s.io/api/authorization/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/discovery/cached/memory"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/restmapper"
+	"sigs.k8s.io/yaml"
+
+	"github.com/podroute/podroute/cluster"
+	"github.com/podroute/podroute/config"
+	"github.com/podroute/podroute/test/kube"
+)
+
+const (
+	namespace = "podroute-system"
+	agentSA   = "system:serviceaccount:podroute-system:podroute-agent"
+)
+
+// doc is one YAML document of a manifest file.
+type doc struct {
+	file string
+	obj  *unstructured.Unstructured
+	raw  []byte
+}
+
+func (d doc) String() string { return d.file + ": " + d.obj.GetKind() + " " + d.obj.GetName() }
+
+// load reads every document of the YAML files matching pattern, in file order.
+func load(t *testing.T, pattern string) []doc {
+	t.Helper()
+	files, err := filepath.Glob(pattern)
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no manifests match %s (%v)", pattern, err)
+	}
+	sort.Strings(files)
+	var out []doc
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, part := range bytes.Split(b, []byte("\n---")) {
+			j, err := yaml.YAMLToJSON(part)
+			if err != nil {
+				t.Fatalf("%s document %d: %v", f, i, err)
+			}
+			if string(j) == "null" {
+				continue // comments only
+			}
+			u := &unstructured.Unstructured{}
+			if err := u.UnmarshalJSON(j); err != nil {
+				t.Fatalf("%s document %d: %v", f, i, err)
+			}
+			if u.GetAPIVersion() == "" || u.GetKind() == "" || u.GetName() == "" {
+				t.Fatalf("%s document %d: apiVersion, kind and metadata.name are required", f, i)
+			}
+			out = append(out, doc{file: f, obj: u, raw: part})
+		}
+	}
+	return out
+}
+
+// installSet is what `kubectl apply -f deploy/` applies, after deploy/crds.
+func installSet(t *testing.T) []doc { return load(t, "*.yaml") }
+
+func kinds(docs []doc) []string {
+	var out []string
+	for _, d := range docs {
+		out = append(out, d.obj.GetKind()+"/"+d.obj.GetName())
+	}
+	return out
+}
+
+func TestManifests(t *testing.T) {
+	docs := installSet(t)
+	want := []string{
+		"Namespace/podroute-system",
+		"ServiceAccount/podroute-agent", "ClusterRole/podroute-agent", "ClusterRoleBinding/podroute-agent",
+		"Role/podroute-agent-secrets", "RoleBinding/podroute-agent-secrets",
+		"Role/podroute-agent-events", "RoleBinding/podroute-agent-events",
+		"ConfigMap/podroute-config",
+		"DaemonSet/podroute-agent",
+		"BGPConfiguration/default",
+	}
+	if got := kinds(docs); !slices.Equal(got, want) {
+		t.Errorf("deploy/*.yaml hold\n%q\nwant, in this order (the namespace first)\n%q", got, want)
+	}
+	for _, d := range docs {
+		ns := d.obj.GetNamespace()
+		switch d.obj.GetKind() {
+		case "Namespace", "ClusterRole", "ClusterRoleBinding", "BGPConfiguration":
+			if ns != "" {
+				t.Errorf("%s: cluster-scoped, has namespace %q", d, ns)
+			}
+		case "Role", "RoleBinding":
+			if ns != namespace && ns != metav1.NamespaceDefault {
+				t.Errorf("%s: namespace %q", d, ns)
+			}
+		default:
+			if ns != namespace {
+				t.Errorf("%s: namespace %q, want %s", d, ns, namespace)
+			}
+		}
+	}
+	for _, pattern := range []string{"crds/*.yaml", "examples/*.yaml", "uninstall/*.yaml"} {
+		load(t, pattern)
+	}
+
+	t.Run("AgentDaemonSet", func(t *testing.T) {
+		ds := daemonSet(t, docs, "podroute-agent")
+		checkNodePod(t, ds)
+		if ds.Spec.UpdateStrategy.Type != appsv1.RollingUpdateDaemonSetStrategyType ||
+			ds.Spec.UpdateStrategy.RollingUpdate == nil || ds.Spec.UpdateStrategy.RollingUpdate.MaxUnavailable.String() != "1" {
+			t.Errorf("update strategy %+v, want RollingUpdate maxUnavailable 1", ds.Spec.UpdateStrategy)
+		}
+		p := ds.Spec.Template.Spec
+		if p.ServiceAccountName != "podroute-agent" {
+			t.Errorf("serviceAccountName %q", p.ServiceAccountName)
+		}
+		if g := p.TerminationGracePeriodSeconds; g == nil || *g < 5 || *g > 30 {
+			t.Errorf("terminationGracePeriodSeconds %v", g)
+		}
+		if len(p.Containers) != 1 || len(p.InitContainers) != 0 {
+			t.Fatalf("containers %d, init containers %d; want one agent", len(p.Containers), len(p.InitContainers))
+		}
+		c := p.Containers[0]
+		checkSecurity(t, c, []corev1.Capability{"NET_ADMIN", "NET_BIND_SERVICE"})
+		for _, a := range []string{"--cluster-cidrs=$(CLUSTER_CIDRS)", "--health-address=127.0.0.1:9649", "--cni-plugin=/opt/podroute/bin/podroute"} {
+			if !slices.Contains(c.Args, a) {
+				t.Errorf("args %q lack %s", c.Args, a)
+			}
+		}
+		env := map[string]corev1.EnvVar{}
+		for _, e := range c.Env {
+			env[e.Name] = e
+		}
+		if e := env["NODE_NAME"]; e.ValueFrom == nil || e.ValueFrom.FieldRef == nil || e.ValueFrom.FieldRef.FieldPath != "spec.nodeName" {
+			t.Errorf("NODE_NAME %+v, want spec.nodeName", e)
+		}
+		if e := env["CLUSTER_CIDRS"]; e.ValueFrom == nil || e.ValueFrom.ConfigMapKeyRef == nil || e.ValueFrom.ConfigMapKeyRef.Name != "podroute-config" {
+			t.Errorf("CLUSTER_CIDRS %+v, want from ConfigMap podroute-config", e)
+		}
+		for name, pr := range map[string]*corev1.Probe{"/healthz": c.LivenessProbe, "/readyz": c.ReadinessProbe} {
+			if pr == nil || pr.HTTPGet == nil || pr.HTTPGet.Host != "127.0.0.1" || pr.HTTPGet.Port.IntValue() != 9649 || pr.HTTPGet.Path != name {
+				t.Errorf("probe %s: %+v, want httpGet 127.0.0.1:9649%s", name, pr, name)
+			}
+		}
+		r := c.Resources
+		if r.Requests.Cpu().String() != "50m" || r.Requests.Memory().String() != "64Mi" || r.Limits.Memory().String() != "256Mi" || !r.Limits.Cpu().IsZero() {
+			t.Errorf("resources %+v", r)
+		}
+		mounts := map[string]string{}
+		for _, m := range c.VolumeMounts {
+			mounts[m.MountPath] = m.Name
+		}
+		hostPaths := map[string]string{}
+		for _, v := range p.Volumes {
+			if v.HostPath == nil {
+				t.Errorf("volume %s is not a hostPath", v.Name)
+				continue
+			}
+			hostPaths[v.Name] = v.HostPath.Path
+		}
+		wantMounts := map[string]string{"/etc/cni/net.d": "/etc/cni/net.d", "/opt/cni/bin": "/opt/cni/bin", "/run/podroute": "/run/podroute"}
+		if len(mounts) != len(wantMounts) {
+			t.Errorf("mounts %v, want exactly %v", mounts, wantMounts)
+		}
+		for at, host := range wantMounts {
+			if hostPaths[mounts[at]] != host {
+				t.Errorf("%s is mounted from %q, want host %s", at, hostPaths[mounts[at]], host)
+			}
+		}
+	})
+
+	t.Run("UninstallDaemonSet", func(t *testing.T) {
+		ds := daemonSet(t, load(t, "uninstall/*.yaml"), "podroute-uninstall")
+		checkNodePod(t, ds)
+		p := ds.Spec.Template.Spec
+		if p.AutomountServiceAccountToken == nil || *p.AutomountServiceAccountToken {
+			t.Error("the clean-up needs no API token: automountServiceAccountToken false")
+		}
+		if len(p.InitContainers) != 1 || !slices.Contains(p.InitContainers[0].Args, "--uninstall") || slices.Contains(p.InitContainers[0].Args, "--dry-run") {
+			t.Fatalf("init containers %+v, want one running --uninstall", p.InitContainers)
+		}
+		for _, c := range append(p.InitContainers, p.Containers...) {
+			checkSecurity(t, c, []corev1.Capability{"NET_ADMIN"})
+		}
+	})
+}
+
+func daemonSet(t *testing.T, docs []doc, name string) *appsv1.DaemonSet {
+	t.Helper()
+	for _, d := range docs {
+		if d.obj.GetKind() == "DaemonSet" && d.obj.GetName() == name {
+			ds := &appsv1.DaemonSet{}
+			j, _ := yaml.YAMLToJSON(d.raw)
+			if err := yaml.UnmarshalStrict(j, ds); err != nil {
+				t.Fatalf("%s: %v", d, err)
+			}
+			return ds
+		}
+	}
+	t.Fatalf("no DaemonSet %s", name)
+	return nil
+}
+
+// checkNodePod: the host's network, on every node whatever its taints, before anything else.
+func checkNodePod(t *testing.T, ds *appsv1.DaemonSet) {
+	t.Helper()
+	p := ds.Spec.Template.Spec
+	if !p.HostNetwork || p.DNSPolicy != corev1.DNSClusterFirstWithHostNet {
+		t.Errorf("%s: hostNetwork %v dnsPolicy %s", ds.Name, p.HostNetwork, p.DNSPolicy)
+	}
+	if p.PriorityClassName != "system-node-critical" {
+		t.Errorf("%s: priorityClassName %q", ds.Name, p.PriorityClassName)
+	}
+	if !slices.ContainsFunc(p.Tolerations, func(tl corev1.Toleration) bool {
+		return tl.Operator == corev1.TolerationOpExists && tl.Key == "" && tl.Effect == ""
+	}) {
+		t.Errorf("%s: tolerations %+v, want operator Exists for every taint", ds.Name, p.Tolerations)
+	}
+	if p.HostPID || p.HostIPC {
+		t.Errorf("%s: hostPID/hostIPC", ds.Name)
+	}
+}
+
+// checkSecurity: not privileged, read-only root, every capability dropped but caps.
+func checkSecurity(t *testing.T, c corev1.Container, caps []corev1.Capability) {
+	t.Helper()
+	s := c.SecurityContext
+	if s == nil {
+		t.Fatalf("%s: no securityContext", c.Name)
+	}
+	if s.Privileged == nil || *s.Privileged {
+		t.Errorf("%s: privileged must be false", c.Name)
+	}
+	if s.AllowPrivilegeEscalation == nil || *s.AllowPrivilegeEscalation {
+		t.Errorf("%s: allowPrivilegeEscalation must be false", c.Name)
+	}
+	if s.ReadOnlyRootFilesystem == nil || !*s.ReadOnlyRootFilesystem {
+		t.Errorf("%s: readOnlyRootFilesystem must be true", c.Name)
+	}
+	if s.Capabilities == nil || !slices.Equal(s.Capabilities.Drop, []corev1.Capability{"ALL"}) || !slices.Equal(s.Capabilities.Add, caps) {
+		t.Errorf("%s: capabilities %+v, want drop [ALL] add %v", c.Name, s.Capabilities, caps)
+	}
+}
+
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+func eventually(t *testing.T, timeout time.Duration, what string, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v: %v", what, timeout, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// applier server-side-applies documents, mapping kinds through discovery.
+type applier struct {
+	dyn    dynamic.Interface
+	mapper *restmapper.DeferredDiscoveryRESTMapper
+}
+
+func (a *applier) apply(ctx context.Context, d doc) error {
+	gvk := d.obj.GroupVersionKind()
+	m, err := a.mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
+	if err != nil {
+		a.mapper.Reset()
+		if m, err = a.mapper.RESTMapping(gvk.GroupKind(), gvk.Version); err != nil {
+			return fmt.Errorf("%s: %w", d, err)
+		}
+	}
+	var ri dynamic.ResourceInterface = a.dyn.Resource(m.Resource)
+	if m.Scope.Name() == meta.RESTScopeNameNamespace {
+		ri = a.dyn.Resource(m.Resource).Namespace(d.obj.GetNamespace())
+	}
+	if _, err := ri.Apply(ctx, d.obj.GetName(), d.obj, metav1.ApplyOptions{FieldManager: "podroute-deploy-test", Force: true}); err != nil {
+		return fmt.Errorf("%s: %w", d, err)
+	}
+	return nil
+}
+
+var crdGVR = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
+
+func TestApply(t *testing.T) {
+	c := kube.Start(t, kube.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	admin := dynamic.NewForConfigOrDie(c.RestConfig)
+	a := &applier{dyn: admin, mapper: restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(kubernetes.NewForConfigOrDie(c.RestConfig).Discovery()))}
+
+	// The documented order: the CRDs, established, then deploy/.
+	for _, d := range load(t, "crds/*.yaml") {
+		if err := a.apply(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 30*time.Second, d.obj.GetName()+" established", func() error {
+			o, err := admin.Resource(crdGVR).Get(ctx, d.obj.GetName(), metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			conds, _, _ := unstructured.NestedSlice(o.Object, "status", "conditions")
+			for _, cd := range conds {
+				m, _ := cd.(map[string]any)
+				if m["type"] == "Established" && m["status"] == "True" {
+					return nil
+				}
+			}
+			return fmt.Errorf("conditions %v", conds)
+		})
+	}
+	// What the docs say: kubectl apply -f deploy/ (the files in name order, namespace first).
+	t.Run("KubectlApply", func(t *testing.T) {
+		if _, err := exec.LookPath("kubectl"); err != nil {
+			t.Skip("kubectl not installed")
+		}
+		out, err := exec.CommandContext(ctx, "kubectl", "--kubeconfig", c.Kubeconfig, "apply", "-f", ".").CombinedOutput()
+		if err != nil {
+			t.Fatalf("kubectl apply -f deploy/: %v\n%s", err, out)
+		}
+		t.Logf("kubectl apply -f deploy/:\n%s", out)
+	})
+	// Server-side apply of the same documents: there whether or not kubectl is, and a second
+	// apply is a no-op.
+	for _, d := range installSet(t) {
+		if err := a.apply(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The examples and the clean-up DaemonSet are valid objects too.
+	for _, d := range append(load(t, "examples/*.yaml"), load(t, "uninstall/*.yaml")...) {
+		if err := a.apply(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	sa := rest.CopyConfig(c.RestConfig)
+	sa.Impersonate = rest.ImpersonationConfig{
+		UserName: agentSA,
+		Groups:   []string{"system:serviceaccounts", "system:serviceaccounts:" + namespace, "system:authenticated"},
+	}
+	saClient := kubernetes.NewForConfigOrDie(sa)
+	saDyn := dynamic.NewForConfigOrDie(sa)
+
+	t.Run("AccessReview", func(t *testing.T) { testAccess(ctx, t, saClient) })
+	t.Run("AgentWatchersAsServiceAccount", func(t *testing.T) { testAgentAsSA(ctx, t, c, admin, saClient, saDyn) })
+	t.Run("RealCallsRefused", func(t *testing.T) {
+		forbidden := func(what string, err error) {
+			t.Helper()
+			if !apierrors.IsForbidden(err) {
+				t.Errorf("%s: %v, want Forbidden", what, err)
+			}
+		}
+		_, err := saClient.CoreV1().Nodes().Get(ctx, "node-1", metav1.GetOptions{})
+		forbidden("get node", err)
+		_, err = saClient.CoreV1().Nodes().Patch(ctx, "node-1", types.MergePatchType, []byte(`{"metadata":{"labels":{"x":"y"}}}`), metav1.PatchOptions{})
+		forbidden("patch node", err)
+		forbidden("delete node", saClient.CoreV1().Nodes().Delete(ctx, "node-1", metav1.DeleteOptions{}))
+		_, err = saClient.CoreV1().Secrets("").List(ctx, metav1.ListOptions{})
+		forbidden("list secrets cluster-wide", err)
+		_, err = saClient.CoreV1().Secrets(namespace).Get(ctx, "tor-rack1", metav1.GetOptions{})
+		forbidden("get a secret", err)
+		_, err = saClient.CoreV1().Secrets("kube-system").List(ctx, metav1.ListOptions{})
+		forbidden("list secrets in kube-system", err)
+		forbidden("delete bgppeer", saDyn.Resource(config.BGPPeerGVR).Delete(ctx, "tor-rack1", metav1.DeleteOptions{}))
+		_, err = saDyn.Resource(config.BGPPeerGVR).Patch(ctx, "tor-rack1", types.MergePatchType, []byte(`{"spec":{"peerASN":65002}}`), metav1.PatchOptions{})
+		forbidden("patch a peer's spec", err)
+		_, err = saDyn.Resource(config.BGPConfigurationGVR).List(ctx, metav1.ListOptions{})
+		forbidden("list every BGPConfiguration", err)
+		_, err = saClient.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
+		forbidden("list pods", err)
+	})
+}
+
+type access struct {
+	verb, group, resource, sub, namespace, name string
+}
+
+func (a access) String() string {
+	r := a.resource
+	if a.sub != "" {
+		r += "/" + a.sub
+	}
+	if a.group != "" {
+		r += "." + a.group
+	}
+	s := a.verb + " " + r
+	if a.name != "" {
+		s += " " + a.name
+	}
+	if a.namespace != "" {
+		s += " in " + a.namespace
+	} else {
+		s += " cluster-wide"
+	}
+	return s
+}
+
+// testAccess asks the API server, as the agent's ServiceAccount, what it may do.
+func testAccess(ctx context.Context, t *testing.T, cs kubernetes.Interface) {
+	const pr = "podroute.io"
+	allowed := []access{
+		{verb: "list", resource: "nodes"},
+		{verb: "watch", resource: "nodes"},
+		{verb: "list", group: pr, resource: "bgppeers"},
+		{verb: "watch", group: pr, resource: "bgppeers"},
+		{verb: "patch", group: pr, resource: "bgppeers", sub: "status", name: "tor-rack1"},
+		{verb: "list", group: pr, resource: "bgpconfigurations", name: "default"},
+		{verb: "watch", group: pr, resource: "bgpconfigurations", name: "default"},
+		{verb: "patch", group: pr, resource: "bgpconfigurations", sub: "status", name: "default"},
+		{verb: "list", resource: "secrets", namespace: namespace},
+		{verb: "watch", resource: "secrets", namespace: namespace},
+		{verb: "create", resource: "events", namespace: "default"},
+		{verb: "patch", resource: "events", namespace: "default"},
+	}
+	denied := []access{
+		{verb: "get", resource: "nodes", name: "node-1"},
+		{verb: "update", resource: "nodes", name: "node-1"},
+		{verb: "patch", resource: "nodes", name: "node-1"},
+		{verb: "patch", resource: "nodes", sub: "status", name: "node-1"},
+		{verb: "delete", resource: "nodes", name: "node-1"},
+		{verb: "create", resource: "nodes"},
+		{verb: "get", group: pr, resource: "bgppeers", name: "tor-rack1"},
+		{verb: "create", group: pr, resource: "bgppeers"},
+		{verb: "update", group: pr, resource: "bgppeers", name: "tor-rack1"},
+		{verb: "patch", group: pr, resource: "bgppeers", name: "tor-rack1"},
+		{verb: "delete", group: pr, resource: "bgppeers", name: "tor-rack1"},
+		{verb: "update", group: pr, resource: "bgppeers", sub: "status", name: "tor-rack1"},
+		{verb: "list", group: pr, resource: "bgpconfigurations"},
+		{verb: "list", group: pr, resource: "bgpconfigurations", name: "other"},
+		{verb: "patch", group: pr, resource: "bgpconfigurations", name: "default"},
+		{verb: "delete", group: pr, resource: "bgpconfigurations", name: "default"},
+		{verb: "patch", group: pr, resource: "bgpconfigurations", sub: "status", name: "other"},
+		{verb: "list", resource: "secrets"},
+		{verb: "watch", resource: "secrets"},
+		{verb: "list", resource: "secrets", namespace: "kube-system"},
+		{verb: "get", resource: "secrets", namespace: namespace, name: "tor-rack1"},
+		{verb: "create", resource: "secrets", namespace: namespace},
+		{verb: "delete", resource: "secrets", namespace: namespace, name: "tor-rack1"},
+		{verb: "create", resource: "events", namespace: "kube-system"},
+		{verb: "delete", resource: "events", namespace: "default", name: "x"},
+		{verb: "list", resource: "pods"},
+		{verb: "get", resource: "configmaps", namespace: namespace, name: "podroute-config"},
+		{verb: "delete", group: "apps", resource: "daemonsets", namespace: namespace, name: "podroute-agent"},
+		{verb: "escalate", group: "rbac.authorization.k8s.io", resource: "clusterroles"},
+		{verb: "impersonate", resource: "serviceaccounts"},
+	}
+	check := func(a access) bool {
+		t.Helper()
+		r, err := cs.AuthorizationV1().SelfSubjectAccessReviews().Create(ctx, &authzv1.SelfSubjectAccessReview{
+			Spec: authzv1.SelfSubjectAccessReviewSpec{ResourceAttributes: &authzv1.ResourceAttributes{
+				Verb: a.verb, Group: a.group, Resource: a.resource, Subresource: a.sub, Namespace: a.namespace, Name: a.name,
+			}},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatalf("access review %s: %v", a, err)
+		}
+		return r.Status.Allowed
+	}
+	for _, a := range allowed {
+		if !check(a) {
+			t.Errorf("the agent cannot %s", a)
+		}
+	}
+	for _, a := range denied {
+		if check(a) {
+			t.Errorf("the agent can %s", a)
+		}
+	}
+	// Nothing but those rules: the ServiceAccount's rules review lists exactly them in each
+	// namespace the manifests touch (plus what every authenticated user gets).
+	r, err := cs.AuthorizationV1().SelfSubjectRulesReviews().Create(ctx, &authzv1.SelfSubjectRulesReview{Spec: authzv1.SelfSubjectRulesReviewSpec{Namespace: namespace}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, rule := range r.Status.ResourceRules {
+		if slices.Contains(rule.Verbs, "*") || slices.Contains(rule.Resources, "*") {
+			t.Errorf("wildcard rule %+v", rule)
+		}
+	}
+}
+
+// testAgentAsSA runs the agent's Kubernetes side (the Node watcher, the BGPPeer and
+// BGPConfiguration watcher with the peers' Secrets, the status writer and its Events) as the
+// ServiceAccount: it syncs without a single permission problem.
+func testAgentAsSA(ctx context.Context, t *testing.T, c *kube.Cluster, admin dynamic.Interface, cs kubernetes.Interface, dyn dynamic.Interface) {
+	for i, ip := range []string{"192.0.2.1", "192.0.2.2"} {
+		if _, err := c.CreateNode(ctx, fmt.Sprintf("node-%d", i+1), []string{fmt.Sprintf("10.244.%d.0/24", i+1)}, []string{ip}, map[string]string{"rack": "rack1"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	log := testLogger(t)
+	wctx, stop := context.WithCancel(ctx)
+	defer stop()
+
+	nodes := cluster.NewWatcher(cs, log.With("component", "nodes"))
+	go nodes.Run(wctx)
+	sync, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if !nodes.WaitForSync(sync) {
+		ok, last, _ := nodes.Health()
+		t.Fatalf("Node watcher did not sync as the ServiceAccount: ok %v, %s", ok, last)
+	}
+	if ok, last, _ := nodes.Health(); !ok || len(nodes.Nodes()) != 2 {
+		t.Fatalf("Node watcher: ok %v (%s), %d nodes", ok, last, len(nodes.Nodes()))
+	}
+
+	defaults := config.DefaultConfiguration()
+	settings := config.NewWatcher(dyn, config.Options{Defaults: &defaults, Nodes: nodes.Nodes, Logger: log.With("component", "config")})
+	go settings.Run(wctx)
+	if !settings.WaitForSync(sync) {
+		t.Fatalf("config watcher did not sync as the ServiceAccount: %q", settings.Snapshot().Problems)
+	}
+	var s config.Settings
+	eventually(t, 30*time.Second, "peers and configuration read as the ServiceAccount", func() error {
+		s = settings.Snapshot()
+		if !s.Synced || len(s.Problems) != 0 || !s.PeersInstalled || !s.ConfigurationInstalled || s.ConfigurationObject == nil {
+			return fmt.Errorf("synced %v, problems %q, installed %v/%v", s.Synced, s.Problems, s.PeersInstalled, s.ConfigurationInstalled)
+		}
+		if len(s.Peers) != 1 || s.Peers[0].Name != "tor-rack1" || s.Peers[0].Password != "change-me" {
+			return fmt.Errorf("peers %+v, invalid %+v: want tor-rack1 with its password from podroute-system", s.Peers, s.InvalidPeers)
+		}
+		return nil
+	})
+
+	sw := config.NewStatusWriter(dyn, cs.CoreV1(), "node-1", log.With("component", "status"))
+	defer sw.Shutdown()
+	if err := sw.Sync(ctx, s); err != nil {
+		t.Fatalf("status as the ServiceAccount: %v", err)
+	}
+	for _, o := range []struct {
+		gvr  schema.GroupVersionResource
+		name string
+	}{{config.BGPConfigurationGVR, "default"}, {config.BGPPeerGVR, "tor-rack1"}} {
+		u, err := admin.Resource(o.gvr).Get(ctx, o.name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		conds, _, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
+		if len(conds) == 0 {
+			t.Errorf("%s %s: no status written", o.gvr.Resource, o.name)
+		}
+	}
+
+	// A peer whose Secret lies outside podroute-system: reported invalid (the agent may not
+	// read it), with an Event in namespace default, written by the ServiceAccount.
+	if _, err := cs.CoreV1().Namespaces().Get(ctx, "x", metav1.GetOptions{}); !apierrors.IsForbidden(err) {
+		t.Errorf("get namespace as the ServiceAccount: %v, want Forbidden", err)
+	}
+	peer := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": config.APIVersion, "kind": config.KindBGPPeer,
+		"metadata": map[string]any{"name": "elsewhere"},
+		"spec": map[string]any{
+			"peerAddress": "192.0.2.253", "peerASN": int64(65001),
+			"passwordSecretRef": map[string]any{"namespace": "kube-system", "name": "tor", "key": "password"},
+		},
+	}}
+	if _, err := admin.Resource(config.BGPPeerGVR).Create(ctx, peer, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 60*time.Second, "peer with an unreadable Secret reported", func() error {
+		s = settings.Snapshot()
+		if !s.Synced {
+			return fmt.Errorf("not synced")
+		}
+		for _, p := range s.InvalidPeers {
+			if p.Name == "elsewhere" {
+				return nil
+			}
+		}
+		return fmt.Errorf("invalid peers %+v", s.InvalidPeers)
+	})
+	if err := sw.Sync(ctx, s); err != nil {
+		t.Fatalf("status as the ServiceAccount: %v", err)
+	}
+	eventually(t, 30*time.Second, "Event recorded by the ServiceAccount", func() error {
+		evs, err := c.Client.CoreV1().Events(metav1.NamespaceDefault).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return err
+		}
+		for _, e := range evs.Items {
+			if e.InvolvedObject.Name == "elsewhere" && e.Reason == config.ReasonInvalidSpec {
+				t.Logf("event: %s %s: %s", e.Type, e.Reason, e.Message)
+				return nil
+			}
+		}
+		return fmt.Errorf("%d events, none InvalidSpec about elsewhere", len(evs.Items))
+	})
+}
