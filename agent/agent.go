@@ -443,13 +443,13 @@ func (a *Agent) applyPeers(ctx context.Context, r bgp.Router, want map[netip.Add
 				errs = append(errs, fmt.Errorf("add neighbor %s (node %s): %w", addr, p.Node, err))
 				continue
 			}
-			a.log.Info("BGP neighbor added", "peer", addr, "node", p.Node, "asn", p.Neighbor.ASN, "kind", p.Neighbor.Kind)
+			a.log.Info("BGP neighbor added", "peer", addr, "node", p.Node, "bgpPeer", p.Peer, "asn", p.Neighbor.ASN, "kind", p.Neighbor.Kind)
 		case !reflect.DeepEqual(old.Neighbor, p.Neighbor):
 			if err := r.UpdateNeighbor(ctx, p.Neighbor); err != nil {
 				errs = append(errs, fmt.Errorf("update neighbor %s (node %s): %w", addr, p.Node, err))
 				continue
 			}
-			a.log.Info("BGP neighbor updated", "peer", addr, "node", p.Node)
+			a.log.Info("BGP neighbor updated", "peer", addr, "node", p.Node, "bgpPeer", p.Peer, "changed", changedFields(old.Neighbor, p.Neighbor))
 		}
 		a.mu.Lock()
 		a.peers[addr] = p
@@ -576,6 +576,19 @@ func (a *Agent) reconcileKernel(ctx context.Context, me self) error {
 		return fmt.Errorf("kernel routes: %d of %d not installed: %w", len(failed), len(desired), res.Err())
 	}
 	return nil
+}
+
+// changedFields names the fields that differ between two neighbours (never their values: one
+// may be a password).
+func changedFields(a, b bgp.Neighbor) []string {
+	va, vb := reflect.ValueOf(a), reflect.ValueOf(b)
+	var out []string
+	for i := range va.NumField() {
+		if !reflect.DeepEqual(va.Field(i).Interface(), vb.Field(i).Interface()) {
+			out = append(out, va.Type().Field(i).Name)
+		}
+	}
+	return out
 }
 
 // once logs a message the first time its key is seen, so a persistent problem is said once,

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"maps"
 	"net/http"
 	"net/netip"
 	"slices"
@@ -92,7 +93,7 @@ func (a *Agent) notReadyLocked(watchOK bool) []string {
 // Neighbors implements agentapi.Source.
 func (a *Agent) Neighbors() ([]agentapi.Neighbor, error) {
 	a.mu.Lock()
-	r, peers := a.router, a.peers
+	r, peers := a.router, maps.Clone(a.peers)
 	nodeOf := make(map[netip.Addr]string, len(peers))
 	for addr, p := range peers {
 		nodeOf[addr] = p.Node
@@ -123,10 +124,23 @@ func (a *Agent) Neighbors() ([]agentapi.Neighbor, error) {
 		}
 		if ps.State != bgp.StateEstablished {
 			n.LastError = ps.LastError
+			if n.LastError == "" {
+				n.LastError = silentPeerHint(peers[ps.Address].Neighbor)
+			}
 		}
 		out = append(out, n)
 	}
 	return out, nil
+}
+
+// silentPeerHint explains a session that never came up with no error from the speaker: the
+// peer never answered. With TCP MD5 that is also what a wrong password looks like, since the
+// kernel drops unsigned or mis-signed segments without a word.
+func silentPeerHint(n bgp.Neighbor) string {
+	if n.Password != "" {
+		return "no answer from the peer: is it up and configured for us? a TCP MD5 password mismatch looks the same (segments are dropped silently): check the password on both sides"
+	}
+	return "no answer from the peer: is it up, configured for us, and reachable on TCP port 179?"
 }
 
 // Routes implements agentapi.Source.

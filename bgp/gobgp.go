@@ -279,6 +279,14 @@ func (r *router) Stop(graceful bool) (err error) {
 }
 
 func (r *router) sessionKeysLocked() []sessionKey {
+	keys := make([]sessionKey, 0, len(r.neighbors))
+	for _, n := range r.neighbors {
+		keys = append(keys, r.sessionKey(n))
+	}
+	return keys
+}
+
+func (r *router) sessionKey(n Neighbor) sessionKey {
 	var listen uint16
 	switch {
 	case r.cfg.ListenPort == 0:
@@ -286,11 +294,7 @@ func (r *router) sessionKeysLocked() []sessionKey {
 	case r.cfg.ListenPort > 0:
 		listen = uint16(r.cfg.ListenPort)
 	}
-	keys := make([]sessionKey, 0, len(r.neighbors))
-	for _, n := range r.neighbors {
-		keys = append(keys, sessionKey{remote: n.Address, remotePort: n.port(), local: n.LocalAddress, listenPort: listen})
-	}
-	return keys
+	return sessionKey{remote: n.Address, remotePort: n.port(), local: n.LocalAddress, listenPort: listen}
 }
 
 func (r *router) Subscribe(ctx context.Context) <-chan struct{} {
@@ -560,6 +564,8 @@ func (r *router) UpdateNeighbor(ctx context.Context, n Neighbor) (err error) {
 		r.mu.Unlock()
 	}
 	rrChanged := old.RouteReflectorClient != n.RouteReflectorClient || old.NoExport != n.NoExport
+	// Hold and keepalive times are agreed in OPEN: a change takes effect only on a new session.
+	timersChanged := old.HoldTime != n.HoldTime || old.KeepaliveTime != n.KeepaliveTime
 	if rrChanged {
 		if err := r.applyPoliciesLocked(ctx, false); err != nil {
 			rollback()
@@ -584,7 +590,14 @@ func (r *router) UpdateNeighbor(ctx context.Context, n Neighbor) (err error) {
 			return fmt.Errorf("bgp: update neighbor %s: soft reset: %w", n.Address, err)
 		}
 	}
-	r.log.Info("bgp: neighbor updated", "peer", n.Address, "asn", n.ASN, "kind", n.Kind)
+	if timersChanged {
+		// Cut the session without a NOTIFICATION: a graceful-restart peer keeps our routes
+		// while the session comes back with the new timers.
+		if _, err := abortSessions([]sessionKey{r.sessionKey(n)}); err != nil {
+			return fmt.Errorf("bgp: update neighbor %s: restart session for new timers: %w", n.Address, err)
+		}
+	}
+	r.log.Info("bgp: neighbor updated", "peer", n.Address, "asn", n.ASN, "kind", n.Kind, "sessionRestarted", timersChanged)
 	return nil
 }
 
@@ -963,10 +976,17 @@ func fillPeerState(ps *PeerState, p *api.Peer) {
 	}
 	ps.PeerRestarting = p.GetGracefulRestart().GetPeerRestarting()
 	eor := ps.State == StateEstablished
+	gr := p.GetGracefulRestart().GetEnabled()
 	for _, af := range p.AfiSafis {
 		if st := af.GetState(); st != nil {
 			ps.Received += st.Received
-			ps.Advertised += st.Advertised
+			adv := st.Advertised
+			// GoBGP counts the End-of-RIB marker it sends per family to a graceful-restart
+			// peer as an advertised path.
+			if gr && adv > 0 {
+				adv--
+			}
+			ps.Advertised += adv
 		}
 		// A peer that announced graceful restart for a family promises End-of-RIB.
 		if mp := af.GetMpGracefulRestart().GetState(); mp != nil && mp.Received && !mp.EndOfRibReceived {

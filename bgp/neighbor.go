@@ -138,7 +138,7 @@ func (n Neighbor) Validate() error {
 		}
 	}
 	switch n.Kind {
-	case "", KindMesh, KindExternal, KindReflector:
+	case "", KindMesh, KindExternal, KindReflector, KindReflectorClient:
 	default:
 		add(fieldErr("Neighbor.Kind", "unknown kind %q", n.Kind))
 	}

@@ -13,6 +13,7 @@ PACKAGES=(
   iperf3          # data path benchmark
   containerd      # the kubelet end-to-end test and the image import check
   runc
+  frr             # top-of-rack routers in the lab and tests (zebra, bgpd)
 )
 
 missing=()

@@ -4,8 +4,9 @@
 //
 //   - BenchmarkNodeConvergence: Node object created -> route installed on every other node,
 //     and Node object deleted -> routes gone everywhere;
-//   - BenchmarkRouteScale: a BGP speaker announces 10,000 prefixes to a node; time until all
-//     are kernel routes, agent memory, against `ip -batch` installing the same routes;
+//   - BenchmarkRouteScale: an external BGP peer (a BGPPeer object) announces 10,000 prefixes
+//     to a node's podroute-agent; time until all are kernel routes and until all are gone
+//     again, agent memory, against `ip -batch` installing the same routes;
 //   - BenchmarkDataPath: pod-to-pod TCP throughput and request/response latency across two
 //     nodes, against two namespaces joined by a bare veth pair and against the two nodes
 //     talking over the same fabric.
@@ -152,7 +153,8 @@ type routeEvent struct {
 	at      time.Time
 	add     bool // RTM_NEWROUTE; else RTM_DELROUTE
 	prefix  netip.Prefix
-	gateway bool // a route via a next hop (not a blackhole, not a pod's device route)
+	gateway bool       // a route via a next hop (not a blackhole, not a pod's device route)
+	via     netip.Addr // the gateway of a single-path route
 }
 
 // routeWatch records, with the time each arrived, the kernel's announcements of protocol
@@ -206,8 +208,12 @@ func watchRoutes(b *testing.B, ns *lab.NetNS) *routeWatch {
 			}
 			ones, _ := u.Route.Dst.Mask.Size()
 			gw := u.Route.Gw != nil || len(u.Route.MultiPath) > 0
+			var via netip.Addr
+			if g, ok := netip.AddrFromSlice(u.Route.Gw); ok {
+				via = g.Unmap()
+			}
 			w.mu.Lock()
-			w.ev = append(w.ev, routeEvent{at: now, add: u.Type == unix.RTM_NEWROUTE, prefix: netip.PrefixFrom(a.Unmap(), ones), gateway: gw})
+			w.ev = append(w.ev, routeEvent{at: now, add: u.Type == unix.RTM_NEWROUTE, prefix: netip.PrefixFrom(a.Unmap(), ones), gateway: gw, via: via})
 			close(w.cond)
 			w.cond = make(chan struct{})
 			w.mu.Unlock()

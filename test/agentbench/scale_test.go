@@ -13,196 +13,348 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/dynamic"
+
+	"github.com/podroute/podroute/config"
+	"github.com/podroute/podroute/routes"
 	"github.com/podroute/podroute/test/lab"
 )
 
-// scaleCluster: a /8 cluster CIDR with /24 node CIDRs, so that 10,000 /24s pass the import
-// filter. The generated prefixes (10.0.0.0/24 up) stay clear of the nodes' own
-// (10.244.i.0/24).
+// The route-scale lab: cluster CIDR 10.0.0.0/8 with the node's /24s (10.244.1.0/24), so that
+// 10,000 /24s pass the import filter's cluster and length rules. The generated prefixes
+// (10.1.0.0/24 up to 10.40.15.0/24) stay clear of the node CIDRs (10.244.i.0/24) and of the
+// fabric's addresses (192.0.2.0/24).
 var (
 	scaleClusterV4 = netip.MustParsePrefix("10.0.0.0/8")
-	scaleFirst     = netip.MustParsePrefix("10.0.0.0/24")
+	scaleFirst     = netip.MustParsePrefix("10.1.0.0/24")
 )
 
-// BenchmarkRouteScale: a BGP speaker (GoBGP, its own process in its own namespace on the
-// fabric) holds 10,000 /24s in its table before any session exists, so the session's
-// initial UPDATEs carry them all, and one node learns them. Measured: session established
-// (the speaker's clock) -> 10,000th route in the node's kernel (the kernel's route
-// notifications); the receiving process's RSS before and after; the speaker stopping -> all
-// routes gone. Baseline: `ip -batch` adding, then deleting, the same 10,000 routes in an
-// empty namespace.
-//
-// Two receivers:
-//
-//   - agent: podroute-agent itself, the speaker being a Node object (so a mesh peer). An agent
-//     that accepts from a mesh peer only that Node's own pod CIDRs refuses the 10,000
-//     prefixes: the sub-benchmark then stops and says so.
-//   - engine: the agent's BGP speaker and route reconciler wired as the agent wires them, in
-//     their own process in the node's namespace, the speaker being an external (non-mesh)
-//     neighbor, like a top-of-rack router (see startEngine).
-func BenchmarkRouteScale(b *testing.B) {
-	b.Run("agent", func(b *testing.B) { benchRouteScale(b, false) })
-	b.Run("engine", func(b *testing.B) { benchRouteScale(b, true) })
-}
+const (
+	// speakerIndex puts the speaker at 192.0.2.99 on the fabric.
+	speakerIndex = 99
+	// speakerASN is the speaker's AS: an eBGP peer of the cluster (AS 64512), like a
+	// top-of-rack router.
+	speakerASN = 65099
+	// peerName is the speaker's BGPPeer object.
+	peerName = "tor"
+)
 
-func benchRouteScale(b *testing.B, useEngine bool) {
+// BenchmarkRouteScale: podroute-agent on one node learns 10,000 prefixes from an external
+// BGP peer. The peer is a GoBGP speaker in its own namespace on the fabric (AS 65099, not a
+// Node: a top-of-rack router), configured in the cluster as a BGPPeer object selecting the
+// node; it has the 10,000 /24s in its table before any session exists, so the session's
+// initial UPDATEs carry them all. Times come from the kernel's route notifications in the
+// node's namespace (a netlink subscription), against the speaker's own log of the session
+// reaching Established, or against the moment the test acted. Phases, in order:
+//
+//  1. install: BGPPeer created -> session established -> all 10,000 routes (protocol 201, via
+//     the speaker) in the kernel;
+//  2. BGPPeer deleted -> all gone: the agent removes the neighbor, which closes the session
+//     with a CEASE NOTIFICATION, and withdraws the routes at once;
+//  3. install again: BGPPeer created again, as in 1;
+//  4. speaker killed -> all gone: the session's TCP connection closes without a
+//     NOTIFICATION. The speaker does not offer graceful restart, so the agent keeps nothing
+//     stale: this is the hard loss of a peer, not graceful-restart expiry (which would be
+//     the restart time, 120 s by default, by construction).
+//
+// Also measured: the agent's VmRSS and VmHWM, its reconcile passes (count and time from its
+// /metrics, one line per pass that changed kernel routes from its log, with the time
+// Reconcile() took), and `ip -batch` adding and deleting the same routes in an empty
+// namespace in the same run: the kernel floor.
+func BenchmarkRouteScale(b *testing.B) {
 	count := envInt("AGENTBENCH_ROUTES", 10000)
-	receiver := "podroute-agent, speaker as a mesh peer (Node object)"
-	if useEngine {
-		receiver = "route engine (bgp.Router + routes.Reconciler), speaker as an external peer"
-	}
-	load := header(b, fmt.Sprintf("Route installation at scale (%d prefixes): %s", count, receiver))
-	cluster := []netip.Prefix{scaleClusterV4, lab.DefaultClusterV6}
-	l := lab.New(b, lab.Options{ClusterCIDRs: cluster})
-	const speakerIndex = 99
-	speakerIP := netip.AddrFrom4([4]byte{192, 0, 2, speakerIndex})
-	var n *lab.Node
-	var pid int
-	var logOf func() string
-	if useEngine {
-		n = l.AddNode(b, "node-1", lab.NodeOptions{Index: 1, NoAgent: true})
-		e := startEngine(b, n, speakerIP, 64512, cluster)
-		pid, logOf = e.cmd.Process.Pid, e.Log
-	} else {
-		n = l.AddNode(b, "node-1", lab.NodeOptions{Index: 1})
-		ready(b, n)
-		pid, logOf = n.Agent.PID(), n.Agent.Log
-	}
-	rss0, hwm0, err := rssKiB(pid)
+	load := header(b, fmt.Sprintf("Route installation at scale: %d prefixes from an external peer into podroute-agent", count))
+	l := lab.New(b, lab.Options{ClusterCIDRs: []netip.Prefix{scaleClusterV4, lab.DefaultClusterV6}})
+	dyn, err := dynamic.NewForConfig(l.Kube.RestConfig)
 	if err != nil {
 		b.Fatal(err)
 	}
-	var m0 reconcileSums
-	if !useEngine {
-		m0 = reconcileMetrics(b, n)
-	}
-	w := watchRoutes(b, n.NetNS)
-	logOff := len(logOf())
+	installCRDs(b, dyn)
 
-	ctx, cancel := context.WithTimeout(context.Background(), 5*converge)
-	defer cancel()
+	n := l.AddNode(b, "node-1", lab.NodeOptions{Index: 1, NoAgent: true})
 	gen := lab.PrefixRange{First: scaleFirst, Count: count}
 	want := map[netip.Prefix]bool{}
 	for _, p := range gen.Prefixes() {
 		want[p] = true
 	}
-	t0 := time.Now()
-	sp := l.StartRogue(b, lab.RogueOptions{Name: "speaker", Index: speakerIndex, Peers: []*lab.Node{n}, Generate: gen, LogPeerEvents: true})
-	if !useEngine {
-		// Stop early if the agent refuses the speaker's prefixes.
-		go func() {
-			for ctx.Err() == nil {
-				if agentMetric(n, "podroute_bgp_refused_prefixes") > 0 {
-					cancel()
-					return
-				}
-				time.Sleep(500 * time.Millisecond)
-			}
-		}()
+	if len(want) != count {
+		b.Fatalf("%d prefixes from %s, want %d", len(want), scaleFirst, count)
 	}
-	isGen := func(e routeEvent) bool { return e.add && e.gateway && want[e.prefix] }
-	first, last, err := w.countAfter(ctx, t0, count, isGen)
-	if err != nil && !useEngine && errors.Is(err, context.Canceled) {
-		rs, _ := n.BGPRoutes()
-		reason := ""
-		if len(rs.Refused) > 0 {
-			reason = rs.Refused[0].Reason
-		}
-		fmt.Printf("the agent refuses the speaker's prefixes (%q): a mesh peer may only announce its own Node's pod CIDRs; see the engine figures\n", reason)
-		b.Skipf("the agent refuses a mesh peer's prefixes other than its Node's pod CIDRs (%q)", reason)
+	sp := l.StartRogue(b, lab.RogueOptions{
+		Name: "tor", Index: speakerIndex, ASN: speakerASN,
+		ExtraPeers:    []lab.RoguePeer{{Address: n.IPv4, ASN: config.DefaultASN}},
+		Generate:      gen,
+		LogPeerEvents: true,
+	})
+	speaker := sp.IPv4
+	// StartRogue registers the speaker as a Node, which would make it a mesh peer of every
+	// node. This speaker is a router, not a node: its Node object goes before the agent
+	// starts, so the agent only ever knows it as a BGPPeer.
+	if err := sp.DeleteNodeObject(); err != nil {
+		b.Fatal(err)
 	}
-	cancel()
-	ctx, cancel = context.WithTimeout(context.Background(), 5*converge)
-	defer cancel()
-	if err != nil {
-		b.Fatalf("%v\nspeaker log:\n%s\nreceiver log:\n%s", err, sp.Log(), logOf()[logOff:])
+	if err := n.Agent.Start(); err != nil {
+		b.Fatal(err)
 	}
-	var est time.Time
-	for _, c := range sp.StateChanges() {
-		if c.Peer == n.IPv4 && c.State == "established" {
-			est = c.Time
-			break
-		}
-	}
-	if est.IsZero() {
-		b.Fatalf("no session establishment in the speaker's log:\n%s", sp.Log())
-	}
-	installed, err := countRoutes(n.NetNS)
+	ready(b, n)
+	pid := n.Agent.PID()
+	w := watchRoutes(b, n.NetNS)
+	rss0, hwm0, err := rssKiB(pid)
 	if err != nil {
 		b.Fatal(err)
 	}
-	if installed < count {
-		b.Fatalf("kernel has %d podroute routes with a next hop, want at least %d", installed, count)
+
+	spec := config.BGPPeerSpec{
+		PeerAddress:    speaker.String(),
+		PeerASN:        speakerASN,
+		NodeSelector:   &metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/hostname": n.Name}},
+		ExportPodCIDRs: ptr(true),
 	}
+	s := scaleRun{b: b, n: n, sp: sp, w: w, count: count, want: want, speaker: speaker}
+
+	// 1. Install.
+	install1 := s.phase("install", func() error { return createBGPPeer(dyn, peerName, spec) }, true)
+	s.checkKernel()
 	rss1, hwm1, _ := rssKiB(pid)
-	var m1, m2 reconcileSums
-	var ctlTime time.Duration
-	var ctlRoutes int
-	if !useEngine {
-		m1 = reconcileMetrics(b, n)
-		ctlStart := time.Now()
-		var rs struct {
-			Routes []json.RawMessage `json:"routes"`
-		}
-		if err := n.CtlJSON(&rs, "bgp", "routes"); err != nil {
-			b.Fatal(err)
-		}
-		ctlTime, ctlRoutes = time.Since(ctlStart), len(rs.Routes)
+	ctlStart := time.Now()
+	var rs struct {
+		Routes []json.RawMessage `json:"routes"`
 	}
-	reconciles := reconcileLog(logOf()[logOff:], est)
+	if err := n.CtlJSON(&rs, "bgp", "routes"); err != nil {
+		b.Fatal(err)
+	}
+	ctlTime, ctlRoutes := time.Since(ctlStart), len(rs.Routes)
 	time.Sleep(5 * time.Second) // a few keepalives later: the steady state
 	rss2, hwm2, _ := rssKiB(pid)
 
-	// Withdrawal: the speaker dies, its TCP session closes, the receiver drops its routes.
-	logOff = len(logOf())
-	t1 := time.Now()
-	sp.Stop()
-	isGenDel := func(e routeEvent) bool { return !e.add && want[e.prefix] }
-	firstDel, lastDel, err := w.countAfter(ctx, t1, count, isGenDel)
-	if err != nil {
-		b.Fatal(err)
-	}
-	withdrawReconciles := reconcileLog(logOf()[logOff:], t1)
-	if !useEngine {
-		m2 = reconcileMetrics(b, n)
-	}
+	// 2. BGPPeer deleted.
+	peerDel := s.phase("BGPPeer deleted", func() error { return deleteBGPPeer(dyn, peerName) }, false)
+
+	// 3. Install again.
+	install2 := s.phase("install again", func() error { return createBGPPeer(dyn, peerName, spec) }, true)
+	s.checkKernel()
+	rss3, hwm3, _ := rssKiB(pid)
+
+	// 4. Speaker killed.
+	kill := s.phase("speaker killed", func() error { sp.Stop(); return nil }, false)
+	time.Sleep(2 * time.Second)
+	rss4, hwm4, _ := rssKiB(pid)
 
 	floorAdd, floorDel := kernelFloor(b, l, gen.Prefixes())
 	loadEnd := loadavg()
 
-	install := last.Sub(est)
-	withdraw := lastDel.Sub(t1)
-	fmt.Printf("%d prefixes (IPv4 /24s from %s), one node, one session; load average %s at start, %s at end\n\n", count, scaleFirst, load, loadEnd)
-	fmt.Println("| measure | podroute | `ip -batch` (kernel floor) | ratio |")
+	ratio := func(d, floor time.Duration) string { return fmt.Sprintf("%.2f", float64(d)/float64(floor)) }
+	fmt.Printf("%d prefixes (IPv4 /24s from %s, next hop the speaker), one node, one eBGP session (AS %d -> AS %d), hold time 3 s, keepalive 1 s; load average %s at start, %s at end\n\n",
+		count, scaleFirst, speakerASN, config.DefaultASN, load, loadEnd)
+	fmt.Println("| measure | podroute-agent | `ip -batch` (kernel floor) | ratio |")
 	fmt.Println("| --- | ---: | ---: | ---: |")
-	fmt.Printf("| session established -> all routes in the kernel (ms) | %s | %s | %.2f |\n", ms(install), ms(floorAdd), float64(install)/float64(floorAdd))
-	fmt.Printf("| session established -> first route in the kernel (ms) | %s | | |\n", ms(first.Sub(est)))
-	fmt.Printf("| first route in the kernel -> last (ms) | %s | | |\n", ms(last.Sub(first)))
-	fmt.Printf("| speaker killed -> all routes gone (ms) | %s | %s | %.2f |\n", ms(withdraw), ms(floorDel), float64(withdraw)/float64(floorDel))
-	fmt.Printf("| speaker killed -> first route gone (ms) | %s | | |\n", ms(firstDel.Sub(t1)))
-	fmt.Printf("| receiver VmRSS before / after / 5 s later (MiB) | %s / %s / %s | | |\n", mib(rss0), mib(rss1), mib(rss2))
-	fmt.Printf("| receiver VmHWM before / after / 5 s later (MiB) | %s / %s / %s | | |\n", mib(hwm0), mib(hwm1), mib(hwm2))
-	if !useEngine {
-		fmt.Printf("| `podroutectl bgp routes -o json` with %d routes (ms) | %s | | |\n", ctlRoutes, ms(ctlTime))
-		fmt.Printf("| reconcile passes during install: count, total time (ms) | %d, %s | | |\n", m1.count-m0.count, ms(m1.sum-m0.sum))
-		fmt.Printf("| reconcile passes during withdrawal: count, total time (ms) | %d, %s | | |\n", m2.count-m1.count, ms(m2.sum-m1.sum))
+	for _, in := range []*scalePhase{install1, install2} {
+		fmt.Printf("| %s: session established -> all routes in the kernel (ms) | **%s** | %s | %s |\n", in.name, ms(in.total()), ms(floorAdd), ratio(in.total(), floorAdd))
+		fmt.Printf("| %s: session established -> first route in the kernel (ms) | %s | | |\n", in.name, ms(in.first.Sub(in.from)))
+		fmt.Printf("| %s: BGPPeer created -> neighbor added by the agent -> session established (ms) | %s -> %s | | |\n", in.name, ms(in.neighborAdded.Sub(in.action)), ms(in.from.Sub(in.action)))
+	}
+	for _, del := range []*scalePhase{peerDel, kill} {
+		fmt.Printf("| %s -> all routes gone (ms) | **%s** | %s | %s |\n", del.name, ms(del.total()), ms(floorDel), ratio(del.total(), floorDel))
+		fmt.Printf("| %s -> first route gone (ms) | %s | | |\n", del.name, ms(del.first.Sub(del.from)))
+	}
+	fmt.Printf("| agent VmRSS: before / installed / 5 s later / installed again / after the kill (MiB) | %s / %s / %s / %s / %s | | |\n", mib(rss0), mib(rss1), mib(rss2), mib(rss3), mib(rss4))
+	fmt.Printf("| agent VmHWM: same points (MiB) | %s / %s / %s / %s / %s | | |\n", mib(hwm0), mib(hwm1), mib(hwm2), mib(hwm3), mib(hwm4))
+	fmt.Printf("| `podroutectl bgp routes -o json` with %d routes (ms) | %s | | |\n", ctlRoutes, ms(ctlTime))
+	fmt.Println()
+	fmt.Println("Reconcile passes per phase, from the action to the end (count and total time from the agent's podroute_reconcile_duration_seconds; Reconcile() is the kernel step, summed from the agent's log; the rest is mostly the Routes() listing of the BGP RIB, and for an install also the passes that add the neighbor before the session is up):")
+	fmt.Println()
+	fmt.Println("| phase | passes | all passes (ms) | Reconcile() (ms) | rest (ms) |")
+	fmt.Println("| --- | ---: | ---: | ---: | ---: |")
+	for _, p := range []*scalePhase{install1, peerDel, install2, kill} {
+		var took time.Duration
+		for _, x := range p.passes {
+			took += x.took
+		}
+		all := p.m1.sum - p.m0.sum
+		fmt.Printf("| %s | %d | %s | %s | %s |\n", p.name, p.m1.count-p.m0.count, ms(all), ms(took), ms(all-took))
 	}
 	fmt.Println()
-	fmt.Println("Passes that changed kernel routes (receiver's log; times from session establishment / speaker kill; Routes() and Reconcile() durations where the receiver logs them):")
+	fmt.Println("Passes that changed kernel routes (agent's log; times from session establishment or from the action):")
 	fmt.Println()
-	fmt.Println("| phase | logged at (ms) | learned | added | removed | failed | Routes() ms | Reconcile() ms |")
-	fmt.Println("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-	for _, r := range reconciles {
-		fmt.Printf("| install | %s | %s |\n", ms(r.at), r.row())
+	fmt.Println("| phase | Reconcile() started (ms) | pass ended (ms) | desired | added | removed | failed | Reconcile() (ms) | before Reconcile() (ms) |")
+	fmt.Println("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+	for _, p := range []*scalePhase{install1, peerDel, install2, kill} {
+		prev := p.from
+		for _, x := range p.passes {
+			fmt.Printf("| %s | %s | %s | %d | %d | %d | %d | %s | %s |\n", p.name, ms(x.start.Sub(p.from)), ms(x.end.Sub(p.from)),
+				x.desired, x.added, x.removed, x.failed, ms(x.took), ms(x.start.Sub(prev)))
+			prev = x.end
+		}
 	}
-	for _, r := range withdrawReconciles {
-		fmt.Printf("| withdrawal | %s | %s |\n", ms(r.at), r.row())
-	}
-	b.ReportMetric(float64(install)/1e6, "install-ms")
-	b.ReportMetric(float64(floorAdd)/1e6, "ip-batch-ms")
-	b.ReportMetric(float64(install)/float64(floorAdd), "install/ip-batch")
-	b.ReportMetric(float64(withdraw)/1e6, "withdraw-ms")
+	b.ReportMetric(float64(install1.total())/1e6, "install-ms")
+	b.ReportMetric(float64(install2.total())/1e6, "install2-ms")
+	b.ReportMetric(float64(floorAdd)/1e6, "ip-batch-add-ms")
+	b.ReportMetric(float64(install1.total())/float64(floorAdd), "install/ip-batch")
+	b.ReportMetric(float64(peerDel.total())/1e6, "peer-deleted-ms")
+	b.ReportMetric(float64(kill.total())/1e6, "speaker-killed-ms")
+	b.ReportMetric(float64(floorDel)/1e6, "ip-batch-del-ms")
 	b.ReportMetric(float64(rss2)/1024, "rss-MiB")
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// scaleRun is the state the phases of BenchmarkRouteScale share.
+type scaleRun struct {
+	b       *testing.B
+	n       *lab.Node
+	sp      *lab.Rogue
+	w       *routeWatch
+	count   int
+	want    map[netip.Prefix]bool
+	speaker netip.Addr
+}
+
+// scalePhase is one timed change of all the routes.
+type scalePhase struct {
+	name   string
+	action time.Time // the test acted (created or deleted the BGPPeer, killed the speaker)
+	// from is when the clock starts: the session's establishment (speaker's log) for an
+	// install, the action otherwise.
+	from, first, last time.Time
+	// neighborAdded is when the agent logged the speaker's neighbor added (installs).
+	neighborAdded time.Time
+	m0, m1        reconcileSums
+	passes        []agentPass
+}
+
+func (p *scalePhase) total() time.Duration { return p.last.Sub(p.from) }
+
+// phase runs act and waits until every generated prefix has been added via the speaker
+// (install) or deleted.
+func (s *scaleRun) phase(name string, act func() error, install bool) *scalePhase {
+	b := s.b
+	b.Helper()
+	ctx, cancel := context.WithTimeoutCause(context.Background(), 5*converge, fmt.Errorf("%s: not within %v", name, 5*converge))
+	defer cancel()
+	p := &scalePhase{name: name, m0: reconcileMetrics(b, s.n)}
+	logOff := s.n.Agent.LogSize()
+	if install {
+		// Fail early, with the reason, if the agent refuses the speaker's prefixes.
+		ctx2, cancel2 := context.WithCancelCause(ctx)
+		defer cancel2(nil)
+		ctx = ctx2
+		go func() {
+			for ctx.Err() == nil {
+				if agentMetric(s.n, "podroute_bgp_refused_prefixes") > 0 {
+					reason := "?"
+					if rs, err := s.n.BGPRoutes(); err == nil && len(rs.Refused) > 0 {
+						reason = rs.Refused[0].Reason
+					}
+					cancel2(fmt.Errorf("the agent refuses the speaker's prefixes: %s", reason))
+					return
+				}
+				time.Sleep(200 * time.Millisecond)
+			}
+		}()
+	}
+	p.action = time.Now()
+	if err := act(); err != nil {
+		b.Fatal(err)
+	}
+	match := func(e routeEvent) bool { return !e.add && s.want[e.prefix] }
+	if install {
+		match = func(e routeEvent) bool { return e.add && e.via == s.speaker && s.want[e.prefix] }
+	}
+	var err error
+	p.first, p.last, err = s.w.countAfter(ctx, p.action, s.count, match)
+	if err != nil {
+		if c := context.Cause(ctx); c != nil && !errors.Is(c, err) {
+			err = fmt.Errorf("%w (%v)", err, c)
+		}
+		b.Fatalf("%s: %v\nspeaker log:\n%s\nagent log:\n%s", name, err, tail(s.sp.Log(), 30), tail(s.n.Agent.LogSince(logOff), 60))
+	}
+	p.from = p.action
+	if install {
+		for _, c := range s.sp.StateChanges() {
+			if c.Peer == s.n.IPv4 && c.State == "established" && !c.Time.Before(p.action) {
+				p.from = c.Time
+				break
+			}
+		}
+		p.neighborAdded = logTime(s.n.Agent.LogSince(logOff), "BGP neighbor added")
+		if p.from == p.action {
+			b.Fatalf("%s: no session establishment after %s in the speaker's log:\n%s", name, p.action.Format(time.RFC3339Nano), tail(s.sp.Log(), 30))
+		}
+	}
+	// The pass that made the last change logs it right after; the metrics count it once it
+	// ended.
+	lab.Eventually(b, 10*time.Second, name+": agent's pass logged", func() error {
+		p.passes = agentPasses(s.n.Agent.LogSince(logOff))
+		added, removed := 0, 0
+		for _, x := range p.passes {
+			added, removed = added+x.added, removed+x.removed
+		}
+		if (install && added < s.count) || (!install && removed < s.count) {
+			return fmt.Errorf("%d added, %d removed in the agent's log", added, removed)
+		}
+		return nil
+	})
+	time.Sleep(200 * time.Millisecond)
+	p.m1 = reconcileMetrics(b, s.n)
+	return p
+}
+
+// checkKernel dumps the node's table: every generated prefix must be there via the speaker.
+func (s *scaleRun) checkKernel() {
+	s.b.Helper()
+	got, err := routesVia(s.n.NetNS, s.speaker)
+	if err != nil {
+		s.b.Fatal(err)
+	}
+	missing := 0
+	for p := range s.want {
+		if !got[p] {
+			missing++
+		}
+	}
+	if missing > 0 {
+		s.b.Fatalf("%d of %d generated prefixes missing from the kernel (protocol %d via %s)", missing, s.count, routes.Protocol, s.speaker)
+	}
+}
+
+// routesVia lists the namespace's protocol 201 IPv4 routes via gw.
+func routesVia(ns *lab.NetNS, gw netip.Addr) (map[netip.Prefix]bool, error) {
+	h, err := netns.GetFromPath(ns.Path)
+	if err != nil {
+		return nil, err
+	}
+	defer h.Close()
+	nh, err := netlink.NewHandleAt(h)
+	if err != nil {
+		return nil, err
+	}
+	defer nh.Close()
+	rs, err := nh.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Protocol: routes.Protocol}, netlink.RT_FILTER_PROTOCOL)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[netip.Prefix]bool, len(rs))
+	for _, r := range rs {
+		g, ok := netip.AddrFromSlice(r.Gw)
+		if r.Dst == nil || !ok || g.Unmap() != gw {
+			continue
+		}
+		a, _ := netip.AddrFromSlice(r.Dst.IP)
+		ones, _ := r.Dst.Mask.Size()
+		out[netip.PrefixFrom(a.Unmap(), ones)] = true
+	}
+	return out, nil
+}
+
+func tail(s string, lines int) string {
+	l := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(l) > lines {
+		l = l[len(l)-lines:]
+	}
+	return strings.Join(l, "\n")
 }
 
 // agentMetric is the value of an unlabelled metric on the agent's /metrics (0 if absent).
@@ -248,44 +400,60 @@ func reconcileMetrics(b *testing.B, n *lab.Node) reconcileSums {
 	return s
 }
 
-type reconcileEntry struct {
-	at                              time.Duration
-	learned, added, removed, failed int
-	routesMs, reconcileMs           float64
+// agentPass is one agent reconcile pass that changed kernel routes, from its log: the
+// kernel reconciler's "routes reconciled" line (with the time Reconcile() took), then the
+// agent's "kernel routes reconciled".
+type agentPass struct {
+	start, end                      time.Time // Reconcile() started; the pass logged its result
+	took                            time.Duration
+	desired, added, removed, failed int
 }
 
-func (r reconcileEntry) row() string {
-	opt := func(v float64) string {
-		if v == 0 {
-			return "-"
-		}
-		return fmt.Sprintf("%.1f", v)
-	}
-	learned := "-"
-	if r.learned > 0 || r.routesMs > 0 {
-		learned = fmt.Sprint(r.learned)
-	}
-	return fmt.Sprintf("%s | %d | %d | %d | %s | %s", learned, r.added, r.removed, r.failed, opt(r.routesMs), opt(r.reconcileMs))
-}
-
-// reconcileLog picks the agent's "kernel routes reconciled" lines (JSON) out of its log.
-func reconcileLog(log string, since time.Time) []reconcileEntry {
-	var out []reconcileEntry
+// logTime is the time of the first JSON log line with message msg (zero if none).
+func logTime(log, msg string) time.Time {
 	for _, l := range strings.Split(log, "\n") {
+		var e struct {
+			Time time.Time `json:"time"`
+			Msg  string    `json:"msg"`
+		}
+		if strings.HasPrefix(l, "{") && json.Unmarshal([]byte(l), &e) == nil && e.Msg == msg {
+			return e.Time
+		}
+	}
+	return time.Time{}
+}
+
+func agentPasses(log string) []agentPass {
+	var out []agentPass
+	var cur *agentPass
+	for _, l := range strings.Split(log, "\n") {
+		if !strings.HasPrefix(l, "{") {
+			continue
+		}
 		var e struct {
 			Time    time.Time `json:"time"`
 			Msg     string    `json:"msg"`
+			Desired int       `json:"desired"`
 			Added   int       `json:"added"`
 			Removed int       `json:"removed"`
 			Failed  int       `json:"failed"`
-			Learned int       `json:"learned"`
-			RMs     float64   `json:"routesMs"`
-			KMs     float64   `json:"reconcileMs"`
+			Took    int64     `json:"took"` // nanoseconds
 		}
-		if json.Unmarshal([]byte(l), &e) != nil || e.Msg != "kernel routes reconciled" {
+		if json.Unmarshal([]byte(l), &e) != nil {
 			continue
 		}
-		out = append(out, reconcileEntry{at: e.Time.Sub(since), learned: e.Learned, added: e.Added, removed: e.Removed, failed: e.Failed, routesMs: e.RMs, reconcileMs: e.KMs})
+		switch e.Msg {
+		case "routes reconciled":
+			took := time.Duration(e.Took)
+			cur = &agentPass{start: e.Time.Add(-took), took: took, desired: e.Desired, added: e.Added, removed: e.Removed}
+		case "kernel routes reconciled":
+			if cur == nil {
+				continue
+			}
+			cur.end, cur.failed = e.Time, e.Failed
+			out = append(out, *cur)
+			cur = nil
+		}
 	}
 	return out
 }

@@ -108,6 +108,7 @@ type Lab struct {
 	mu    sync.Mutex
 	nodes map[string]*Node
 	used  map[int]bool // node indexes in use
+	topo  topology     // segments, routers and links (frr.go)
 }
 
 var labSeq atomic.Int32
@@ -321,6 +322,7 @@ func (r *relay) Close() {
 // Sweep deletes the namespaces of lab runs whose process is gone (killed by a timeout, say,
 // before its cleanups ran), after killing whatever still runs inside them.
 func Sweep() error {
+	defer sweepFRR()
 	entries, err := os.ReadDir(netnsDir)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil

@@ -41,6 +41,11 @@ type NodeOptions struct {
 	NoAgent bool
 	// AgentArgs are appended to this node's agent command line.
 	AgentArgs []string
+	// Segment is the L2 segment (rack) the node's uplink joins; nil is the fabric's own
+	// segment (192.0.2.0/24). See Lab.AddSegment.
+	Segment *Segment
+	// Labels and Annotations are set on the Node object (besides kubernetes.io/hostname).
+	Labels, Annotations map[string]string
 }
 
 // Node is a lab node: a network namespace on the fabric, its Node object and its agent.
@@ -49,6 +54,10 @@ type Node struct {
 	Index int
 	*NetNS
 	IPv4, IPv6 netip.Addr
+	// Segment is the L2 segment the uplink is on; its gateway is the node's default route.
+	Segment *Segment
+	// Labels and Annotations are what the Node object is created with.
+	Labels, Annotations map[string]string
 	// PodCIDRs are the node's pod CIDRs (set on the Node object unless NoPodCIDR).
 	PodCIDRs []netip.Prefix
 	// Dir holds this node's files: ConfDir, BinDir, DataDir, Socket, AgentLog.
@@ -67,7 +76,7 @@ type Node struct {
 // is removed in t.Cleanup (agent stopped, Node object deleted, namespace deleted).
 func (l *Lab) AddNode(t testing.TB, name string, opts NodeOptions) *Node {
 	t.Helper()
-	n, err := l.addNode(t, name, opts.Index, false)
+	n, err := l.addNodeOn(t, name, opts.Index, false, opts.Segment, opts.Labels, opts.Annotations)
 	if err != nil {
 		t.Fatalf("lab: node %s: %v", name, err)
 	}
@@ -96,6 +105,13 @@ func (l *Lab) AddNode(t testing.TB, name string, opts NodeOptions) *Node {
 }
 
 func (l *Lab) addNode(t testing.TB, name string, index int, rogue bool) (*Node, error) {
+	return l.addNodeOn(t, name, index, rogue, nil, nil, nil)
+}
+
+func (l *Lab) addNodeOn(t testing.TB, name string, index int, rogue bool, seg *Segment, labels, annotations map[string]string) (*Node, error) {
+	if seg == nil {
+		seg = l.DefaultSegment()
+	}
 	l.mu.Lock()
 	if _, dup := l.nodes[name]; dup {
 		l.mu.Unlock()
@@ -121,9 +137,15 @@ func (l *Lab) addNode(t testing.TB, name string, index int, rogue bool) (*Node, 
 			netip.MustParsePrefix(fmt.Sprintf("10.244.%d.0/24", index)),
 			netip.MustParsePrefix(fmt.Sprintf("fd00:10:244:%x::/64", index)),
 		},
-		lab:   l,
-		rogue: rogue,
-		port:  fmt.Sprintf("p%d", index),
+		Segment:     seg,
+		Labels:      labels,
+		Annotations: annotations,
+		lab:         l,
+		rogue:       rogue,
+		port:        fmt.Sprintf("p%d", index),
+	}
+	if seg.Index != 0 {
+		n.IPv4, n.IPv6 = seg.Addr4(10+index), seg.Addr6(0x10+index)
 	}
 	if rogue {
 		n.IPv4 = netip.AddrFrom4([4]byte{192, 0, 2, byte(index)})
@@ -168,7 +190,7 @@ func (l *Lab) addNode(t testing.TB, name string, index int, rogue bool) (*Node, 
 	mac := fmt.Sprintf("02:70:72:00:%02x:%02x", index>>8&0xff, index&0xff)
 	if err := l.Fabric.IP(
 		[]string{"link", "add", n.port, "type", "veth", "peer", "name", UplinkName, "address", mac, "netns", nsName},
-		[]string{"link", "set", n.port, "master", bridgeName, "up"},
+		[]string{"link", "set", n.port, "master", seg.Bridge, "up"},
 	); err != nil {
 		return nil, err
 	}
@@ -180,11 +202,11 @@ func (l *Lab) addNode(t testing.TB, name string, index int, rogue bool) (*Node, 
 		return nil, fmt.Errorf("keep_addr_on_down: %w", err)
 	}
 	if err := netns.IP(
-		[]string{"addr", "add", n.IPv4.String() + "/24", "dev", UplinkName},
-		[]string{"addr", "add", n.IPv6.String() + "/64", "dev", UplinkName, "nodad"},
+		[]string{"addr", "add", netip.PrefixFrom(n.IPv4, seg.PrefixV4.Bits()).String(), "dev", UplinkName},
+		[]string{"addr", "add", netip.PrefixFrom(n.IPv6, seg.PrefixV6.Bits()).String(), "dev", UplinkName, "nodad"},
 		[]string{"link", "set", UplinkName, "up"},
-		[]string{"route", "add", "default", "via", FabricIPv4.String()},
-		[]string{"-6", "route", "add", "default", "via", FabricIPv6.String()},
+		[]string{"route", "add", "default", "via", seg.GatewayV4.String()},
+		[]string{"-6", "route", "add", "default", "via", seg.GatewayV6.String()},
 	); err != nil {
 		return nil, err
 	}
@@ -201,10 +223,42 @@ func (l *Lab) createNodeObject(n *Node, cidrs []netip.Prefix) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if _, err := l.Kube.CreateNode(ctx, n.Name, cs, []string{n.IPv4.String(), n.IPv6.String()}, nil); err != nil {
+	if _, err := l.Kube.CreateNode(ctx, n.Name, cs, []string{n.IPv4.String(), n.IPv6.String()}, n.Labels); err != nil {
 		return err
 	}
+	if len(n.Annotations) > 0 {
+		return n.patchMetadata(ctx, "annotations", n.Annotations)
+	}
 	return nil
+}
+
+// patchMetadata merges kv into the Node object's metadata.labels or metadata.annotations
+// (which); a nil value removes the key.
+func (n *Node) patchMetadata(ctx context.Context, which string, kv map[string]string) error {
+	m := map[string]any{}
+	for k, v := range kv {
+		m[k] = v
+	}
+	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{which: m}})
+	_, err := n.lab.Kube.Client.CoreV1().Nodes().Patch(ctx, n.Name, types.MergePatchType, patch, metav1.PatchOptions{})
+	if err != nil {
+		return fmt.Errorf("patch %s of node %s: %w", which, n.Name, err)
+	}
+	return nil
+}
+
+// SetLabels merges labels into the Node object's labels (an empty value is kept as such).
+func (n *Node) SetLabels(labels map[string]string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return n.patchMetadata(ctx, "labels", labels)
+}
+
+// SetAnnotations merges annotations into the Node object's annotations.
+func (n *Node) SetAnnotations(annotations map[string]string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return n.patchMetadata(ctx, "annotations", annotations)
 }
 
 // CreateNodeObject (re)creates the node's Node object with its pod CIDRs.

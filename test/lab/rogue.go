@@ -36,8 +36,11 @@ type RogueOptions struct {
 	Index int
 	// ASN of the rogue (default 64512, the cluster's: iBGP like a node).
 	ASN uint32
-	// Peers are the nodes the rogue accepts sessions from (default: every node of the lab).
+	// Peers are the nodes the rogue accepts sessions from (default: every node of the lab,
+	// unless PeerAddresses is set).
 	Peers []*Node
+	// ExtraPeers are further peers (routers, say) the rogue accepts sessions from.
+	ExtraPeers []RoguePeer
 	// Announce are the prefixes the rogue originates, next hop its own address.
 	Announce []netip.Prefix
 	// Generate, when Count > 0, makes the rogue also originate Count consecutive prefixes
@@ -48,6 +51,13 @@ type RogueOptions struct {
 	// LogPeerEvents makes the rogue log every session state change with its time (see
 	// Rogue.StateChanges).
 	LogPeerEvents bool
+}
+
+// RoguePeer is a peer of the rogue speaker other than a lab node.
+type RoguePeer struct {
+	Address netip.Addr
+	// ASN of the peer (default: the rogue's own, iBGP).
+	ASN uint32
 }
 
 // PrefixRange is Count consecutive prefixes of First's length starting at First.
@@ -113,6 +123,8 @@ type rogueConfig struct {
 	NextHop4 string
 	NextHop6 string
 	Peers    []string
+	// PeerASNs are the peers' ASes where not ASN (iBGP).
+	PeerASNs map[string]uint32 `json:",omitempty"`
 	Announce []string
 	// GenerateFirst/GenerateCount: see RogueOptions.Generate.
 	GenerateFirst string `json:",omitempty"`
@@ -133,7 +145,7 @@ func (l *Lab) StartRogue(t testing.TB, opts RogueOptions) *Rogue {
 	if opts.ASN == 0 {
 		opts.ASN = 64512
 	}
-	if opts.Peers == nil {
+	if opts.Peers == nil && opts.ExtraPeers == nil {
 		opts.Peers = l.Nodes()
 	}
 	n, err := l.addNode(t, opts.Name, opts.Index, true)
@@ -147,6 +159,15 @@ func (l *Lab) StartRogue(t testing.TB, opts RogueOptions) *Rogue {
 	}
 	for _, p := range opts.Peers {
 		cfg.Peers = append(cfg.Peers, p.IPv4.String())
+	}
+	for _, p := range opts.ExtraPeers {
+		cfg.Peers = append(cfg.Peers, p.Address.String())
+		if p.ASN != 0 {
+			if cfg.PeerASNs == nil {
+				cfg.PeerASNs = map[string]uint32{}
+			}
+			cfg.PeerASNs[p.Address.String()] = p.ASN
+		}
 	}
 	for _, p := range opts.Announce {
 		cfg.Announce = append(cfg.Announce, p.String())
@@ -278,8 +299,12 @@ func runRogue(path string) error {
 		fmt.Fprintf(os.Stderr, "rogue: %d prefixes from %s in the table at %s\n", len(gen), first, time.Now().Format(time.RFC3339Nano))
 	}
 	for _, p := range cfg.Peers {
+		peerASN := cfg.ASN
+		if a, ok := cfg.PeerASNs[p]; ok {
+			peerASN = a
+		}
 		peer := &api.Peer{
-			Conf:      &api.PeerConf{NeighborAddress: p, PeerAsn: cfg.ASN},
+			Conf:      &api.PeerConf{NeighborAddress: p, PeerAsn: peerASN},
 			Timers:    &api.Timers{Config: &api.TimersConfig{HoldTime: 3, KeepaliveInterval: 1, ConnectRetry: 1}},
 			Transport: &api.Transport{LocalAddress: cfg.NextHop4, PassiveMode: true},
 		}
