@@ -6,7 +6,7 @@ LDFLAGS  := -s -w -X github.com/podroute/podroute/cni.Version=$(VERSION)
 # Static binaries: the plugin is exec'd on every pod start and runs on any host.
 export CGO_ENABLED := 0
 
-.PHONY: all setup build test fuzz bench lab lab-down image clean
+.PHONY: all setup build test fuzz bench lab lab-down lab-cni image clean
 
 all: build
 
@@ -38,12 +38,22 @@ fuzz:
 bench: setup build
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./test/cnibench/
 
-# The local lab: a node and pods in network namespaces wired by podroute (root).
+# The local lab (root): a real kube-apiserver, three nodes running podroute-agent, an FRR
+# top-of-rack router and pods, all in network namespaces. It prints what it built, the BGP
+# sessions and cross-node pings, then stays up until Ctrl-C (LAB_HOLD=0: tear down at once).
+LAB_HOLD ?= 1
 lab: setup build
-	hack/lab.sh up
+	$(GO) test -c -o build/lab.test ./test/demo
+	cd test/demo && PODROUTE_LAB_HOLD=$(LAB_HOLD) ../../build/lab.test -test.run '^TestLab$$' -test.timeout 0
 
+# Removes what a killed lab left behind (namespaces, processes, FRR state).
 lab-down:
-	hack/lab.sh down
+	$(GO) test -c -o build/lab.test ./test/demo
+	cd test/demo && ../../build/lab.test -test.run '^TestSweep$$'
+
+# The smaller CNI-only lab: one node, three pods, no control plane.
+lab-cni: setup build
+	hack/lab.sh up
 
 # The agent's image, built offline from bin/ (docker-archive tar for ctr/docker load).
 image: build

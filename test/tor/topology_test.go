@@ -4,156 +4,25 @@ package tor_test
 // as the top-of-rack routers.
 
 import (
-	"context"
-	"encoding/json"
 	"fmt"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/dynamic"
-	"sigs.k8s.io/yaml"
 
 	"github.com/podroute/podroute/config"
 	"github.com/podroute/podroute/test/lab"
 )
 
-var crdGVR = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
-
 const (
 	rackLabel       = "topology.podroute.io/rack"
 	reflectorLabel  = "podroute.io/route-reflector"
-	secretNamespace = "podroute-secrets"
+	secretNamespace = lab.SecretNamespace
 )
-
-// crd is the lab's API with podroute's CRDs installed.
-type crd struct {
-	t   *testing.T
-	l   *lab.Lab
-	dyn dynamic.Interface
-}
-
-// installCRDs applies deploy/crds and waits until the resources are served.
-func installCRDs(t *testing.T, l *lab.Lab) *crd {
-	t.Helper()
-	dyn := dynamic.NewForConfigOrDie(l.Kube.RestConfig)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	files, err := filepath.Glob("../../deploy/crds/*.yaml")
-	if err != nil || len(files) == 0 {
-		t.Fatalf("CRD manifests: %v %v", files, err)
-	}
-	for _, f := range files {
-		data, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		js, err := yaml.YAMLToJSON(data)
-		if err != nil {
-			t.Fatalf("%s: %v", f, err)
-		}
-		u := &unstructured.Unstructured{}
-		if err := json.Unmarshal(js, &u.Object); err != nil {
-			t.Fatalf("%s: %v", f, err)
-		}
-		if _, err := dyn.Resource(crdGVR).Create(ctx, u, metav1.CreateOptions{}); err != nil {
-			t.Fatalf("create CRD from %s: %v", f, err)
-		}
-	}
-	lab.Eventually(t, 30*time.Second, "custom resources served", func() error {
-		for _, gvr := range []schema.GroupVersionResource{config.BGPPeerGVR, config.BGPConfigurationGVR} {
-			if _, err := dyn.Resource(gvr).List(ctx, metav1.ListOptions{}); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	return &crd{t: t, l: l, dyn: dyn}
-}
-
-func (c *crd) create(gvr schema.GroupVersionResource, obj any) {
-	c.t.Helper()
-	u, err := config.ToUnstructured(obj)
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if _, err := c.dyn.Resource(gvr).Create(ctx, u, metav1.CreateOptions{}); err != nil {
-		c.t.Fatalf("create %s %s: %v", u.GetKind(), u.GetName(), err)
-	}
-}
-
-// configuration creates the BGPConfiguration "default".
-func (c *crd) configuration(spec config.BGPConfigurationSpec) {
-	c.t.Helper()
-	c.create(config.BGPConfigurationGVR, &config.BGPConfiguration{ObjectMeta: metav1.ObjectMeta{Name: config.ConfigurationName}, Spec: spec})
-}
-
-// peer creates a BGPPeer.
-func (c *crd) peer(name string, spec config.BGPPeerSpec) {
-	c.t.Helper()
-	c.create(config.BGPPeerGVR, &config.BGPPeer{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: spec})
-}
-
-// patchPeer merge-patches a BGPPeer's spec.
-func (c *crd) patchPeer(name string, spec map[string]any) {
-	c.t.Helper()
-	b, _ := json.Marshal(map[string]any{"spec": spec})
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if _, err := c.dyn.Resource(config.BGPPeerGVR).Patch(ctx, name, types.MergePatchType, b, metav1.PatchOptions{}); err != nil {
-		c.t.Fatalf("patch BGPPeer %s: %v", name, err)
-	}
-}
-
-// peerConditions returns a BGPPeer's status conditions.
-func (c *crd) peerConditions(name string) ([]metav1.Condition, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	u, err := c.dyn.Resource(config.BGPPeerGVR).Get(ctx, name, metav1.GetOptions{})
-	if err != nil {
-		return nil, err
-	}
-	var p config.BGPPeer
-	b, _ := json.Marshal(u.Object)
-	if err := json.Unmarshal(b, &p); err != nil {
-		return nil, err
-	}
-	return p.Status.Conditions, nil
-}
-
-// secret creates or updates a Secret holding an MD5 password under key "password".
-func (c *crd) secret(name, password string) *config.SecretKeyRef {
-	c.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	core := c.l.Kube.Client.CoreV1()
-	if _, err := core.Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: secretNamespace}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		c.t.Fatal(err)
-	}
-	s := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: secretNamespace}, StringData: map[string]string{"password": password}}
-	if _, err := core.Secrets(secretNamespace).Create(ctx, s, metav1.CreateOptions{}); apierrors.IsAlreadyExists(err) {
-		_, err = core.Secrets(secretNamespace).Update(ctx, s, metav1.UpdateOptions{})
-		if err != nil {
-			c.t.Fatal(err)
-		}
-	} else if err != nil {
-		c.t.Fatal(err)
-	}
-	return &config.SecretKeyRef{Namespace: secretNamespace, Name: name, Key: "password"}
-}
 
 func ptr[T any](v T) *T { return &v }
 
@@ -243,12 +112,12 @@ func neighborsOf(t *testing.T, n *lab.Node) map[string]string {
 // of one rack accept each other's routes through the ToR.
 func TestPerRackEBGP(t *testing.T) {
 	l := lab.New(t, lab.Options{})
-	c := installCRDs(t, l)
+	c := lab.InstallCRDs(t, l)
 	seg1, seg2 := l.AddSegment(t, "rack-1"), l.AddSegment(t, "rack-2")
 	tor1 := l.AddRouter(t, "tor-1", lab.RouterOptions{ASN: 65101, Segments: []*lab.Segment{seg1}})
 	tor2 := l.AddRouter(t, "tor-2", lab.RouterOptions{ASN: 65102, Segments: []*lab.Segment{seg2}})
 	link := l.PeerRouters(t, tor1, tor2, "")
-	c.configuration(config.BGPConfigurationSpec{NodeToNodeMesh: ptr(false)})
+	c.Configuration(config.BGPConfigurationSpec{NodeToNodeMesh: ptr(false)})
 	racks := []struct {
 		name string
 		seg  *lab.Segment
@@ -256,7 +125,7 @@ func TestPerRackEBGP(t *testing.T) {
 		asn  uint32
 	}{{"r1", seg1, tor1, 65001}, {"r2", seg2, tor2, 65002}}
 	for _, r := range racks {
-		c.peer("tor-"+r.name, config.BGPPeerSpec{
+		c.Peer("tor-"+r.name, config.BGPPeerSpec{
 			PeerAddress: r.tor.Addr4(r.seg).String(), PeerASN: int64(r.tor.ASN),
 			NodeSelector: selector(rackLabel, r.name),
 		})
@@ -329,15 +198,15 @@ func TestPerRackEBGP(t *testing.T) {
 // Both ToRs set themselves as next hop (next-hop-self) and override the rack AS.
 func TestTwoToRsECMP(t *testing.T) {
 	l := lab.New(t, lab.Options{})
-	c := installCRDs(t, l)
+	c := lab.InstallCRDs(t, l)
 	seg := l.AddSegment(t, "rack-1")
 	tors := []*lab.Router{
 		l.AddRouter(t, "tor-a", lab.RouterOptions{ASN: 65101, Host: 1, Segments: []*lab.Segment{seg}}),
 		l.AddRouter(t, "tor-b", lab.RouterOptions{ASN: 65101, Host: 2, Segments: []*lab.Segment{seg}}),
 	}
-	c.configuration(config.BGPConfigurationSpec{NodeToNodeMesh: ptr(false)})
+	c.Configuration(config.BGPConfigurationSpec{NodeToNodeMesh: ptr(false)})
 	for _, r := range tors {
-		c.peer(r.Name, config.BGPPeerSpec{PeerAddress: r.Addr4(seg).String(), PeerASN: int64(r.ASN)})
+		c.Peer(r.Name, config.BGPPeerSpec{PeerAddress: r.Addr4(seg).String(), PeerASN: int64(r.ASN)})
 	}
 	var nodes []*lab.Node
 	for i := 1; i <= 2; i++ {
@@ -414,12 +283,12 @@ func TestTwoToRsECMP(t *testing.T) {
 //	  node-1                         node-2
 func TestMD5(t *testing.T) {
 	l := lab.New(t, lab.Options{})
-	c := installCRDs(t, l)
+	c := lab.InstallCRDs(t, l)
 	fab := l.DefaultSegment()
 	const password = "s3cret-rack"
 	tor := l.AddRouter(t, "tor", lab.RouterOptions{ASN: 65101, Segments: []*lab.Segment{fab}})
-	ref := c.secret("tor-md5", password)
-	c.peer("tor", config.BGPPeerSpec{PeerAddress: tor.Addr4(fab).String(), PeerASN: 65101, PasswordSecretRef: ref})
+	ref := c.Secret("tor-md5", password)
+	c.Peer("tor", config.BGPPeerSpec{PeerAddress: tor.Addr4(fab).String(), PeerASN: 65101, PasswordSecretRef: ref})
 	n := l.AddNode(t, "node-1", lab.NodeOptions{Index: 1})
 	if err := tor.AddNeighbor(lab.Neighbor{Address: n.IPv4, Description: n.Name, Password: password}); err != nil {
 		t.Fatal(err)
@@ -430,9 +299,9 @@ func TestMD5(t *testing.T) {
 	torHas(t, tor, n)
 
 	t.Run("WrongPassword", func(t *testing.T) {
-		c.secret("tor-md5", "not-the-password")
+		c.Secret("tor-md5", "not-the-password")
 		defer func() {
-			c.secret("tor-md5", password)
+			c.Secret("tor-md5", password)
 			lab.Eventually(t, converge, "session back with the right password", func() error { return n.Established(torAddr) })
 		}()
 		lab.Eventually(t, converge, "session down with the wrong password", func() error { return tor.NotEstablished(n.IPv4) })
@@ -459,12 +328,12 @@ func TestMD5(t *testing.T) {
 	})
 
 	t.Run("MissingSecret", func(t *testing.T) {
-		c.peer("tor-missing", config.BGPPeerSpec{
+		c.Peer("tor-missing", config.BGPPeerSpec{
 			PeerAddress: "192.0.2.9", PeerASN: 65109,
 			PasswordSecretRef: &config.SecretKeyRef{Namespace: secretNamespace, Name: "absent", Key: "password"},
 		})
 		lab.Eventually(t, converge, "BGPPeer status names the Secret", func() error {
-			conds, err := c.peerConditions("tor-missing")
+			conds, err := c.PeerConditions("tor-missing")
 			if err != nil {
 				return err
 			}
@@ -490,11 +359,11 @@ func TestMD5(t *testing.T) {
 //	  node-1
 func TestLivePeerChange(t *testing.T) {
 	l := lab.New(t, lab.Options{})
-	c := installCRDs(t, l)
+	c := lab.InstallCRDs(t, l)
 	fab := l.DefaultSegment()
 	tor1 := l.AddRouter(t, "tor-1", lab.RouterOptions{ASN: 65101, Host: 1, Segments: []*lab.Segment{fab}})
 	tor2 := l.AddRouter(t, "tor-2", lab.RouterOptions{ASN: 65102, Host: 2, Segments: []*lab.Segment{fab}})
-	c.peer("tor-1", config.BGPPeerSpec{PeerAddress: tor1.Addr4(fab).String(), PeerASN: 65101, HoldTime: "9s", KeepaliveTime: "3s"})
+	c.Peer("tor-1", config.BGPPeerSpec{PeerAddress: tor1.Addr4(fab).String(), PeerASN: 65101, HoldTime: "9s", KeepaliveTime: "3s"})
 	n := l.AddNode(t, "node-1", lab.NodeOptions{Index: 1})
 	for _, r := range []*lab.Router{tor1, tor2} {
 		// FRR proposes 30s: the session's hold time is the agent's.
@@ -520,11 +389,11 @@ func TestLivePeerChange(t *testing.T) {
 	}
 	lab.Eventually(t, converge, "hold time 9s", holdTime(9000))
 	t.Run("HoldTime", func(t *testing.T) {
-		c.patchPeer("tor-1", map[string]any{"holdTime": "6s", "keepaliveTime": "2s"})
+		c.PatchPeer("tor-1", map[string]any{"holdTime": "6s", "keepaliveTime": "2s"})
 		lab.Eventually(t, converge, "hold time 6s", holdTime(6000))
 	})
 	t.Run("SecondPeer", func(t *testing.T) {
-		c.peer("tor-2", config.BGPPeerSpec{PeerAddress: tor2.Addr4(fab).String(), PeerASN: 65102})
+		c.Peer("tor-2", config.BGPPeerSpec{PeerAddress: tor2.Addr4(fab).String(), PeerASN: 65102})
 		lab.Eventually(t, converge, "second peer", func() error { return n.Established(tor1.Addr4(fab), tor2.Addr4(fab)) })
 		torHas(t, tor2, n)
 	})
@@ -543,8 +412,8 @@ func TestLivePeerChange(t *testing.T) {
 //	node-2 node-3 node-4          all on the fabric segment, iBGP AS 64512, no mesh
 func TestRouteReflectors(t *testing.T) {
 	l := lab.New(t, lab.Options{})
-	c := installCRDs(t, l)
-	c.configuration(config.BGPConfigurationSpec{
+	c := lab.InstallCRDs(t, l)
+	c.Configuration(config.BGPConfigurationSpec{
 		NodeToNodeMesh:             ptr(false),
 		RouteReflectorNodeSelector: selector(reflectorLabel, "true"),
 	})
@@ -602,11 +471,11 @@ func TestRouteReflectors(t *testing.T) {
 //	  node-1 node-2 node-3      (mesh between them, AS 64512)
 func TestMeshPlusToR(t *testing.T) {
 	l := lab.New(t, lab.Options{})
-	c := installCRDs(t, l)
+	c := lab.InstallCRDs(t, l)
 	fab := l.DefaultSegment()
 	tor := l.AddRouter(t, "tor", lab.RouterOptions{ASN: 65101, Segments: []*lab.Segment{fab}})
-	c.configuration(config.BGPConfigurationSpec{NodeToNodeMesh: ptr(true)})
-	c.peer("tor", config.BGPPeerSpec{PeerAddress: tor.Addr4(fab).String(), PeerASN: 65101, ExportPodCIDRs: ptr(true)})
+	c.Configuration(config.BGPConfigurationSpec{NodeToNodeMesh: ptr(true)})
+	c.Peer("tor", config.BGPPeerSpec{PeerAddress: tor.Addr4(fab).String(), PeerASN: 65101, ExportPodCIDRs: ptr(true)})
 	var nodes []*lab.Node
 	for i := 1; i <= 3; i++ {
 		n := l.AddNode(t, fmt.Sprintf("node-%d", i), lab.NodeOptions{Index: i})
