@@ -35,8 +35,10 @@ const (
 	DefaultNetworkName = "podroute"
 	// DefaultDataDir holds the IPAM reservations.
 	DefaultDataDir = "/var/lib/cni/podroute"
-	// DefaultCNIVersion is the configuration's cniVersion.
-	DefaultCNIVersion = "1.1.0"
+	// DefaultCNIVersion is the configuration's cniVersion. Runtimes that read the CNI 1.1
+	// "cniVersions" list pick 1.1.0 from it; older ones (containerd 1.6's libcni) read only
+	// cniVersion and reject a 1.1.0 result, which would fail every pod sandbox.
+	DefaultCNIVersion = "1.0.0"
 
 	// PluginName is the plugin binary's name in the bin dir ("type" in the configuration).
 	PluginName = "podroute"

@@ -73,7 +73,7 @@ func TestRender(t *testing.T) {
 				t.Fatal(err)
 			}
 			c := parse(t, out)
-			if c.CNIVersion != "1.1.0" || c.Name != "podroute" {
+			if c.CNIVersion != "1.0.0" || c.Name != "podroute" {
 				t.Errorf("cniVersion %q name %q", c.CNIVersion, c.Name)
 			}
 			if strings.Join(c.CNIVersions, ",") != "0.3.1,0.4.0,1.0.0,1.1.0" {
