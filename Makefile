@@ -27,7 +27,9 @@ setup:
 # The whole suite, as CI runs it (needs root: tests use real network namespaces).
 test: setup build
 	$(GO) vet ./...
-	$(GO) test -count=1 -timeout 30m ./...
+	# One package at a time: several packages run whole labs (API server, agents, FRR,
+	# kubelets) whose timing assertions should not compete for the same two CPUs.
+	$(GO) test -p 1 -count=1 -timeout 30m ./...
 	$(MAKE) fuzz
 
 # A short fuzzing pass over the config parsers, on top of the seed corpus the tests replay.

@@ -167,7 +167,7 @@ type routeWatch struct {
 	cond chan struct{} // closed and replaced on every event
 }
 
-func watchRoutes(b *testing.B, ns *lab.NetNS) *routeWatch {
+func watchRoutes(b testing.TB, ns *lab.NetNS) *routeWatch {
 	b.Helper()
 	h, err := netns.GetFromPath(ns.Path)
 	if err != nil {
