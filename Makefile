@@ -24,11 +24,11 @@ setup:
 	hack/install-ref-cni.sh
 	hack/kube/build.sh
 
-# The whole suite, as CI runs it (needs root: tests use real network namespaces).
+# The whole suite, as CI runs it (needs root: tests use real network namespaces). One package
+# at a time: several packages run whole labs (API server, agents, FRR, kubelets) whose timing
+# assertions should not compete for the same two CPUs.
 test: setup build
 	$(GO) vet ./...
-	# One package at a time: several packages run whole labs (API server, agents, FRR,
-	# kubelets) whose timing assertions should not compete for the same two CPUs.
 	$(GO) test -p 1 -count=1 -timeout 30m ./...
 	$(MAKE) fuzz
 

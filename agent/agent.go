@@ -58,7 +58,8 @@ type Agent struct {
 	learned    int
 	lastRun    time.Time
 	lastErr    error
-	problems   []string // configuration problems of the last pass, for the API
+	problems   []string  // configuration problems of the last pass, for the API
+	metricsAt  time.Time // last refresh of the peer gauges
 	// topologyProblems are the peers the last BGP pass left out, and why.
 	topologyProblems []string
 	logged           map[string]bool
@@ -217,11 +218,9 @@ func (a *Agent) reconcileOnce(ctx context.Context) error {
 	if !s.Synced {
 		return errors.New("waiting for the first list of BGPPeers and BGPConfiguration")
 	}
-	if a.status != nil {
-		if err := a.status.Sync(ctx, s); err != nil {
-			a.once("status:"+err.Error(), slog.LevelWarn, "could not write the status of podroute resources", "err", err)
-		}
-	}
+	// Status writes go to the API server, rate-limited: after the routing work, so a burst of
+	// new BGPPeers does not hold back their sessions.
+	defer a.writeStatus(ctx, s)
 	for _, p := range s.Problems {
 		a.once("config:"+p, slog.LevelWarn, "BGP configuration", "problem", p)
 	}
@@ -576,6 +575,15 @@ func (a *Agent) reconcileKernel(ctx context.Context, me self) error {
 		return fmt.Errorf("kernel routes: %d of %d not installed: %w", len(failed), len(desired), res.Err())
 	}
 	return nil
+}
+
+func (a *Agent) writeStatus(ctx context.Context, s config.Settings) {
+	if a.status == nil {
+		return
+	}
+	if err := a.status.Sync(ctx, s); err != nil {
+		a.once("status:"+err.Error(), slog.LevelWarn, "could not write the status of podroute resources", "err", err)
+	}
 }
 
 // changedFields names the fields that differ between two neighbours (never their values: one

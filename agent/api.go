@@ -22,6 +22,9 @@ var Version = "dev"
 
 var _ agentapi.Source = (*Agent)(nil)
 
+// peerMetricsEvery bounds how often the peer gauges are refreshed.
+const peerMetricsEvery = 5 * time.Second
+
 var errNoSpeaker = errors.New("BGP speaker not started yet")
 
 // Status implements agentapi.Source.
@@ -231,6 +234,15 @@ func (a *Agent) updatePeerMetrics(ctx context.Context) {
 	if r == nil {
 		return
 	}
+	// Listing neighbours counts every peer's accepted prefixes: with hundreds of peers that
+	// is hundreds of speaker calls, too many for every pass.
+	a.mu.Lock()
+	if time.Since(a.metricsAt) < peerMetricsEvery {
+		a.mu.Unlock()
+		return
+	}
+	a.metricsAt = time.Now()
+	a.mu.Unlock()
 	states, err := r.Neighbors(ctx)
 	if err != nil {
 		return

@@ -362,3 +362,29 @@ func TestOverridesAndEffective(t *testing.T) {
 		t.Fatalf("the BGPConfiguration's AS must win: %d", e.ASN)
 	}
 }
+
+// Without graceful restart no neighbour may carry a restart time: the speaker refuses those,
+// which would leave the node with no session at all.
+func TestGracefulRestartOff(t *testing.T) {
+	cfg := testConfig()
+	cfg.GracefulRestart, cfg.RestartTime = false, 120*time.Second
+	nodes := rrNodes()
+	cfg.NodeName = "n3"
+	me, _ := findSelf(&cfg, nodes)
+	s := config.Settings{Synced: true, Configuration: cfg.defaults(), Peers: []config.Peer{
+		{Name: "tor", Address: addr("192.0.2.254"), ASN: 65101, NodeSelector: labels.Everything(), ExportPodCIDRs: true, GracefulRestartTime: 60 * time.Second},
+	}}
+	top := nodeTopology(&cfg, s, me, me.Node, nodes)
+	top.addExternal(&cfg, s, me, me.Node)
+	if len(top.peers) != len(nodes) {
+		t.Fatalf("%d peers, want %d", len(top.peers), len(nodes))
+	}
+	for a, p := range top.peers {
+		if p.Neighbor.GracefulRestart || p.Neighbor.RestartTime != 0 {
+			t.Errorf("peer %s: graceful restart %v, restart time %s", a, p.Neighbor.GracefulRestart, p.Neighbor.RestartTime)
+		}
+		if err := p.Neighbor.Validate(); err != nil {
+			t.Errorf("peer %s refused by the speaker: %v", a, err)
+		}
+	}
+}

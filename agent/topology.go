@@ -117,8 +117,10 @@ func nodeTopology(cfg *Config, s config.Settings, me self, meNode cluster.Node, 
 			HoldTime:        cfg.HoldTime,
 			KeepaliveTime:   cfg.KeepaliveTime,
 			GracefulRestart: cfg.GracefulRestart,
-			RestartTime:     cfg.RestartTime,
 			Kind:            kind,
+		}
+		if cfg.GracefulRestart {
+			nb.RestartTime = cfg.RestartTime
 		}
 		if kind == bgp.KindReflectorClient {
 			if asn != me.ASN {
@@ -151,10 +153,13 @@ func (t *topology) addExternal(cfg *Config, s config.Settings, me self, meNode c
 		if nb.HoldTime == 0 {
 			nb.HoldTime, nb.KeepaliveTime = cfg.HoldTime, cfg.KeepaliveTime
 		}
-		if nb.RestartTime == 0 {
+		nb.GracefulRestart = cfg.GracefulRestart
+		switch {
+		case !nb.GracefulRestart:
+			nb.RestartTime = 0 // a restart time means nothing without graceful restart
+		case nb.RestartTime == 0:
 			nb.RestartTime = cfg.RestartTime
 		}
-		nb.GracefulRestart = cfg.GracefulRestart
 		nb.NoExport = !p.ExportPodCIDRs
 		if nb.ASN != me.ASN {
 			// With one AS per rack (RFC 7938) the ToR hands a node its rack neighbours'

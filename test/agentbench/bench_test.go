@@ -9,7 +9,12 @@
 //     again, agent memory, against `ip -batch` installing the same routes;
 //   - BenchmarkDataPath: pod-to-pod TCP throughput and request/response latency across two
 //     nodes, against two namespaces joined by a bare veth pair and against the two nodes
-//     talking over the same fabric.
+//     talking over the same fabric;
+//   - BenchmarkNodeFailure: a node dies (switch port down, agent SIGKILLed): time until its
+//     routes are gone from the other nodes' kernels, per BGP timer and graceful-restart
+//     setting;
+//   - BenchmarkSessionScale: one agent with 200 external BGP peers (a farm of GoBGP
+//     speakers): time to establish, steady-state CPU and memory, against 3 peers.
 //
 // Run them (as root, after make build) with
 //
@@ -20,7 +25,10 @@
 // AGENTBENCH_REPS (data-path repetitions, default 5), AGENTBENCH_SECONDS (seconds per
 // throughput run, default 5), AGENTBENCH_RR (round trips per latency run, default 10000),
 // AGENTBENCH_AGENT_ARGS (extra podroute-agent flags for the data-path lab, e.g.
-// --masquerade=false).
+// --masquerade=false), AGENTBENCH_FAILURE_REPS (failures per setting, default 5),
+// AGENTBENCH_FAILURE_SETTINGS (comma-separated: tuned-nogr, tuned, default-nogr, default;
+// default all), AGENTBENCH_PEERS (session scale, default 200), AGENTBENCH_STEADY_SECONDS
+// (session scale steady window, default 60).
 // The package has no tests: plain go test only compiles it.
 package agentbench
 

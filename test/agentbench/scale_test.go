@@ -16,7 +16,6 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/dynamic"
 
 	"github.com/podroute/podroute/config"
 	"github.com/podroute/podroute/routes"
@@ -68,11 +67,7 @@ func BenchmarkRouteScale(b *testing.B) {
 	count := envInt("AGENTBENCH_ROUTES", 10000)
 	load := header(b, fmt.Sprintf("Route installation at scale: %d prefixes from an external peer into podroute-agent", count))
 	l := lab.New(b, lab.Options{ClusterCIDRs: []netip.Prefix{scaleClusterV4, lab.DefaultClusterV6}})
-	dyn, err := dynamic.NewForConfig(l.Kube.RestConfig)
-	if err != nil {
-		b.Fatal(err)
-	}
-	installCRDs(b, dyn)
+	crds := lab.InstallCRDs(b, l)
 
 	n := l.AddNode(b, "node-1", lab.NodeOptions{Index: 1, NoAgent: true})
 	gen := lab.PrefixRange{First: scaleFirst, Count: count}
@@ -116,7 +111,7 @@ func BenchmarkRouteScale(b *testing.B) {
 	s := scaleRun{b: b, n: n, sp: sp, w: w, count: count, want: want, speaker: speaker}
 
 	// 1. Install.
-	install1 := s.phase("install", func() error { return createBGPPeer(dyn, peerName, spec) }, true)
+	install1 := s.phase("install", func() error { return crds.CreatePeer(peerName, spec) }, true)
 	s.checkKernel()
 	rss1, hwm1, _ := rssKiB(pid)
 	ctlStart := time.Now()
@@ -131,10 +126,10 @@ func BenchmarkRouteScale(b *testing.B) {
 	rss2, hwm2, _ := rssKiB(pid)
 
 	// 2. BGPPeer deleted.
-	peerDel := s.phase("BGPPeer deleted", func() error { return deleteBGPPeer(dyn, peerName) }, false)
+	peerDel := s.phase("BGPPeer deleted", func() error { return crds.DeletePeer(peerName) }, false)
 
 	// 3. Install again.
-	install2 := s.phase("install again", func() error { return createBGPPeer(dyn, peerName, spec) }, true)
+	install2 := s.phase("install again", func() error { return crds.CreatePeer(peerName, spec) }, true)
 	s.checkKernel()
 	rss3, hwm3, _ := rssKiB(pid)
 

@@ -96,10 +96,27 @@ func (c *CRDs) Configuration(spec config.BGPConfigurationSpec) {
 	c.Create(config.BGPConfigurationGVR, &config.BGPConfiguration{ObjectMeta: metav1.ObjectMeta{Name: config.ConfigurationName}, Spec: spec})
 }
 
-// Peer creates a BGPPeer.
+// Peer creates a BGPPeer, failing the test if it cannot.
 func (c *CRDs) Peer(name string, spec config.BGPPeerSpec) {
 	c.t.Helper()
-	c.Create(config.BGPPeerGVR, &config.BGPPeer{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: spec})
+	if err := c.CreatePeer(name, spec); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// CreatePeer creates a BGPPeer and returns the error, for callers timing the call or
+// running it off the test's goroutine.
+func (c *CRDs) CreatePeer(name string, spec config.BGPPeerSpec) error {
+	u, err := config.ToUnstructured(&config.BGPPeer{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: spec})
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := c.Dyn.Resource(config.BGPPeerGVR).Create(ctx, u, metav1.CreateOptions{}); err != nil {
+		return fmt.Errorf("create BGPPeer %s: %w", name, err)
+	}
+	return nil
 }
 
 // PatchPeer merge-patches a BGPPeer's spec.

@@ -4,6 +4,7 @@ package tor_test
 // as the top-of-rack routers.
 
 import (
+	"context"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -508,7 +509,8 @@ func TestMeshPlusToR(t *testing.T) {
 			}
 		}
 		lab.Eventually(t, converge, n.Name+": podroutectl and FRR agree", func() error { return agree(n, tor, torAddr, false) })
-		if err := agree(n, tor, torAddr, true); err != nil {
+		// Both sides update their prefix counters asynchronously: they must come to agree.
+		if err := lab.Poll(context.Background(), 10*time.Second, 200*time.Millisecond, func() error { return agree(n, tor, torAddr, true) }); err != nil {
 			t.Errorf("%s: %v", n.Name, err)
 		}
 		ns, err := n.Neighbors()
