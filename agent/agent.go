@@ -31,6 +31,7 @@ type Agent struct {
 	// settings and status are nil when the agent runs without the podroute CRDs' client.
 	settings *config.Watcher
 	status   *config.StatusWriter
+	statusCh chan config.Settings // latest settings whose status is not written yet
 	kernel   *routes.Reconciler
 	masq     *egress.Masquerade
 	metrics  *Metrics
@@ -94,6 +95,7 @@ func New(cfg Config, client kubernetes.Interface, dyn dynamic.Interface, log *sl
 			Logger:   log.With("component", "config"),
 		})
 		a.status = config.NewStatusWriter(dyn, client.CoreV1(), cfg.NodeName, log.With("component", "status"))
+		a.statusCh = make(chan config.Settings, 1)
 	}
 	return a, nil
 }
@@ -138,6 +140,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	var settingsChanged <-chan struct{}
 	if a.settings != nil {
 		go a.settings.Run(ctx)
+		go a.writeStatuses(ctx)
 		defer a.status.Shutdown()
 		settingsChanged = a.settings.Changed()
 	}
@@ -195,10 +198,15 @@ func (a *Agent) stopRouter() {
 
 // reconcile is one pass: read the cluster, compute what this node wants, apply it. Every
 // step is idempotent, and a failing step does not stop the others.
+// passTimeout bounds the API and nft calls of one pass, so a hung call cannot stop the loop.
+const passTimeout = 2 * time.Minute
+
 func (a *Agent) reconcile(ctx context.Context) {
 	t0 := time.Now()
-	err := a.reconcileOnce(ctx)
-	a.updatePeerMetrics(ctx)
+	pctx, cancel := context.WithTimeout(ctx, passTimeout)
+	defer cancel()
+	err := a.reconcileOnce(pctx)
+	a.updatePeerMetrics(pctx)
 	d := time.Since(t0)
 	a.metrics.reconcileDuration.Observe(d.Seconds())
 	a.mu.Lock()
@@ -218,9 +226,7 @@ func (a *Agent) reconcileOnce(ctx context.Context) error {
 	if !s.Synced {
 		return errors.New("waiting for the first list of BGPPeers and BGPConfiguration")
 	}
-	// Status writes go to the API server, rate-limited: after the routing work, so a burst of
-	// new BGPPeers does not hold back their sessions.
-	defer a.writeStatus(ctx, s)
+	a.queueStatus(s)
 	for _, p := range s.Problems {
 		a.once("config:"+p, slog.LevelWarn, "BGP configuration", "problem", p)
 	}
@@ -577,12 +583,34 @@ func (a *Agent) reconcileKernel(ctx context.Context, me self) error {
 	return nil
 }
 
-func (a *Agent) writeStatus(ctx context.Context, s config.Settings) {
+// queueStatus hands the settings to the status writer, replacing any not yet written: status
+// goes to the API server, rate-limited and possibly slow, and must never hold back routing.
+func (a *Agent) queueStatus(s config.Settings) {
 	if a.status == nil {
 		return
 	}
-	if err := a.status.Sync(ctx, s); err != nil {
-		a.once("status:"+err.Error(), slog.LevelWarn, "could not write the status of podroute resources", "err", err)
+	select {
+	case <-a.statusCh:
+	default:
+	}
+	a.statusCh <- s
+}
+
+// statusTimeout bounds one round of status writes.
+const statusTimeout = 30 * time.Second
+
+func (a *Agent) writeStatuses(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case s := <-a.statusCh:
+			wctx, cancel := context.WithTimeout(ctx, statusTimeout)
+			if err := a.status.Sync(wctx, s); err != nil {
+				a.once("status:"+err.Error(), slog.LevelWarn, "could not write the status of podroute resources", "err", err)
+			}
+			cancel()
+		}
 	}
 }
 

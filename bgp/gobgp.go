@@ -487,17 +487,28 @@ func normalizeNeighbor(n Neighbor) Neighbor {
 	return n
 }
 
-func (r *router) AddNeighbor(ctx context.Context, n Neighbor) (err error) {
-	defer guard("add neighbor", &err)
+// beginNeighborOp normalises and validates n and takes the lock that serialises neighbour
+// operations; the caller must call unlock.
+func (r *router) beginNeighborOp(n Neighbor) (_ Neighbor, unlock func(), err error) {
 	n = normalizeNeighbor(n)
 	if err := n.validateFor(&r.cfg); err != nil {
-		return fmt.Errorf("bgp: neighbor %v: %w", n.Address, err)
+		return n, nil, fmt.Errorf("bgp: neighbor %v: %w", n.Address, err)
 	}
 	r.opMu.Lock()
-	defer r.opMu.Unlock()
 	if err := r.running(); err != nil {
+		r.opMu.Unlock()
+		return n, nil, err
+	}
+	return n, r.opMu.Unlock, nil
+}
+
+func (r *router) AddNeighbor(ctx context.Context, n Neighbor) (err error) {
+	defer guard("add neighbor", &err)
+	n, unlock, err := r.beginNeighborOp(n)
+	if err != nil {
 		return err
 	}
+	defer unlock()
 	r.mu.Lock()
 	_, exists := r.neighbors[n.Address]
 	r.mu.Unlock()
@@ -540,15 +551,11 @@ func (r *router) AddNeighbor(ctx context.Context, n Neighbor) (err error) {
 
 func (r *router) UpdateNeighbor(ctx context.Context, n Neighbor) (err error) {
 	defer guard("update neighbor", &err)
-	n = normalizeNeighbor(n)
-	if err := n.validateFor(&r.cfg); err != nil {
-		return fmt.Errorf("bgp: neighbor %v: %w", n.Address, err)
-	}
-	r.opMu.Lock()
-	defer r.opMu.Unlock()
-	if err := r.running(); err != nil {
+	n, unlock, err := r.beginNeighborOp(n)
+	if err != nil {
 		return err
 	}
+	defer unlock()
 	r.mu.Lock()
 	old, exists := r.neighbors[n.Address]
 	if exists {
