@@ -5,6 +5,7 @@ package tor_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/podroute/podroute/config"
 	"github.com/podroute/podroute/test/lab"
@@ -541,4 +543,87 @@ func TestMeshPlusToR(t *testing.T) {
 	out, _ := nodes[0].Ctl("bgp", "neighbors")
 	sum, _ := tor.Vtysh("show bgp summary")
 	t.Logf("node-1: podroutectl bgp neighbors:\n%s\nFRR:\n%s", out, sum)
+}
+
+// TestLiveTopologyChange turns the mesh off and makes a node a route reflector on a running
+// cluster: every agent follows without a restart, and pods keep reaching each other.
+func TestLiveTopologyChange(t *testing.T) {
+	l := lab.New(t, lab.Options{})
+	c := lab.InstallCRDs(t, l)
+	c.Configuration(config.BGPConfigurationSpec{NodeToNodeMesh: ptr(true)})
+	var nodes []*lab.Node
+	for i := 1; i <= 4; i++ {
+		nodes = append(nodes, l.AddNode(t, fmt.Sprintf("node-%d", i), lab.NodeOptions{Index: i}))
+	}
+	for _, n := range nodes {
+		var peers []netip.Addr
+		for _, o := range nodes {
+			if o != n {
+				peers = append(peers, o.IPv4)
+			}
+		}
+		lab.Eventually(t, converge, n.Name+": full mesh", func() error { return n.Established(peers...) })
+	}
+	var pods []*lab.Pod
+	for _, n := range nodes {
+		pods = append(pods, n.AddPod(t, "pod"))
+	}
+	reach(t, pods)
+	pids := map[string]int{}
+	for _, n := range nodes {
+		pids[n.Name] = n.Agent.PID()
+	}
+
+	// node-1 becomes the reflector, then the mesh goes off: the order an operator would use.
+	rr := nodes[0]
+	if err := rr.SetLabels(map[string]string{reflectorLabel: "true"}); err != nil {
+		t.Fatal(err)
+	}
+	patch, _ := json.Marshal(map[string]any{"spec": map[string]any{
+		"nodeToNodeMesh":             false,
+		"routeReflectorNodeSelector": selector(reflectorLabel, "true"),
+	}})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := c.Dyn.Resource(config.BGPConfigurationGVR).Patch(ctx, config.ConfigurationName, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		t.Fatalf("patch BGPConfiguration: %v", err)
+	}
+	// Clients keep only the reflector; the reflector keeps every client.
+	for _, n := range nodes[1:] {
+		lab.Eventually(t, converge, n.Name+": only the reflector left", func() error {
+			got := neighborsOf(t, n)
+			if len(got) != 1 || got[rr.IPv4.String()] != "reflector/established" {
+				return fmt.Errorf("neighbors %v", got)
+			}
+			return nil
+		})
+	}
+	lab.Eventually(t, converge, "reflector: every client established", func() error {
+		got := neighborsOf(t, rr)
+		if len(got) != len(nodes)-1 {
+			return fmt.Errorf("neighbors %v", got)
+		}
+		for a, st := range got {
+			if st != "rr-client/established" {
+				return fmt.Errorf("%s %s", a, st)
+			}
+		}
+		return nil
+	})
+	for _, n := range nodes {
+		for _, o := range nodes {
+			if o == n {
+				continue
+			}
+			for _, p := range o.PodCIDRs {
+				lab.Eventually(t, converge, n.Name+": route to "+p.String(), func() error { return n.RouteVia(p, addr(p, o.IPv4, o.IPv6)) })
+			}
+		}
+	}
+	reach(t, pods)
+	for _, n := range nodes {
+		if pid := n.Agent.PID(); pid != pids[n.Name] {
+			t.Errorf("%s: agent restarted (pid %d -> %d); changes must apply live", n.Name, pids[n.Name], pid)
+		}
+	}
 }
