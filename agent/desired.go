@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"cmp"
 	"fmt"
 	"hash/fnv"
 	"net/netip"
@@ -175,7 +174,7 @@ func importFilter(cfg *Config, me self, nodes []cluster.Node, origin map[netip.A
 			f.Deny = append(f.Deny, netip.PrefixFrom(a, a.BitLen()))
 		}
 	}
-	slices.SortFunc(f.Deny, comparePrefix)
+	slices.SortFunc(f.Deny, netip.Prefix.Compare)
 	f.Deny = slices.Compact(f.Deny)
 	return f
 }
@@ -219,11 +218,4 @@ func keepStale(desired, owned []routes.Route) []routes.Route {
 		}
 	}
 	return desired
-}
-
-func comparePrefix(a, b netip.Prefix) int {
-	if c := a.Addr().Compare(b.Addr()); c != 0 {
-		return c
-	}
-	return cmp.Compare(a.Bits(), b.Bits())
 }

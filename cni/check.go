@@ -114,16 +114,8 @@ func checkPod(podNS ns.NetNS, ifName string, ips []netip.Addr) error {
 }
 
 func hasDefaultVia(gw netip.Addr) bool {
-	rs, err := netlink.RouteList(nil, familyOf(gw))
-	if err != nil {
-		return false
-	}
-	for _, r := range rs {
-		ones := -1
-		if r.Dst != nil {
-			ones, _ = r.Dst.Mask.Size()
-		}
-		if (r.Dst == nil || ones == 0) && r.Gw != nil && r.Gw.Equal(gw.AsSlice()) {
+	for _, r := range defaultRoutes(familyOf(gw)) {
+		if r.Gw != nil && r.Gw.Equal(gw.AsSlice()) {
 			return true
 		}
 	}

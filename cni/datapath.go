@@ -224,26 +224,23 @@ func configurePod(podNS ns.NetNS, ifName string, ips []netip.Addr) error {
 
 // hasDefaultRoute tells whether the pod already has a default route of the family: the pod's
 // other podroute interface keeps its own.
-func hasDefaultRoute(family int) bool {
+func hasDefaultRoute(family int) bool { return len(defaultRoutes(family)) > 0 }
+
+// defaultRoutes lists the current netns's default routes of a family.
+func defaultRoutes(family int) []netlink.Route {
 	rs, err := netlink.RouteList(nil, family)
 	if err != nil {
-		return false
+		return nil
 	}
+	var out []netlink.Route
 	for _, r := range rs {
-		if r.Dst == nil || r.Dst.IP.IsUnspecified() {
-			if ones, _ := maskSize(r); ones == 0 {
-				return true
-			}
+		if r.Dst == nil {
+			out = append(out, r)
+		} else if ones, _ := r.Dst.Mask.Size(); ones == 0 {
+			out = append(out, r)
 		}
 	}
-	return false
-}
-
-func maskSize(r netlink.Route) (int, int) {
-	if r.Dst == nil {
-		return 0, 0
-	}
-	return r.Dst.Mask.Size()
+	return out
 }
 
 // localRouteWait bounds the wait for the kernel to make IPv6 addresses usable.
