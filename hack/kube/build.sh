@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Builds the Kubernetes binaries that podroute's tests run against: a real
-# kube-apiserver (test/kube starts it in front of a real etcd) and kubelet
-# (for node-level tests), optionally kubectl for debugging by hand.
+# kube-apiserver (test/kube starts it in front of a real etcd), kubelet (for
+# node-level tests), and kube-controller-manager, kube-scheduler and kubectl
+# (for the test that installs podroute with `kubectl apply -f deploy/` and
+# lets the DaemonSet controller and the scheduler place the agents).
 #
-# Usage: hack/kube/build.sh [--out DIR] [--no-kubelet] [--with-kubectl] [--force] [DIR]
+# Usage: hack/kube/build.sh [--out DIR] [--no-kubelet] [--force] [DIR]
 #
 #   DIR / --out DIR   output directory (default: $PODROUTE_KUBE_BIN, else
 #                     /var/cache/podroute/kube/v1.32.4/bin)
 #   --no-kubelet      build kube-apiserver only
-#   --with-kubectl    also build kubectl (the test harness does not need it)
 #   --force           rebuild even if up-to-date binaries exist
 #
 # Environment:
@@ -32,7 +33,7 @@ STAGING_VERSION=v0.${KUBE_VERSION#v1.}
 
 OUT_DIR="${PODROUTE_KUBE_BIN:-/var/cache/podroute/kube/${KUBE_VERSION}/bin}"
 BUILD_DIR="${PODROUTE_KUBE_BUILD_DIR:-/var/cache/podroute/kube-build/${KUBE_VERSION}}"
-TARGETS=(kube-apiserver kubelet)
+TARGETS=(kube-apiserver kubelet kube-controller-manager kube-scheduler kubectl)
 FORCE=0
 
 log() { printf '[kube-build] %s\n' "$*" >&2; }
@@ -43,7 +44,7 @@ while [[ $# -gt 0 ]]; do
     --out) [[ $# -ge 2 ]] || die "--out needs a directory"; OUT_DIR="$2"; shift 2 ;;
     --out=*) OUT_DIR="${1#--out=}"; shift ;;
     --no-kubelet) TARGETS=("${TARGETS[@]/kubelet}"); shift ;;
-    --with-kubectl) TARGETS+=(kubectl); shift ;;
+    --with-kubectl) shift ;; # kubectl is always built now; kept for old callers
     --force) FORCE=1; shift ;;
     -h|--help) sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;;
     -*) die "unknown flag: $1 (see --help)" ;;

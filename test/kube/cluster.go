@@ -3,9 +3,10 @@
 // semantics (validation, RBAC, watches) as in a cluster.
 //
 // The binaries come from hack/kube/build.sh (kube-apiserver, kubelet) and
-// Debian's etcd-server package (etcd). No controller-manager or scheduler
-// runs: tests set Node.spec.podCIDRs themselves, and nothing garbage-collects
-// or schedules.
+// Debian's etcd-server package (etcd). By default no controller-manager or
+// scheduler runs: tests set Node.spec.podCIDRs themselves, and nothing
+// garbage-collects or schedules. Tests that need them (DaemonSets, node CIDR
+// allocation) start them with StartControllerManager and StartScheduler.
 package kube
 
 import (
@@ -129,10 +130,16 @@ type Cluster struct {
 	// APIServerLog and EtcdLog are the processes' output files.
 	APIServerLog string
 	EtcdLog      string
+	// BinDir holds the Kubernetes binaries this cluster runs (kube-apiserver and, for
+	// StartControllerManager, StartScheduler and Kubectl, the others hack/kube/build.sh
+	// builds).
+	BinDir string
 
 	pki       *pki
 	etcd      *process
 	apiserver *process
+	// controllers are processes started after the apiserver (controlplane.go).
+	controllers []*process
 }
 
 // Start runs etcd and kube-apiserver on free ports in a fresh temporary
@@ -216,6 +223,7 @@ func Start(t testing.TB, opts Options) *Cluster {
 		CAKeyFile:             filepath.Join(dir, "ca.key"),
 		ServiceAccountKeyFile: filepath.Join(dir, "sa.key"),
 		ServiceCIDR:           serviceCIDR,
+		BinDir:                binDir,
 		APIServerLog:          filepath.Join(dir, "kube-apiserver.log"),
 		EtcdLog:               filepath.Join(dir, "etcd.log"),
 	}
@@ -324,7 +332,7 @@ func Start(t testing.TB, opts Options) *Cluster {
 	// directory is removed.
 	t.Cleanup(func() {
 		if t.Failed() {
-			for _, p := range []*process{c.apiserver, c.etcd} {
+			for _, p := range append([]*process{c.apiserver, c.etcd}, c.controllers...) {
 				if p != nil {
 					t.Logf("kube: last lines of %s log (%s):\n%s", p.name, p.exitStatus(), p.logTail(30))
 				}
@@ -613,7 +621,7 @@ func (c *Cluster) WriteKubeconfig(path, userName, token string) error {
 // want to tell a control-plane crash from a failure of their own.
 func (c *Cluster) Running() error {
 	var errs []error
-	for _, p := range []*process{c.etcd, c.apiserver} {
+	for _, p := range append([]*process{c.etcd, c.apiserver}, c.controllers...) {
 		if p != nil && p.exited() {
 			errs = append(errs, fmt.Errorf("%s %s", p.name, p.exitStatus()))
 		}

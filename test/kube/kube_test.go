@@ -14,12 +14,14 @@ import (
 	authnv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/util/retry"
 )
 
 const unprivilegedUser = "podroute-unprivileged"
@@ -271,4 +273,105 @@ func nodeNames(nodes []corev1.Node) []string {
 		names = append(names, n.Name)
 	}
 	return names
+}
+
+// TestControlPlane: the controller manager allocates node pod CIDRs and runs DaemonSets, the
+// scheduler binds their pods, and kubectl applies manifests, as a podroute install needs.
+func TestControlPlane(t *testing.T) {
+	c := Start(t, Options{})
+	c.StartControllerManager(t, ControllerManagerOptions{ClusterCIDRs: []string{"10.244.0.0/16"}})
+	c.StartScheduler(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+
+	node, err := c.CreateNode(ctx, "node-a", nil, []string{"192.0.2.11"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(node.Spec.PodCIDRs) != 0 {
+		t.Fatalf("node created with pod CIDRs %v", node.Spec.PodCIDRs)
+	}
+	// Room for pods, as a kubelet would report it: the scheduler fits none on a node
+	// without allocatable pods.
+	room := corev1.ResourceList{corev1.ResourcePods: resource.MustParse("10")}
+	if err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		n, err := c.Client.CoreV1().Nodes().Get(ctx, node.Name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		n.Status.Capacity, n.Status.Allocatable = room, room
+		_, err = c.Client.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	poll(ctx, t, "node-a gets a pod CIDR", func() error {
+		n, err := c.Client.CoreV1().Nodes().Get(ctx, "node-a", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if len(n.Spec.PodCIDRs) != 1 || !strings.HasPrefix(n.Spec.PodCIDRs[0], "10.244.") || !strings.HasSuffix(n.Spec.PodCIDRs[0], "/24") {
+			return fmt.Errorf("spec.podCIDRs %v", n.Spec.PodCIDRs)
+		}
+		return nil
+	})
+
+	const manifest = `apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: ds, namespace: default}
+spec:
+  selector: {matchLabels: {app: ds}}
+  template:
+    metadata: {labels: {app: ds}}
+    spec:
+      tolerations: [{operator: Exists}]
+      containers: [{name: c, image: example.invalid/c:1}]
+`
+	dir := t.TempDir()
+	file := dir + "/ds.yaml"
+	if err := writeFiles(map[string][]byte{file: []byte(manifest)}); err != nil {
+		t.Fatal(err)
+	}
+	out, err := c.Kubectl(ctx, "apply", "-f", file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, "daemonset.apps/ds created") {
+		t.Fatalf("kubectl apply printed %q", out)
+	}
+	poll(ctx, t, "the DaemonSet's pod bound to node-a", func() error {
+		pods, err := c.Client.CoreV1().Pods("default").List(ctx, metav1.ListOptions{LabelSelector: "app=ds"})
+		if err != nil {
+			return err
+		}
+		if len(pods.Items) != 1 || pods.Items[0].Spec.NodeName != "node-a" {
+			var where []string
+			for _, p := range pods.Items {
+				where = append(where, p.Name+"@"+p.Spec.NodeName)
+				for _, cond := range p.Status.Conditions {
+					where = append(where, cond.Message)
+				}
+			}
+			return fmt.Errorf("pods: %v", where)
+		}
+		return nil
+	})
+	if err := c.Running(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func poll(ctx context.Context, t *testing.T, what string, f func() error) {
+	t.Helper()
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("%s: %v", what, err)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }

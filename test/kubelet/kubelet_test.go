@@ -48,6 +48,9 @@ type cluster struct {
 	nodes    []*lab.Node
 	kubelets []*lab.Kubelet
 	servers  []*corev1.Pod // servers[i] runs on nodes[i]: serve-tcp echoPort
+	// scheduled places pods with a node selector for the scheduler to bind, instead of
+	// binding them by spec.nodeName.
+	scheduled bool
 }
 
 func TestKubelet(t *testing.T) {
@@ -510,6 +513,10 @@ func (c *cluster) createPod(t *testing.T, name string, n *lab.Node, restart core
 				Args:            args,
 			}},
 		},
+	}
+	if c.scheduled {
+		pod.Spec.NodeName = ""
+		pod.Spec.NodeSelector = map[string]string{corev1.LabelHostname: n.Name}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

@@ -72,6 +72,24 @@ type KubeletOptions struct {
 	ExtraArgs []string
 	// Config is merged into the generated KubeletConfiguration (top-level keys replace).
 	Config map[string]any
+	// HostPaths runs containerd and kubelet (and so every container of the node) in a mount
+	// namespace of the node's own, in which the host paths a CNI installs into are the
+	// node's directories: /etc/cni/net.d is Node.ConfDir, /opt/cni/bin Node.BinDir,
+	// /var/lib/cni holds Node.DataDir (IPAM) and /run/podroute Node.Socket. The agent can
+	// then run as podroute's DaemonSet, whose hostPath volumes name those paths, on two nodes
+	// of one machine without the nodes sharing files. DataDir and Socket are changed to
+	// where the node's agent will put them. The mount points are created on the machine
+	// (empty) when missing; nothing is mounted in the test process's mount namespace.
+	HostPaths bool
+}
+
+// hostPathDirs are the paths HostPaths gives each node of its own, with the node
+// directory (under Node.Dir) behind them.
+var hostPathDirs = []struct{ host, node string }{
+	{"/etc/cni/net.d", "net.d"},
+	{"/opt/cni/bin", "bin"},
+	{"/var/lib/cni", "var-lib-cni"},
+	{"/run/podroute", "run-podroute"},
 }
 
 // Kubelet is a node's containerd and kubelet.
@@ -89,6 +107,7 @@ type Kubelet struct {
 
 	base       string // /var/lib/<lab>/<node>
 	run        string // /run/<lab>/<node>
+	mountNS    string // the node's mount namespace file (HostPaths), or empty
 	binary     string
 	args       []string
 	containerd *daemon
@@ -156,6 +175,11 @@ func (n *Node) startKubelet(t testing.TB, opts KubeletOptions) (*Kubelet, error)
 		}
 	}
 	t.Cleanup(func() { k.teardown(t) })
+	if opts.HostPaths {
+		if err := k.createMountNS(); err != nil {
+			return nil, fmt.Errorf("mount namespace: %w", err)
+		}
+	}
 
 	// containerd's CRI plugin always sets up a loopback network next to the configured one:
 	// the reference loopback plugin has to be in the plugin directory.
@@ -260,8 +284,8 @@ func (k *Kubelet) writeContainerdConfig() error {
 		{"grpc", "address", k.ContainerdSocket},
 		{cri, "sandbox_image", PauseImage},
 		{cri, "netns_mounts_under_state_dir", true},
-		{cri + ".cni", "bin_dir", k.Node.BinDir},
-		{cri + ".cni", "conf_dir", k.Node.ConfDir},
+		{cri + ".cni", "bin_dir", k.cniBinDir()},
+		{cri + ".cni", "conf_dir", k.cniConfDir()},
 		{cri + ".containerd.runtimes.runc.options", "BinaryName", wrapper},
 		{cri + ".containerd.runtimes.runc.options", "SystemdCgroup", false},
 	})
@@ -269,6 +293,66 @@ func (k *Kubelet) writeContainerdConfig() error {
 		return fmt.Errorf("containerd config: %w", err)
 	}
 	return os.WriteFile(k.ContainerdConfig, []byte(conf), 0o644)
+}
+
+// cniConfDir and cniBinDir are the node's CNI directories as containerd sees them.
+func (k *Kubelet) cniConfDir() string {
+	if k.mountNS != "" {
+		return hostPathDirs[0].host
+	}
+	return k.Node.ConfDir
+}
+
+func (k *Kubelet) cniBinDir() string {
+	if k.mountNS != "" {
+		return hostPathDirs[1].host
+	}
+	return k.Node.BinDir
+}
+
+// createMountNS makes the node's mount namespace (KubeletOptions.HostPaths), kept alive by a
+// bind mount of it under the node's run directory, which teardown unmounts. Mounts of the
+// machine propagate into it (slave), none come back.
+func (k *Kubelet) createMountNS() error {
+	n := k.Node
+	// The namespace file may not sit on a shared mount: bind its directory onto itself,
+	// private.
+	dir := filepath.Join(k.run, "mnt")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	if err := syscall.Mount(dir, dir, "", syscall.MS_BIND, ""); err != nil {
+		return fmt.Errorf("bind %s: %w", dir, err)
+	}
+	if err := syscall.Mount("", dir, "", syscall.MS_PRIVATE, ""); err != nil {
+		return fmt.Errorf("make %s private: %w", dir, err)
+	}
+	file := filepath.Join(dir, "ns")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		return err
+	}
+	var script strings.Builder
+	script.WriteString("set -e\n")
+	for _, d := range hostPathDirs {
+		src := filepath.Join(n.Dir, d.node)
+		if err := os.MkdirAll(src, 0o755); err != nil {
+			return err
+		}
+		if err := os.MkdirAll(d.host, 0o755); err != nil {
+			return fmt.Errorf("mount point: %w", err)
+		}
+		fmt.Fprintf(&script, "mount --bind %q %q\n", src, d.host)
+	}
+	out, err := exec.Command("unshare", "--mount="+file, "--propagation", "slave", "sh", "-c", script.String()).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("unshare: %v: %s", err, strings.TrimSpace(string(out)))
+	}
+	k.mountNS = file
+	n.ConfDir = filepath.Join(n.Dir, "net.d")
+	n.BinDir = filepath.Join(n.Dir, "bin")
+	n.DataDir = filepath.Join(n.Dir, "var-lib-cni", "podroute")
+	n.Socket = filepath.Join(n.Dir, "run-podroute", "agent.sock")
+	return nil
 }
 
 type tomlSetting struct {
@@ -461,7 +545,7 @@ func (k *Kubelet) StartContainerd() error {
 	if k.containerd != nil && k.containerd.running() {
 		return errors.New("containerd is running")
 	}
-	d, err := startDaemon(k.Node.NetNS, "containerd", k.ContainerdLog, "containerd", "--config", k.ContainerdConfig)
+	d, err := startDaemon(k.Node.NetNS, k.mountNS, "containerd", k.ContainerdLog, "containerd", "--config", k.ContainerdConfig)
 	if err != nil {
 		return err
 	}
@@ -497,7 +581,7 @@ func (k *Kubelet) StartKubelet() error {
 	if k.kubelet != nil && k.kubelet.running() {
 		return errors.New("kubelet is running")
 	}
-	d, err := startDaemon(k.Node.NetNS, "kubelet", k.KubeletLog, k.binary, k.args...)
+	d, err := startDaemon(k.Node.NetNS, k.mountNS, "kubelet", k.KubeletLog, k.binary, k.args...)
 	if err != nil {
 		return err
 	}
@@ -866,13 +950,17 @@ type daemon struct {
 	waitErr error
 }
 
-func startDaemon(in *NetNS, name, logPath, bin string, args ...string) (*daemon, error) {
+func startDaemon(in *NetNS, mountNS, name, logPath, bin string, args ...string) (*daemon, error) {
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, err
 	}
 	fmt.Fprintf(logf, "=== lab: start at %s: %s %s\n", time.Now().Format(time.RFC3339Nano), bin, strings.Join(args, " "))
-	cmd := exec.Command("nsenter", append([]string{"--net=" + in.Path, "--", bin}, args...)...)
+	ns := []string{"--net=" + in.Path}
+	if mountNS != "" {
+		ns = append(ns, "--mount="+mountNS)
+	}
+	cmd := exec.Command("nsenter", append(append(ns, "--", bin), args...)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	d := &daemon{name: name, cmd: cmd, done: make(chan struct{})}

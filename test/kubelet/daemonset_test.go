@@ -1,0 +1,530 @@
+package kubelet_test
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/podroute/podroute/test/cniutil"
+	"github.com/podroute/podroute/test/kube"
+	"github.com/podroute/podroute/test/lab"
+)
+
+const (
+	agentNamespace = "podroute-system"
+	agentDaemonSet = "podroute-agent"
+	agentSelector  = "app.kubernetes.io/name=podroute-agent"
+	// The two releases the install and the upgrade use: the same code, told apart by the
+	// version the agent reports.
+	releaseOld = "v0.0.0-e2e.1"
+	releaseNew = "v0.0.0-e2e.2"
+)
+
+// TestDaemonSet installs podroute the way an operator does, `kubectl apply -f deploy/`, on two
+// kubelet nodes with a controller manager (DaemonSet controller, node CIDR allocation) and a
+// scheduler, and the agent's image imported into each node's containerd. Each node's
+// containerd and kubelet run in a mount namespace of the node's own, so the DaemonSet's
+// hostPath volumes (/etc/cni/net.d, /opt/cni/bin, /run/podroute) and the plugin's
+// /var/lib/cni are the node's, not shared by the two nodes of this one machine.
+//
+// No kube-proxy runs, so the agents reach the API server through the optional ConfigMap
+// kubernetes-services-endpoint (docs/install.md), which the test adds to its copy of deploy/.
+func TestDaemonSet(t *testing.T) {
+	start := time.Now()
+	l := lab.New(t, lab.Options{})
+	l.Kube.StartControllerManager(t, kube.ControllerManagerOptions{
+		ClusterCIDRs: []string{lab.DefaultClusterV4.String(), lab.DefaultClusterV6.String()},
+	})
+	l.Kube.StartScheduler(t)
+	c := &cluster{lab: l, client: l.Kube.Client, scheduled: true}
+	images := map[string]string{}
+	for _, v := range []string{releaseOld, releaseNew} {
+		images[v] = agentImage(t, l.BinDir(), v)
+	}
+	for i := 1; i <= 2; i++ {
+		n := l.AddNode(t, fmt.Sprintf("node-%d", i), lab.NodeOptions{Index: i, NoAgent: true, NoPodCIDR: true})
+		k := n.StartKubelet(t, lab.KubeletOptions{HostPaths: true})
+		// Both releases are on every node ahead of time, as a registry would serve them.
+		for _, v := range []string{releaseOld, releaseNew} {
+			if _, err := k.Ctr("images", "import", images[v]); err != nil {
+				t.Fatal(err)
+			}
+		}
+		c.nodes = append(c.nodes, n)
+		c.kubelets = append(c.kubelets, k)
+	}
+	t.Logf("two kubelet nodes up in %v", time.Since(start).Round(time.Millisecond))
+
+	d := &install{cluster: c, dir: t.TempDir()}
+	for _, st := range []struct {
+		name string
+		f    func(*testing.T)
+	}{
+		{"Install", d.testInstall},
+		{"PodAddresses", c.testPodAddresses},
+		{"CrossNode", c.testCrossNode},
+		{"DeleteFreesAddresses", c.testDeleteFreesAddresses},
+		{"RollingUpgrade", d.testUpgrade},
+		{"RuntimeAndAgentRestart", d.testRestarts},
+	} {
+		if !t.Run(st.name, st.f) {
+			t.Fatalf("%s failed; the later subtests build on it", st.name)
+		}
+	}
+	t.Logf("done in %v", time.Since(start).Round(time.Millisecond))
+}
+
+type install struct {
+	*cluster
+	dir string // the test's copy of deploy/
+}
+
+// testInstall: the nodes are NotReady for want of a network; `kubectl apply -f deploy/` runs
+// an agent pod on each, which writes the CNI configuration, and the nodes turn Ready only
+// then. The nodes' pod CIDRs are the controller manager's allocation.
+func (d *install) testInstall(t *testing.T) {
+	for _, n := range d.nodes {
+		lab.Eventually(t, 60*time.Second, n.Name+" NotReady for want of a network", func() error {
+			cond, err := n.NodeCondition(corev1.NodeReady)
+			if err != nil {
+				return err
+			}
+			if cond == nil || cond.Status != corev1.ConditionFalse || !networkNotReady(cond.Message) {
+				return fmt.Errorf("Ready condition is %s", describe(cond))
+			}
+			return nil
+		})
+		if p, _, err := n.ConfList(); err == nil {
+			t.Fatalf("%s: a CNI configuration exists before podroute is installed: %s", n.Name, p)
+		}
+	}
+	for _, n := range d.nodes {
+		d.adoptPodCIDRs(t, n)
+		t.Logf("%s: pod CIDRs %v (allocated by the controller manager)", n.Name, n.PodCIDRs)
+	}
+
+	d.writeDeploy(t, releaseOld)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	d.kubectl(ctx, t, "apply", "-f", filepath.Join(d.dir, "crds"))
+	d.kubectl(ctx, t, "wait", "--for", "condition=established", "--timeout=60s",
+		"crd/bgppeers.podroute.io", "crd/bgpconfigurations.podroute.io")
+	out := d.kubectl(ctx, t, "apply", "-f", d.dir)
+	for _, want := range []string{"namespace/podroute-system created", "daemonset.apps/podroute-agent created", "configmap/kubernetes-services-endpoint created"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("kubectl apply -f deploy/ did not print %q:\n%s", want, out)
+		}
+	}
+	d.rolloutStatus(ctx, t)
+
+	agents := d.agentPods(t)
+	for _, n := range d.nodes {
+		p, ok := agents[n.Name]
+		if !ok {
+			t.Fatalf("no agent pod on %s: %v", n.Name, agents)
+		}
+		if img := p.Spec.Containers[0].Image; img != "podroute/podroute:"+releaseOld {
+			t.Errorf("%s: agent pod %s runs %s", n.Name, p.Name, img)
+		}
+		// The configuration is written before the node turns Ready.
+		var written time.Time
+		lab.Eventually(t, 30*time.Second, n.Name+" CNI configuration", func() error {
+			p, _, err := n.ConfList()
+			if err != nil {
+				return err
+			}
+			st, err := os.Stat(p)
+			if err != nil {
+				return err
+			}
+			written = st.ModTime()
+			return nil
+		})
+		var ready *corev1.NodeCondition
+		lab.Eventually(t, 60*time.Second, n.Name+" Ready", func() error {
+			cond, err := n.NodeCondition(corev1.NodeReady)
+			if err != nil {
+				return err
+			}
+			if cond == nil || cond.Status != corev1.ConditionTrue {
+				return fmt.Errorf("Ready condition is %s", describe(cond))
+			}
+			ready = cond
+			return nil
+		})
+		if ready.LastTransitionTime.Time.Before(written.Truncate(time.Second)) {
+			t.Errorf("%s: Ready since %v, before the CNI configuration was written at %v",
+				n.Name, ready.LastTransitionTime.Time, written)
+		}
+		// The plugin the agent installed from its image is where containerd looks.
+		if _, err := os.Stat(filepath.Join(n.BinDir, "podroute")); err != nil {
+			t.Errorf("%s: CNI plugin not installed: %v", n.Name, err)
+		}
+		d.waitAgentVersion(t, n, releaseOld)
+		t.Logf("%s: agent pod %s ready; CNI configuration written at %s, node Ready since %s", n.Name, p.Name,
+			written.Format(time.RFC3339Nano), ready.LastTransitionTime.Time.Format(time.RFC3339))
+	}
+	d.waitMesh(t)
+}
+
+// testUpgrade: re-applying deploy/ with a newer image replaces the agents node by node, and
+// meanwhile the pods keep reaching each other across the nodes: no ping lost, an open TCP
+// connection unbroken.
+func (d *install) testUpgrade(t *testing.T) {
+	old := d.agentPods(t)
+	v4, _ := podAddrs(t, d.servers[1])
+	conn := d.dial(t, d.nodes[0], netip.AddrPortFrom(v4, echoPort))
+	defer conn.Close()
+	if err := echo(conn, "before"); err != nil {
+		t.Fatalf("%s -> %s before the upgrade: %v", d.nodes[0].Name, d.servers[1].Name, err)
+	}
+	stop := d.probe(t)
+
+	d.writeDeploy(t, releaseNew)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	upgradeStart := time.Now()
+	out := d.kubectl(ctx, t, "apply", "-f", d.dir)
+	if !strings.Contains(out, "daemonset.apps/podroute-agent configured") {
+		t.Errorf("kubectl apply printed no change to the DaemonSet:\n%s", out)
+	}
+	d.rolloutStatus(ctx, t)
+	took := time.Since(upgradeStart)
+	for _, n := range d.nodes {
+		d.waitAgentVersion(t, n, releaseNew)
+	}
+	d.waitMesh(t)
+	time.Sleep(2 * time.Second)
+	sent, lost := stop()
+	t.Logf("rolling upgrade %s -> %s took %v; pings across nodes meanwhile: %d sent, %d unanswered",
+		releaseOld, releaseNew, took.Round(time.Millisecond), sent, lost)
+	if lost > 0 {
+		t.Errorf("%d of %d pings across nodes went unanswered during the upgrade", lost, sent)
+	}
+	if err := echo(conn, "after"); err != nil {
+		t.Errorf("%s -> %s: the connection opened before the upgrade broke: %v", d.nodes[0].Name, d.servers[1].Name, err)
+	}
+
+	// Every agent pod was replaced by one running the new image, one node at a time.
+	now := d.agentPods(t)
+	var started []time.Time
+	for _, n := range d.nodes {
+		p := now[n.Name]
+		if p == nil || p.UID == old[n.Name].UID {
+			t.Fatalf("%s: agent pod not replaced", n.Name)
+		}
+		if img := p.Spec.Containers[0].Image; img != "podroute/podroute:"+releaseNew {
+			t.Errorf("%s: agent pod %s runs %s after the upgrade", n.Name, p.Name, img)
+		}
+		started = append(started, p.CreationTimestamp.Time)
+	}
+	slices.SortFunc(started, func(a, b time.Time) int { return a.Compare(b) })
+	if !started[1].After(started[0]) {
+		t.Errorf("the new agent pods were created at once (%v), not node by node", started)
+	}
+	d.connectAll(t, "after-upgrade")
+	d.noWarnings(t, "")
+}
+
+// testRestarts: restarting containerd, then deleting the agent's pod (the DaemonSet makes a
+// new one) on each node in turn, keeps the running pods in place and connected.
+func (d *install) testRestarts(t *testing.T) {
+	before := map[string]*corev1.Pod{}
+	for _, s := range d.servers {
+		before[s.Name] = d.getPod(t, s.Name)
+	}
+	v4, _ := podAddrs(t, d.servers[1])
+	conn := d.dial(t, d.nodes[0], netip.AddrPortFrom(v4, echoPort))
+	defer conn.Close()
+	if err := echo(conn, "before"); err != nil {
+		t.Fatalf("%s -> %s before the restarts: %v", d.nodes[0].Name, d.servers[1].Name, err)
+	}
+	stop := d.probe(t)
+	for i, n := range d.nodes {
+		if err := d.kubelets[i].RestartContainerd(); err != nil {
+			t.Fatalf("%s: restart containerd: %v", n.Name, err)
+		}
+		old := d.agentPods(t)[n.Name]
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := d.client.CoreV1().Pods(agentNamespace).Delete(ctx, old.Name, metav1.DeleteOptions{})
+		cancel()
+		if err != nil {
+			t.Fatalf("%s: delete agent pod %s: %v", n.Name, old.Name, err)
+		}
+		lab.Eventually(t, 2*time.Minute, n.Name+" new agent pod ready", func() error {
+			p := d.agentPods(t)[n.Name]
+			if p == nil || p.UID == old.UID {
+				return fmt.Errorf("old pod %s still there", old.Name)
+			}
+			if !podReady(p) {
+				return fmt.Errorf("%s not ready", p.Name)
+			}
+			return nil
+		})
+		t.Logf("%s: containerd restarted, agent pod %s replaced", n.Name, old.Name)
+	}
+	d.waitMesh(t)
+	time.Sleep(2 * time.Second)
+	sent, lost := stop()
+	t.Logf("pings across nodes during the restarts: %d sent, %d unanswered", sent, lost)
+	if lost > 0 {
+		t.Errorf("%d of %d pings across nodes went unanswered during the restarts", lost, sent)
+	}
+	if err := echo(conn, "after"); err != nil {
+		t.Errorf("%s -> %s: the connection opened before the restarts broke: %v", d.nodes[0].Name, d.servers[1].Name, err)
+	}
+	for _, s := range d.servers {
+		now := d.getPod(t, s.Name)
+		was := before[s.Name]
+		if !slices.Equal(now.Status.PodIPs, was.Status.PodIPs) {
+			t.Errorf("%s: addresses changed from %v to %v", s.Name, was.Status.PodIPs, now.Status.PodIPs)
+		}
+		if len(now.Status.ContainerStatuses) != 1 || now.Status.ContainerStatuses[0].RestartCount != 0 ||
+			now.Status.ContainerStatuses[0].ContainerID != was.Status.ContainerStatuses[0].ContainerID {
+			t.Errorf("%s: container restarted: %+v", s.Name, now.Status.ContainerStatuses)
+		}
+	}
+	d.connectAll(t, "after-restart")
+	d.noWarnings(t, "")
+}
+
+// --- helpers ---
+
+// agentImage builds podroute's image (hack/image) for version: the binaries of bin, with an
+// agent built to report version.
+func agentImage(t *testing.T, bin, version string) string {
+	t.Helper()
+	root, err := cniutil.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	for _, name := range []string{"podroute", "podroutectl"} {
+		b, err := os.ReadFile(filepath.Join(bin, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tar := filepath.Join(dir, "image.tar")
+	for _, args := range [][]string{
+		{"build", "-trimpath", "-ldflags", "-s -w -X github.com/podroute/podroute/agent.Version=" + version,
+			"-o", filepath.Join(dir, "podroute-agent"), "./cmd/podroute-agent"},
+		{"run", "./hack/image", "-bin", dir, "-version", version, "-o", tar},
+	} {
+		cmd := exec.Command("go", args...)
+		cmd.Dir = root
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("go %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	return tar
+}
+
+// writeDeploy writes the test's copy of deploy/ as an operator edits it: the cluster's CIDRs,
+// the image tag of release, and the API server's address for agents without kube-proxy.
+func (d *install) writeDeploy(t *testing.T, release string) {
+	t.Helper()
+	root, err := cniutil.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := filepath.Join(root, "deploy")
+	files, _ := filepath.Glob(filepath.Join(src, "*.yaml"))
+	crds, _ := filepath.Glob(filepath.Join(src, "crds", "*.yaml"))
+	if len(files) == 0 || len(crds) == 0 {
+		t.Fatalf("no manifests in %s", src)
+	}
+	if err := os.MkdirAll(filepath.Join(d.dir, "crds"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	edits := map[string][][2]string{
+		"20-config.yaml": {
+			{`(?m)^(\s*clusterCIDRs:).*$`, fmt.Sprintf(`${1} "%s,%s"`, lab.DefaultClusterV4, lab.DefaultClusterV6)},
+			{`(?m)^(\s*serviceCIDRs:).*$`, fmt.Sprintf(`${1} "%s"`, d.lab.Kube.ServiceCIDR)},
+		},
+		"30-daemonset.yaml": {
+			{`(?m)^(\s*image:) podroute/podroute:\S+.*$`, "${1} podroute/podroute:" + release},
+		},
+	}
+	for _, f := range append(files, crds...) {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range edits[filepath.Base(f)] {
+			re := regexp.MustCompile(e[0])
+			if !re.Match(b) {
+				t.Fatalf("%s: nothing matches %s", f, e[0])
+			}
+			b = re.ReplaceAll(b, []byte(e[1]))
+		}
+		dst := filepath.Join(d.dir, filepath.Base(f))
+		if filepath.Base(filepath.Dir(f)) == "crds" {
+			dst = filepath.Join(d.dir, "crds", filepath.Base(f))
+		}
+		if err := os.WriteFile(dst, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	endpoint := fmt.Sprintf(`apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: kubernetes-services-endpoint
+  namespace: podroute-system
+data:
+  KUBERNETES_SERVICE_HOST: "%s"
+  KUBERNETES_SERVICE_PORT: "%d"
+`, lab.FabricIPv4, lab.APIPort)
+	if err := os.WriteFile(filepath.Join(d.dir, "25-kubernetes-services-endpoint.yaml"), []byte(endpoint), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (d *install) kubectl(ctx context.Context, t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := d.lab.Kube.Kubectl(ctx, args...)
+	if err != nil {
+		t.Fatalf("%v", err)
+	}
+	t.Logf("kubectl %s:\n%s", strings.Join(args, " "), strings.TrimSpace(out))
+	return out
+}
+
+// rolloutStatus waits with kubectl until the DaemonSet's pods all run the current template
+// and are ready, reporting the agent pods' state if they do not.
+func (d *install) rolloutStatus(ctx context.Context, t *testing.T) {
+	t.Helper()
+	out, err := d.lab.Kube.Kubectl(ctx, "-n", agentNamespace, "rollout", "status", "daemonset", agentDaemonSet, "--timeout=180s")
+	if err != nil {
+		var b strings.Builder
+		for node, p := range d.agentPods(t) {
+			fmt.Fprintf(&b, "  %s on %s: phase %s, containers %+v\n", p.Name, node, p.Status.Phase, p.Status.ContainerStatuses)
+			for i, n := range d.nodes {
+				if n.Name == node {
+					if log, err := d.kubelets[i].ContainerLog(p, "agent"); err == nil {
+						fmt.Fprintf(&b, "  agent log:\n%s\n", tail(log, 30))
+					}
+				}
+			}
+		}
+		t.Fatalf("%v\nagent pods:\n%s", err, b.String())
+	}
+	t.Logf("kubectl rollout status: %s", strings.TrimSpace(out))
+}
+
+// agentPods returns the agent pods by node.
+func (d *install) agentPods(t *testing.T) map[string]*corev1.Pod {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	list, err := d.client.CoreV1().Pods(agentNamespace).List(ctx, metav1.ListOptions{LabelSelector: agentSelector})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]*corev1.Pod{}
+	for i := range list.Items {
+		p := &list.Items[i]
+		if p.DeletionTimestamp != nil {
+			continue
+		}
+		if prev, dup := out[p.Spec.NodeName]; dup {
+			t.Fatalf("two agent pods on %s: %s and %s", p.Spec.NodeName, prev.Name, p.Name)
+		}
+		out[p.Spec.NodeName] = p
+	}
+	return out
+}
+
+func podReady(p *corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// waitAgentVersion waits until the agent on n answers on its socket (podroutectl, from the
+// machine, through the node's /run/podroute) with version.
+func (d *install) waitAgentVersion(t *testing.T, n *lab.Node, version string) {
+	t.Helper()
+	lab.Eventually(t, 60*time.Second, n.Name+" agent reports "+version, func() error {
+		st, err := n.Status()
+		if err != nil {
+			return err
+		}
+		if st.Version != version {
+			return fmt.Errorf("version %q", st.Version)
+		}
+		return nil
+	})
+}
+
+// waitMesh waits until every node's agent has its BGP session with every other node.
+func (d *install) waitMesh(t *testing.T) {
+	t.Helper()
+	for _, n := range d.nodes {
+		lab.Eventually(t, converge, n.Name+" BGP sessions established", func() error {
+			var peers []netip.Addr
+			for _, o := range d.nodes {
+				if o != n {
+					peers = append(peers, o.IPv4)
+				}
+			}
+			return n.Established(peers...)
+		})
+	}
+}
+
+// adoptPodCIDRs waits for the controller manager's allocation of n's pod CIDRs and records
+// it in n.PodCIDRs.
+func (d *install) adoptPodCIDRs(t *testing.T, n *lab.Node) {
+	t.Helper()
+	lab.Eventually(t, 30*time.Second, n.Name+" pod CIDRs allocated", func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		node, err := d.client.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if len(node.Spec.PodCIDRs) != 2 {
+			return fmt.Errorf("spec.podCIDRs %v", node.Spec.PodCIDRs)
+		}
+		var cidrs []netip.Prefix
+		for _, s := range node.Spec.PodCIDRs {
+			p, err := netip.ParsePrefix(s)
+			if err != nil {
+				return err
+			}
+			if !lab.DefaultClusterV4.Overlaps(p) && !lab.DefaultClusterV6.Overlaps(p) {
+				return fmt.Errorf("pod CIDR %s outside the cluster CIDRs", p)
+			}
+			cidrs = append(cidrs, p)
+		}
+		n.PodCIDRs = cidrs
+		return nil
+	})
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
