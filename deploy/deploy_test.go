@@ -169,6 +169,12 @@ func TestManifests(t *testing.T) {
 		if e := env["CLUSTER_CIDRS"]; e.ValueFrom == nil || e.ValueFrom.ConfigMapKeyRef == nil || e.ValueFrom.ConfigMapKeyRef.Name != "podroute-config" {
 			t.Errorf("CLUSTER_CIDRS %+v, want from ConfigMap podroute-config", e)
 		}
+		// The API server override must stay optional: a cluster with kube-proxy has no
+		// such ConfigMap, and a required one would keep the agent from starting there.
+		if len(c.EnvFrom) != 1 || c.EnvFrom[0].ConfigMapRef == nil || c.EnvFrom[0].ConfigMapRef.Name != "kubernetes-services-endpoint" ||
+			c.EnvFrom[0].ConfigMapRef.Optional == nil || !*c.EnvFrom[0].ConfigMapRef.Optional || c.EnvFrom[0].Prefix != "" {
+			t.Errorf("envFrom %+v, want the optional ConfigMap kubernetes-services-endpoint", c.EnvFrom)
+		}
 		for name, pr := range map[string]*corev1.Probe{"/healthz": c.LivenessProbe, "/readyz": c.ReadinessProbe} {
 			if pr == nil || pr.HTTPGet == nil || pr.HTTPGet.Host != "127.0.0.1" || pr.HTTPGet.Port.IntValue() != 9649 || pr.HTTPGet.Path != name {
 				t.Errorf("probe %s: %+v, want httpGet 127.0.0.1:9649%s", name, pr, name)

@@ -1,8 +1,12 @@
 // Package kubelet_test runs podroute end to end under a real kubelet and container runtime:
-// two lab nodes (package test/lab), each with podroute-agent, containerd and kubelet in its
-// network namespace, against a real kube-apiserver. Pods are ordinary Pod objects bound to
-// a node by spec.nodeName (no scheduler runs); containerd's CRI plugin wires them with the
-// CNI configuration and plugin podroute-agent installed, as on a production node.
+// two lab nodes (package test/lab), each with containerd and kubelet in its network
+// namespace, against a real kube-apiserver.
+//
+// TestKubelet runs podroute-agent as a process on each node. Pods are ordinary Pod objects
+// bound to a node by spec.nodeName (no scheduler runs); containerd's CRI plugin wires them
+// with the CNI configuration and plugin podroute-agent installed, as on a production node.
+// TestDaemonSet (daemonset_test.go) installs podroute with `kubectl apply -f deploy/`
+// instead, with a controller manager and a scheduler, and upgrades it.
 //
 // The subtests build on each other, in order: network readiness gates the Node, pods get
 // addresses from their node's pod CIDRs, reach each other across nodes, give their addresses
