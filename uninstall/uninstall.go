@@ -188,6 +188,10 @@ type run struct {
 }
 
 // do records an item and, unless this is a dry run, removes it with remove.
+// errKept from a removal means the thing is not podroute's to remove after all (an empty
+// directory that is a mount point): it is logged and left out of the report.
+var errKept = errors.New("kept")
+
 func (u *run) do(kind, name string, remove func() error) {
 	it := Item{Kind: kind, Name: name}
 	switch {
@@ -195,6 +199,10 @@ func (u *run) do(kind, name string, remove func() error) {
 		u.log.Info("would remove", "kind", kind, "name", name)
 	default:
 		it.Err = remove()
+		if errors.Is(it.Err, errKept) {
+			u.log.Info("kept, a mount point", "kind", kind, "name", name)
+			return
+		}
 		if it.Err != nil {
 			u.log.Error("could not remove", "kind", kind, "name", name, "err", it.Err)
 		} else {
@@ -463,7 +471,9 @@ func (u *run) socket() {
 		u.do(KindSocketDir, dir, func() error {
 			err := os.Remove(dir)
 			if errors.Is(err, unix.EBUSY) {
-				return fmt.Errorf("%w (a mount point: mount its parent instead)", err)
+				// Someone else's mount (a container's hostPath volume, an operator's
+				// tmpfs): its contents were ours and are gone, the mount point is not.
+				return errKept
 			}
 			return ignoreNotExist(err)
 		})

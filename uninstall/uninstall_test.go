@@ -3,6 +3,7 @@ package uninstall
 import (
 	"context"
 	"errors"
+	"golang.org/x/sys/unix"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -351,5 +352,31 @@ func TestOptionsRefuseDangerousDataDir(t *testing.T) {
 	o = Options{CNI: cniconf.Options{DataDir: "/opt/cni/bin2", BinDir: "/opt/cni/bin2/sub"}}
 	if err := o.defaults(); err == nil {
 		t.Error("DataDir holding BinDir accepted")
+	}
+}
+
+// TestSocketDirMountPoint: /run/podroute as a mount point (the agent container's hostPath
+// volume, say) is emptied and kept, without an error: the mount is not podroute's.
+func TestSocketDirMountPoint(t *testing.T) {
+	n := newNode(t)
+	must(t, unix.Mount(n.dirs.run, n.dirs.run, "", unix.MS_BIND, ""))
+	t.Cleanup(func() { _ = unix.Unmount(n.dirs.run, unix.MNT_DETACH) })
+	rep, err := n.run(n.opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, it := range rep.Items {
+		if it.Err != nil {
+			t.Errorf("%s: %v", it, it.Err)
+		}
+		if it.Kind == KindSocketDir {
+			t.Errorf("the mount point %s is reported: %s", n.dirs.run, it)
+		}
+	}
+	if _, err := os.Stat(n.dirs.run); err != nil {
+		t.Errorf("mount point %s removed: %v", n.dirs.run, err)
+	}
+	if _, err := os.Lstat(n.opts.Socket); !os.IsNotExist(err) {
+		t.Errorf("socket %s left (%v)", n.opts.Socket, err)
 	}
 }

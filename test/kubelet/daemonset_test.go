@@ -3,6 +3,7 @@ package kubelet_test
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -66,7 +67,7 @@ func TestDaemonSet(t *testing.T) {
 	}
 	t.Logf("two kubelet nodes up in %v", time.Since(start).Round(time.Millisecond))
 
-	d := &install{cluster: c, dir: t.TempDir()}
+	d := &install{cluster: c, dir: t.TempDir(), before: map[string]string{}}
 	for _, st := range []struct {
 		name string
 		f    func(*testing.T)
@@ -77,6 +78,7 @@ func TestDaemonSet(t *testing.T) {
 		{"DeleteFreesAddresses", c.testDeleteFreesAddresses},
 		{"RollingUpgrade", d.testUpgrade},
 		{"RuntimeAndAgentRestart", d.testRestarts},
+		{"Uninstall", d.testUninstall},
 	} {
 		if !t.Run(st.name, st.f) {
 			t.Fatalf("%s failed; the later subtests build on it", st.name)
@@ -87,7 +89,8 @@ func TestDaemonSet(t *testing.T) {
 
 type install struct {
 	*cluster
-	dir string // the test's copy of deploy/
+	dir    string            // the test's copy of deploy/
+	before map[string]string // nodeState of each node before podroute was installed
 }
 
 // testInstall: the nodes are NotReady for want of a network; `kubectl apply -f deploy/` runs
@@ -110,6 +113,19 @@ func (d *install) testInstall(t *testing.T) {
 		}
 	}
 	for _, n := range d.nodes {
+		// Forwarding on, as kubeadm's preflight checks demand of a node before any CNI
+		// (podroute's plugin would turn it on otherwise, and leaves it on when uninstalled).
+		if err := n.Do(func() error {
+			for _, f := range []string{"ipv4/ip_forward", "ipv6/conf/all/forwarding"} {
+				if err := os.WriteFile("/proc/sys/net/"+f, []byte("1"), 0o644); err != nil {
+					return err
+				}
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		d.before[n.Name] = nodeState(t, n)
 		d.adoptPodCIDRs(t, n)
 		t.Logf("%s: pod CIDRs %v (allocated by the controller manager)", n.Name, n.PodCIDRs)
 	}
@@ -299,7 +315,132 @@ func (d *install) testRestarts(t *testing.T) {
 	d.noWarnings(t, "")
 }
 
+// testUninstall: the documented removal (docs/install.md) with the clean-up DaemonSet,
+// after the nodes are drained: every node is left as it was before podroute was installed
+// (links, routes of every table, nftables ruleset, CNI files), and kubelet reports it
+// NotReady for want of a network again.
+func (d *install) testUninstall(t *testing.T) {
+	for _, s := range d.servers {
+		d.deletePod(t, s.Name)
+	}
+	d.servers = nil
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	d.kubectl(ctx, t, "-n", agentNamespace, "delete", "daemonset", agentDaemonSet)
+	lab.Eventually(t, 60*time.Second, "agent pods gone", func() error {
+		if p := d.agentPods(t); len(p) > 0 {
+			return fmt.Errorf("agent pods left: %v", slices.Collect(maps.Keys(p)))
+		}
+		return nil
+	})
+
+	root, err := cniutil.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(root, "deploy", "uninstall", "uninstall.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	re := regexp.MustCompile(`(?m)^(\s*image:) podroute/podroute:\S+.*$`)
+	if n := len(re.FindAll(b, -1)); n != 2 {
+		t.Fatalf("uninstall.yaml: %d image lines, want 2", n)
+	}
+	manifest := filepath.Join(t.TempDir(), "uninstall.yaml")
+	if err := os.WriteFile(manifest, re.ReplaceAll(b, []byte("${1} podroute/podroute:"+releaseNew)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d.kubectl(ctx, t, "apply", "-f", manifest)
+	out, err := d.lab.Kube.Kubectl(ctx, "-n", agentNamespace, "rollout", "status", "daemonset", "podroute-uninstall", "--timeout=120s")
+	if err != nil {
+		// The clean-up's own words: its first run on each node.
+		for i, n := range d.nodes {
+			pods, _ := d.client.CoreV1().Pods(agentNamespace).List(ctx, metav1.ListOptions{
+				LabelSelector: "app.kubernetes.io/name=podroute-uninstall", FieldSelector: "spec.nodeName=" + n.Name})
+			for _, p := range pods.Items {
+				log, lerr := d.kubelets[i].ContainerLog(&p, "uninstall")
+				t.Logf("%s: %s: status %+v, first run (%v):\n%s", n.Name, p.Name, p.Status.InitContainerStatuses, lerr, log)
+			}
+		}
+		t.Fatal(err)
+	}
+	t.Logf("kubectl rollout status: %s", strings.TrimSpace(out))
+
+	for i, n := range d.nodes {
+		// What the clean-up printed, from the node's pod logs.
+		ctx2, cancel2 := context.WithTimeout(context.Background(), 10*time.Second)
+		pods, err := d.client.CoreV1().Pods(agentNamespace).List(ctx2, metav1.ListOptions{
+			LabelSelector: "app.kubernetes.io/name=podroute-uninstall", FieldSelector: "spec.nodeName=" + n.Name})
+		cancel2()
+		if err != nil || len(pods.Items) != 1 {
+			t.Fatalf("%s: clean-up pod: %v (%d pods)", n.Name, err, len(pods.Items))
+		}
+		log, err := d.kubelets[i].ContainerLog(&pods.Items[0], "uninstall")
+		if err != nil {
+			t.Errorf("%s: clean-up log: %v", n.Name, err)
+		}
+		t.Logf("%s: clean-up:\n%s", n.Name, strings.TrimSpace(log))
+		if !strings.Contains(log, "removed") {
+			t.Errorf("%s: the clean-up removed nothing", n.Name)
+		}
+		if got := nodeState(t, n); got != d.before[n.Name] {
+			t.Errorf("%s: not as it was before the install.\nbefore:\n%s\nafter:\n%s", n.Name, d.before[n.Name], got)
+		}
+		for _, gone := range []string{n.DataDir, n.Socket} {
+			if _, err := os.Stat(gone); !os.IsNotExist(err) {
+				t.Errorf("%s: %s left behind (%v)", n.Name, gone, err)
+			}
+		}
+		lab.Eventually(t, 60*time.Second, n.Name+" NotReady for want of a network", func() error {
+			cond, err := n.NodeCondition(corev1.NodeReady)
+			if err != nil {
+				return err
+			}
+			if cond == nil || cond.Status != corev1.ConditionFalse || !networkNotReady(cond.Message) {
+				return fmt.Errorf("Ready condition is %s", describe(cond))
+			}
+			return nil
+		})
+	}
+	d.kubectl(ctx, t, "delete", "-f", manifest)
+}
+
 // --- helpers ---
+
+// nodeState describes what podroute may change on a node: its links, the routes of every
+// table, the nftables ruleset and the CNI directories.
+func nodeState(t *testing.T, n *lab.Node) string {
+	t.Helper()
+	var b strings.Builder
+	for _, args := range [][]string{
+		{"-br", "link", "show"},
+		{"-4", "route", "show", "table", "all"},
+		{"-6", "route", "show", "table", "all"},
+	} {
+		out, err := n.IPOutput(args...)
+		if err != nil {
+			t.Fatalf("%s: ip %v: %v", n.Name, args, err)
+		}
+		fmt.Fprintf(&b, "# ip %s\n%s\n", strings.Join(args, " "), strings.TrimSpace(out))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	// Stateless: no counters, which kubelet's own rules keep counting.
+	out, err := n.Exec(ctx, "nft", "-s", "list", "ruleset")
+	if err != nil {
+		t.Fatalf("%s: nft list ruleset: %v", n.Name, err)
+	}
+	fmt.Fprintf(&b, "# nft -s list ruleset\n%s\n", strings.TrimSpace(out))
+	for _, dir := range []string{n.ConfDir, n.BinDir} {
+		entries, _ := os.ReadDir(dir)
+		var names []string
+		for _, e := range entries {
+			names = append(names, e.Name())
+		}
+		fmt.Fprintf(&b, "# ls %s\n%s\n", dir, strings.Join(names, " "))
+	}
+	return b.String()
+}
 
 // agentImage builds podroute's image (hack/image) for version: the binaries of bin, with an
 // agent built to report version.
