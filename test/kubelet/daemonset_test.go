@@ -44,11 +44,14 @@ const (
 func TestDaemonSet(t *testing.T) {
 	start := time.Now()
 	l := lab.New(t, lab.Options{})
+	// Small IPv4 node CIDRs (/28: 16 addresses), so that pod churn goes round a node's range
+	// and deleted pods' addresses are handed out again.
 	l.Kube.StartControllerManager(t, kube.ControllerManagerOptions{
 		ClusterCIDRs: []string{lab.DefaultClusterV4.String(), lab.DefaultClusterV6.String()},
+		NodeMaskV4:   28,
 	})
 	l.Kube.StartScheduler(t)
-	c := &cluster{lab: l, client: l.Kube.Client, scheduled: true}
+	c := &cluster{lab: l, client: l.Kube.Client, scheduled: true, churnRounds: 16, reuse: true}
 	images := map[string]string{}
 	for _, v := range []string{releaseOld, releaseNew} {
 		images[v] = agentImage(t, l.BinDir(), v)

@@ -55,6 +55,11 @@ type cluster struct {
 	// scheduled places pods with a node selector for the scheduler to bind, instead of
 	// binding them by spec.nodeName.
 	scheduled bool
+	// churnRounds is how many pods testDeleteFreesAddresses creates and deletes in turn on
+	// each node (default 3); with reuse set, enough to go round the node's IPv4 range, so
+	// that freed addresses must be handed out again.
+	churnRounds int
+	reuse       bool
 }
 
 func TestKubelet(t *testing.T) {
@@ -284,8 +289,12 @@ func (c *cluster) connectAll(t *testing.T, prefix string) {
 }
 
 // testDeleteFreesAddresses: pods created and deleted in turn on each node leave no address
-// reserved and no CNI error behind.
+// reserved and no CNI error behind; with c.reuse, the next pods get freed addresses again.
 func (c *cluster) testDeleteFreesAddresses(t *testing.T) {
+	rounds := c.churnRounds
+	if rounds == 0 {
+		rounds = 3
+	}
 	base := map[string][]string{}
 	for _, n := range c.nodes {
 		c.waitSandboxes(t, n, 1) // the server pod alone
@@ -293,7 +302,7 @@ func (c *cluster) testDeleteFreesAddresses(t *testing.T) {
 		t.Logf("%s: IPAM reservations with the server pod alone: %v", n.Name, base[n.Name])
 	}
 	seen := map[string][]string{}
-	for round := 1; round <= 3; round++ {
+	for round := 1; round <= rounds; round++ {
 		for i, n := range c.nodes {
 			c.createPod(t, fmt.Sprintf("churn-%d", i+1), n, corev1.RestartPolicyAlways, "sleep")
 		}
@@ -319,6 +328,21 @@ func (c *cluster) testDeleteFreesAddresses(t *testing.T) {
 	}
 	for _, n := range c.nodes {
 		t.Logf("%s: churn pod addresses per round: %v", n.Name, seen[n.Name])
+		if !c.reuse {
+			continue
+		}
+		v4 := map[string]int{}
+		reused := 0
+		for _, pair := range seen[n.Name] {
+			a, _, _ := strings.Cut(pair, ",")
+			if v4[a]++; v4[a] == 2 {
+				reused++
+			}
+		}
+		if reused == 0 {
+			t.Errorf("%s: no IPv4 address handed out twice in %d rounds", n.Name, rounds)
+		}
+		t.Logf("%s: %d IPv4 addresses freed and handed out again", n.Name, reused)
 	}
 	c.noWarnings(t, "churn-")
 }
