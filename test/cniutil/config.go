@@ -36,6 +36,7 @@ type Net struct {
 	DataDir    string // IPAM data directory
 	Ranges     [][]Range
 	Exclude    []string // podroute-ipam only
+	Routes     []string // host-local only: routes for the pod (destinations via the gateway)
 }
 
 func (n Net) withDefaults(ipamType string) Net {
@@ -61,6 +62,13 @@ func (n Net) ipam() map[string]any {
 	}
 	if len(n.Exclude) > 0 {
 		ipam["exclude"] = n.Exclude
+	}
+	if len(n.Routes) > 0 {
+		var routes []map[string]string
+		for _, dst := range n.Routes {
+			routes = append(routes, map[string]string{"dst": dst})
+		}
+		ipam["routes"] = routes
 	}
 	return ipam
 }

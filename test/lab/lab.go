@@ -36,6 +36,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/netip"
 	"os"
@@ -160,6 +161,20 @@ func New(t testing.TB, opts Options) *Lab {
 		[]string{"addr", "add", FabricIPv6.String() + "/64", "dev", bridgeName, "nodad"},
 		[]string{"link", "set", bridgeName, "up"},
 	); err != nil {
+		t.Fatalf("lab: fabric: %v", err)
+	}
+	// A switch forwards frames without the host's netfilter: where br_netfilter is built in,
+	// the kernel's default would pass every frame the bridge forwards through the fabric
+	// namespace's IPv4 and IPv6 hooks.
+	if err := fabric.Do(func() error {
+		for _, f := range []string{"bridge-nf-call-iptables", "bridge-nf-call-ip6tables", "bridge-nf-call-arptables"} {
+			err := os.WriteFile("/proc/sys/net/bridge/"+f, []byte("0"), 0o644)
+			if err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
 		t.Fatalf("lab: fabric: %v", err)
 	}
 

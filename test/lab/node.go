@@ -500,16 +500,16 @@ func (n *Node) ConfList() (string, []byte, error) {
 	return matches[0], b, err
 }
 
-// cniNode is a libcni client whose plugins run in this node's namespace, from the plugin
-// directory the agent installed into.
-func (n *Node) cniNode() (*cniutil.Node, error) {
+// cniNode is a libcni client whose plugins run in this node's namespace, found in pluginDirs
+// (the plugin directory the agent installed into, for podroute's own pods).
+func (n *Node) cniNode(pluginDirs []string) (*cniutil.Node, error) {
 	h, err := n.NS()
 	if err != nil {
 		return nil, err
 	}
 	return &cniutil.Node{
 		NS:       h,
-		CNI:      libcni.NewCNIConfigWithCacheDir([]string{n.BinDir}, n.cniCache, nil),
+		CNI:      libcni.NewCNIConfigWithCacheDir(pluginDirs, n.cniCache, nil),
 		CacheDir: n.cniCache,
 	}, nil
 }

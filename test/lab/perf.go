@@ -178,13 +178,20 @@ func HaveIperf3() bool {
 // Iperf3 runs an iperf3 server bound to dst in server (one test, then it exits) and an
 // iperf3 client in client for d seconds over one TCP stream, and returns the receiver's
 // rate in bits per second. The two are separate processes, like two pods' workloads.
-func Iperf3(ctx context.Context, client, server *NetNS, dst netip.Addr, d time.Duration, port int) (float64, error) {
+// cpus, when given, pins the client to cpus[0] and the server to cpus[1] (iperf3 -A), so
+// that runs compared with each other put the same work on the same CPUs.
+func Iperf3(ctx context.Context, client, server *NetNS, dst netip.Addr, d time.Duration, port int, cpus ...int) (float64, error) {
 	if port == 0 {
 		port = 5201
 	}
+	var clientPin, serverPin []string
+	if len(cpus) == 2 {
+		clientPin = []string{"-A", strconv.Itoa(cpus[0])}
+		serverPin = []string{"-A", strconv.Itoa(cpus[1])}
+	}
 	ctx, cancel := context.WithTimeout(ctx, d+30*time.Second)
 	defer cancel()
-	srv := exec.CommandContext(ctx, "ip", "netns", "exec", server.Name, "iperf3", "-s", "-1", "-B", dst.String(), "-p", strconv.Itoa(port))
+	srv := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", server.Name, "iperf3", "-s", "-1", "-B", dst.String(), "-p", strconv.Itoa(port)}, serverPin...)...)
 	var srvOut strings.Builder
 	srv.Stdout, srv.Stderr = &srvOut, &srvOut
 	if err := srv.Start(); err != nil {
@@ -195,7 +202,7 @@ func Iperf3(ctx context.Context, client, server *NetNS, dst netip.Addr, d time.D
 	var out []byte
 	var err error
 	for attempt := 0; attempt < 50; attempt++ {
-		out, err = exec.CommandContext(ctx, "ip", "netns", "exec", client.Name, "iperf3", "-c", dst.String(), "-p", strconv.Itoa(port), "-t", secs, "-J").Output()
+		out, err = exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", client.Name, "iperf3", "-c", dst.String(), "-p", strconv.Itoa(port), "-t", secs, "-J"}, clientPin...)...).Output()
 		// The server may not listen yet: iperf3 reports that in its JSON, with or without
 		// a failing exit status.
 		if !strings.Contains(string(out), "unable to connect") {

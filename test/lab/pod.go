@@ -26,20 +26,43 @@ type Pod struct {
 // container runtime does. The pod is deleted (CNI DEL, namespace removed) in t.Cleanup.
 func (n *Node) AddPod(t testing.TB, name string) *Pod {
 	t.Helper()
-	p, err := n.addPod(t, name)
+	p, err := n.addAgentPod(t, name)
 	if err != nil {
 		t.Fatalf("lab: pod %s on %s: %v", name, n.Name, err)
 	}
 	return p
 }
 
-func (n *Node) addPod(t testing.TB, name string) (*Pod, error) {
+func (n *Node) addAgentPod(t testing.TB, name string) (*Pod, error) {
 	_, conf, err := n.ConfList()
 	if err != nil {
 		return nil, err
 	}
+	p, err := n.addPod(t, name, conf, []string{n.BinDir})
+	if err != nil {
+		return nil, err
+	}
+	if !p.IPv4.IsValid() || !p.IPv6.IsValid() {
+		return nil, fmt.Errorf("CNI ADD gave %s and %s, want an IPv4 and an IPv6 address", p.IPv4, p.IPv6)
+	}
+	return p, nil
+}
+
+// AddPodWith is AddPod with another network configuration (conflist JSON), whose plugins are
+// looked up in the agent's plugin directory, then among the reference plugins
+// (cniutil.RefDir): a pod wired by the reference ptp plugin on the same node, say.
+func (n *Node) AddPodWith(t testing.TB, name string, conf []byte) *Pod {
+	t.Helper()
+	p, err := n.addPod(t, name, conf, []string{n.BinDir, cniutil.RefDir()})
+	if err != nil {
+		t.Fatalf("lab: pod %s on %s: %v", name, n.Name, err)
+	}
+	return p
+}
+
+func (n *Node) addPod(t testing.TB, name string, conf []byte, pluginDirs []string) (*Pod, error) {
 	list := cniutil.MustList(t, conf)
-	node, err := n.cniNode()
+	node, err := n.cniNode(pluginDirs)
 	if err != nil {
 		return nil, err
 	}
@@ -88,8 +111,8 @@ func (n *Node) addPod(t testing.TB, name string) (*Pod, error) {
 			p.IPv6 = a
 		}
 	}
-	if !p.IPv4.IsValid() || !p.IPv6.IsValid() {
-		return nil, fmt.Errorf("CNI ADD gave %v, want an IPv4 and an IPv6 address", res.IPs)
+	if !p.IPv4.IsValid() && !p.IPv6.IsValid() {
+		return nil, fmt.Errorf("CNI ADD gave no address: %v", res.IPs)
 	}
 	return p, nil
 }
