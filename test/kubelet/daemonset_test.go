@@ -101,16 +101,7 @@ type install struct {
 // then. The nodes' pod CIDRs are the controller manager's allocation.
 func (d *install) testInstall(t *testing.T) {
 	for _, n := range d.nodes {
-		lab.Eventually(t, 60*time.Second, n.Name+" NotReady for want of a network", func() error {
-			cond, err := n.NodeCondition(corev1.NodeReady)
-			if err != nil {
-				return err
-			}
-			if cond == nil || cond.Status != corev1.ConditionFalse || !networkNotReady(cond.Message) {
-				return fmt.Errorf("Ready condition is %s", describe(cond))
-			}
-			return nil
-		})
+		waitNetworkNotReady(t, n)
 		if p, _, err := n.ConfList(); err == nil {
 			t.Fatalf("%s: a CNI configuration exists before podroute is installed: %s", n.Name, p)
 		}
@@ -157,35 +148,7 @@ func (d *install) testInstall(t *testing.T) {
 			t.Errorf("%s: agent pod %s runs %s", n.Name, p.Name, img)
 		}
 		// The configuration is written before the node turns Ready.
-		var written time.Time
-		lab.Eventually(t, 30*time.Second, n.Name+" CNI configuration", func() error {
-			p, _, err := n.ConfList()
-			if err != nil {
-				return err
-			}
-			st, err := os.Stat(p)
-			if err != nil {
-				return err
-			}
-			written = st.ModTime()
-			return nil
-		})
-		var ready *corev1.NodeCondition
-		lab.Eventually(t, 60*time.Second, n.Name+" Ready", func() error {
-			cond, err := n.NodeCondition(corev1.NodeReady)
-			if err != nil {
-				return err
-			}
-			if cond == nil || cond.Status != corev1.ConditionTrue {
-				return fmt.Errorf("Ready condition is %s", describe(cond))
-			}
-			ready = cond
-			return nil
-		})
-		if ready.LastTransitionTime.Time.Before(written.Truncate(time.Second)) {
-			t.Errorf("%s: Ready since %v, before the CNI configuration was written at %v",
-				n.Name, ready.LastTransitionTime.Time, written)
-		}
+		written, ready := waitReadyAfterConfig(t, n)
 		// The plugin the agent installed from its image is where containerd looks.
 		if _, err := os.Stat(filepath.Join(n.BinDir, "podroute")); err != nil {
 			t.Errorf("%s: CNI plugin not installed: %v", n.Name, err)
@@ -394,16 +357,7 @@ func (d *install) testUninstall(t *testing.T) {
 				t.Errorf("%s: %s left behind (%v)", n.Name, gone, err)
 			}
 		}
-		lab.Eventually(t, 60*time.Second, n.Name+" NotReady for want of a network", func() error {
-			cond, err := n.NodeCondition(corev1.NodeReady)
-			if err != nil {
-				return err
-			}
-			if cond == nil || cond.Status != corev1.ConditionFalse || !networkNotReady(cond.Message) {
-				return fmt.Errorf("Ready condition is %s", describe(cond))
-			}
-			return nil
-		})
+		waitNetworkNotReady(t, n)
 	}
 	d.kubectl(ctx, t, "delete", "-f", manifest)
 }

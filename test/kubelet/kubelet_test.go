@@ -99,16 +99,7 @@ func (c *cluster) testNetworkReadiness(t *testing.T) {
 		if p, _, err := n.ConfList(); err == nil {
 			t.Fatalf("%s: a CNI configuration exists before the agent ran: %s", n.Name, p)
 		}
-		lab.Eventually(t, 60*time.Second, n.Name+" NotReady for want of a network", func() error {
-			cond, err := n.NodeCondition(corev1.NodeReady)
-			if err != nil {
-				return err
-			}
-			if cond == nil || cond.Status != corev1.ConditionFalse || !networkNotReady(cond.Message) {
-				return fmt.Errorf("Ready condition is %s", describe(cond))
-			}
-			return nil
-		})
+		waitNetworkNotReady(t, n)
 	}
 	// The kubelet adopted the Node the lab created: the pod CIDRs stay, the addresses are
 	// the node's.
@@ -157,39 +148,63 @@ func (c *cluster) testNetworkReadiness(t *testing.T) {
 		}
 	}
 	for _, n := range c.nodes {
-		var written time.Time
-		lab.Eventually(t, 30*time.Second, n.Name+" CNI configuration", func() error {
-			p, _, err := n.ConfList()
-			if err != nil {
-				return err
-			}
-			st, err := os.Stat(p)
-			if err != nil {
-				return err
-			}
-			written = st.ModTime()
-			return nil
-		})
-		var ready *corev1.NodeCondition
-		lab.Eventually(t, 60*time.Second, n.Name+" Ready", func() error {
-			cond, err := n.NodeCondition(corev1.NodeReady)
-			if err != nil {
-				return err
-			}
-			if cond == nil || cond.Status != corev1.ConditionTrue {
-				return fmt.Errorf("Ready condition is %s", describe(cond))
-			}
-			ready = cond
-			return nil
-		})
-		// The API keeps whole seconds.
-		if ready.LastTransitionTime.Time.Before(written.Truncate(time.Second)) {
-			t.Errorf("%s: Ready since %v, before the CNI configuration was written at %v",
-				n.Name, ready.LastTransitionTime.Time, written)
-		}
+		written, ready := waitReadyAfterConfig(t, n)
 		t.Logf("%s: CNI configuration written at %s, Ready since %s", n.Name,
 			written.Format(time.RFC3339Nano), ready.LastTransitionTime.Time.Format(time.RFC3339))
 	}
+}
+
+// waitNetworkNotReady waits until kubelet reports n NotReady for want of a network.
+func waitNetworkNotReady(t *testing.T, n *lab.Node) {
+	t.Helper()
+	lab.Eventually(t, 60*time.Second, n.Name+" NotReady for want of a network", func() error {
+		cond, err := n.NodeCondition(corev1.NodeReady)
+		if err != nil {
+			return err
+		}
+		if cond == nil || cond.Status != corev1.ConditionFalse || !networkNotReady(cond.Message) {
+			return fmt.Errorf("Ready condition is %s", describe(cond))
+		}
+		return nil
+	})
+}
+
+// waitReadyAfterConfig waits until n has a CNI configuration and kubelet reports it Ready,
+// and checks that it turned Ready no earlier than the configuration was written; it returns
+// the two times.
+func waitReadyAfterConfig(t *testing.T, n *lab.Node) (time.Time, *corev1.NodeCondition) {
+	t.Helper()
+	var written time.Time
+	lab.Eventually(t, 30*time.Second, n.Name+" CNI configuration", func() error {
+		p, _, err := n.ConfList()
+		if err != nil {
+			return err
+		}
+		st, err := os.Stat(p)
+		if err != nil {
+			return err
+		}
+		written = st.ModTime()
+		return nil
+	})
+	var ready *corev1.NodeCondition
+	lab.Eventually(t, 60*time.Second, n.Name+" Ready", func() error {
+		cond, err := n.NodeCondition(corev1.NodeReady)
+		if err != nil {
+			return err
+		}
+		if cond == nil || cond.Status != corev1.ConditionTrue {
+			return fmt.Errorf("Ready condition is %s", describe(cond))
+		}
+		ready = cond
+		return nil
+	})
+	// The API keeps whole seconds.
+	if ready.LastTransitionTime.Time.Before(written.Truncate(time.Second)) {
+		t.Errorf("%s: Ready since %v, before the CNI configuration was written at %v",
+			n.Name, ready.LastTransitionTime.Time, written)
+	}
+	return written, ready
 }
 
 func networkNotReady(msg string) bool {
