@@ -367,49 +367,17 @@ func (c *cluster) testDeleteFreesAddresses(t *testing.T) {
 // across nodes keep being answered meanwhile, and a TCP connection opened before the
 // restarts still carries data after them.
 func (c *cluster) testRestarts(t *testing.T) {
-	before := map[string]*corev1.Pod{}
-	for _, s := range c.servers {
-		before[s.Name] = c.getPod(t, s.Name)
-	}
-	// A connection from node-1 to the pod on node-2, kept open across the restarts.
-	v4, _ := podAddrs(t, c.servers[1])
-	conn := c.dial(t, c.nodes[0], netip.AddrPortFrom(v4, echoPort))
-	defer conn.Close()
-	if err := echo(conn, "before"); err != nil {
-		t.Fatalf("%s -> %s before the restarts: %v", c.nodes[0].Name, c.servers[1].Name, err)
-	}
-	stop := c.probe(t)
-	for i, n := range c.nodes {
-		k := c.kubelets[i]
-		if err := k.RestartContainerd(); err != nil {
-			t.Fatalf("%s: restart containerd: %v", n.Name, err)
-		}
-		if err := n.Agent.Restart(); err != nil {
-			t.Fatalf("%s: restart agent: %v", n.Name, err)
-		}
-		t.Logf("%s: containerd and podroute-agent restarted", n.Name)
-	}
-	// Give the agents time to resynchronise BGP while the probes run.
-	for _, n := range c.nodes {
-		lab.Eventually(t, converge, n.Name+" BGP session re-established", func() error {
-			var peers []netip.Addr
-			for _, o := range c.nodes {
-				if o != n {
-					peers = append(peers, o.IPv4)
-				}
+	c.keepsConnected(t, "the restarts", func() {
+		for i, n := range c.nodes {
+			if err := c.kubelets[i].RestartContainerd(); err != nil {
+				t.Fatalf("%s: restart containerd: %v", n.Name, err)
 			}
-			return n.Established(peers...)
-		})
-	}
-	time.Sleep(2 * time.Second)
-	sent, lost := stop()
-	t.Logf("pings across nodes during the restarts: %d sent, %d unanswered", sent, lost)
-	if lost > 0 {
-		t.Errorf("%d of %d pings across nodes went unanswered during the restarts", lost, sent)
-	}
-	if err := echo(conn, "after"); err != nil {
-		t.Errorf("%s -> %s: the connection opened before the restarts broke: %v", c.nodes[0].Name, c.servers[1].Name, err)
-	}
+			if err := n.Agent.Restart(); err != nil {
+				t.Fatalf("%s: restart agent: %v", n.Name, err)
+			}
+			t.Logf("%s: containerd and podroute-agent restarted", n.Name)
+		}
+	})
 	for _, n := range c.nodes {
 		lab.Eventually(t, 60*time.Second, n.Name+" Ready after the restarts", func() error {
 			cond, err := n.NodeCondition(corev1.NodeReady)
@@ -431,17 +399,6 @@ func (c *cluster) testRestarts(t *testing.T) {
 		}
 	}
 	c.connectAll(t, "after-restart")
-	for _, s := range c.servers {
-		now := c.getPod(t, s.Name)
-		was := before[s.Name]
-		if !slices.Equal(now.Status.PodIPs, was.Status.PodIPs) {
-			t.Errorf("%s: addresses changed from %v to %v", s.Name, was.Status.PodIPs, now.Status.PodIPs)
-		}
-		if len(now.Status.ContainerStatuses) != 1 || now.Status.ContainerStatuses[0].RestartCount != 0 ||
-			now.Status.ContainerStatuses[0].ContainerID != was.Status.ContainerStatuses[0].ContainerID {
-			t.Errorf("%s: container restarted: %+v", s.Name, now.Status.ContainerStatuses)
-		}
-	}
 	c.noWarnings(t, "")
 }
 
@@ -482,6 +439,63 @@ func echo(conn net.Conn, what string) error {
 // probe pings, from each node, the other node's server pod (IPv4 and IPv6 in turn) every
 // 200 ms until the returned function is called; that returns how many pings were sent and
 // how many went unanswered within a second.
+// keepsConnected runs disrupt while pings cross between the nodes' pods and a TCP connection
+// from node-1 to the server pod on node-2 stays open; then, once the BGP mesh is back, it
+// checks that no ping went unanswered, that the connection still carries data, and that
+// every server pod kept its addresses and its container.
+func (c *cluster) keepsConnected(t *testing.T, what string, disrupt func()) {
+	t.Helper()
+	before := map[string]*corev1.Pod{}
+	for _, s := range c.servers {
+		before[s.Name] = c.getPod(t, s.Name)
+	}
+	v4, _ := podAddrs(t, c.servers[1])
+	conn := c.dial(t, c.nodes[0], netip.AddrPortFrom(v4, echoPort))
+	defer conn.Close()
+	if err := echo(conn, "before"); err != nil {
+		t.Fatalf("%s -> %s before %s: %v", c.nodes[0].Name, c.servers[1].Name, what, err)
+	}
+	stop := c.probe(t)
+	disrupt()
+	c.waitMesh(t)
+	time.Sleep(2 * time.Second)
+	sent, lost := stop()
+	t.Logf("pings across nodes during %s: %d sent, %d unanswered", what, sent, lost)
+	if lost > 0 {
+		t.Errorf("%d of %d pings across nodes went unanswered during %s", lost, sent, what)
+	}
+	if err := echo(conn, "after"); err != nil {
+		t.Errorf("%s -> %s: the connection opened before %s broke: %v", c.nodes[0].Name, c.servers[1].Name, what, err)
+	}
+	for _, s := range c.servers {
+		now := c.getPod(t, s.Name)
+		was := before[s.Name]
+		if !slices.Equal(now.Status.PodIPs, was.Status.PodIPs) {
+			t.Errorf("%s: addresses changed from %v to %v", s.Name, was.Status.PodIPs, now.Status.PodIPs)
+		}
+		if len(now.Status.ContainerStatuses) != 1 || now.Status.ContainerStatuses[0].RestartCount != 0 ||
+			now.Status.ContainerStatuses[0].ContainerID != was.Status.ContainerStatuses[0].ContainerID {
+			t.Errorf("%s: container restarted: %+v", s.Name, now.Status.ContainerStatuses)
+		}
+	}
+}
+
+// waitMesh waits until every node's agent has its BGP session with every other node.
+func (c *cluster) waitMesh(t *testing.T) {
+	t.Helper()
+	for _, n := range c.nodes {
+		lab.Eventually(t, converge, n.Name+" BGP sessions established", func() error {
+			var peers []netip.Addr
+			for _, o := range c.nodes {
+				if o != n {
+					peers = append(peers, o.IPv4)
+				}
+			}
+			return n.Established(peers...)
+		})
+	}
+}
+
 func (c *cluster) probe(t *testing.T) func() (int, int) {
 	t.Helper()
 	var (
