@@ -186,9 +186,18 @@ func TestClusterIPv6(t *testing.T) {
 	if !strings.HasPrefix(c.URL, "https://[::1]:") {
 		t.Errorf("URL %s, want https://[::1]:port", c.URL)
 	}
-	svc, err := c.Client.CoreV1().Services("default").Get(ctx, "kubernetes", metav1.GetOptions{})
-	if err != nil {
-		t.Fatalf("kubernetes service: %v", err)
+	// The apiserver's bootstrap controller creates the service after /readyz, in its own time.
+	var svc *corev1.Service
+	for {
+		var err error
+		svc, err = c.Client.CoreV1().Services("default").Get(ctx, "kubernetes", metav1.GetOptions{})
+		if err == nil {
+			break
+		}
+		if !apierrors.IsNotFound(err) || ctx.Err() != nil {
+			t.Fatalf("kubernetes service: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 	if ip := net.ParseIP(svc.Spec.ClusterIP); ip == nil || ip.To4() != nil {
 		t.Fatalf("kubernetes service ClusterIP %q, want IPv6 from %s", svc.Spec.ClusterIP, c.ServiceCIDR)
