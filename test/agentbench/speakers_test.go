@@ -9,16 +9,13 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	api "github.com/osrg/gobgp/v3/api"
-	"github.com/osrg/gobgp/v3/pkg/apiutil"
 	gobgplog "github.com/osrg/gobgp/v3/pkg/log"
-	bgppkt "github.com/osrg/gobgp/v3/pkg/packet/bgp"
 	"github.com/osrg/gobgp/v3/pkg/server"
 
 	"github.com/podroute/podroute/test/lab"
@@ -70,10 +67,8 @@ type farmSpeaker struct {
 
 // farm is a running speaker farm.
 type farm struct {
-	ns   *lab.NetNS
-	log  string
-	cmd  *exec.Cmd
-	done chan struct{}
+	ns *lab.NetNS
+	*lab.Helper
 }
 
 // startFarm creates the farm's namespace on the fabric with count speaker addresses, the
@@ -118,42 +113,16 @@ func startFarm(t testing.TB, l *lab.Lab, n *lab.Node, count int, asn, nodeASN ui
 	if err := os.WriteFile(cfgPath, js, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	exe, err := os.Executable()
+	h, err := lab.StartHelper(ns.Name, speakersEnv, cfgPath, filepath.Join(dir, "farm.log"))
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("speaker farm: %v", err)
 	}
-	f := &farm{ns: ns, log: filepath.Join(dir, "farm.log"), done: make(chan struct{})}
-	logf, err := os.Create(f.log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.cmd = exec.Command("ip", "netns", "exec", ns.Name, exe, "-test.run=^$")
-	f.cmd.Env = append(os.Environ(), speakersEnv+"="+cfgPath)
-	f.cmd.Stdout, f.cmd.Stderr = logf, logf
-	f.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	started := make(chan error, 1)
-	go func() {
-		// The parent-death signal follows the forking thread: keep it for the child's life.
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		if err := f.cmd.Start(); err != nil {
-			logf.Close()
-			started <- err
-			return
-		}
-		started <- nil
-		_ = f.cmd.Wait()
-		logf.Close()
-		close(f.done)
-	}()
-	if err := <-started; err != nil {
-		t.Fatalf("start speaker farm: %v", err)
-	}
-	t.Cleanup(f.stop)
+	f := &farm{ns: ns, Helper: h}
+	t.Cleanup(f.Stop)
 	lab.Eventually(t, converge, "speaker farm up", func() error {
 		if !strings.Contains(f.Log(), farmReadyTag) {
 			select {
-			case <-f.done:
+			case <-f.Exited():
 				return fmt.Errorf("speaker farm exited:\n%s", tail(f.Log(), 20))
 			default:
 			}
@@ -162,25 +131,6 @@ func startFarm(t testing.TB, l *lab.Lab, n *lab.Node, count int, asn, nodeASN ui
 		return nil
 	})
 	return f
-}
-
-func (f *farm) stop() {
-	select {
-	case <-f.done:
-		return
-	default:
-	}
-	_ = f.cmd.Process.Kill()
-	<-f.done
-}
-
-// PID is the farm process's ID (ip netns exec execs it in place).
-func (f *farm) PID() int { return f.cmd.Process.Pid }
-
-// Log is the farm's output.
-func (f *farm) Log() string {
-	b, _ := os.ReadFile(f.log)
-	return string(b)
 }
 
 const (
@@ -192,38 +142,18 @@ const (
 // Established at or after t, the first such time.
 func (f *farm) established(after time.Time) map[netip.Addr]time.Time {
 	out := map[netip.Addr]time.Time{}
-	for _, line := range strings.Split(f.Log(), "\n") {
-		rest, ok := strings.CutPrefix(line, farmStateTag+" ")
-		if !ok {
+	for _, c := range lab.ParseStateChanges(f.Log(), farmStateTag) {
+		if c.State != "established" || c.Time.Before(after) {
 			continue
 		}
-		fs := strings.Fields(rest)
-		if len(fs) != 3 || fs[2] != "established" {
-			continue
-		}
-		at, err1 := time.Parse(time.RFC3339Nano, fs[0])
-		a, err2 := netip.ParseAddr(fs[1])
-		if err1 != nil || err2 != nil || at.Before(after) {
-			continue
-		}
-		if _, seen := out[a]; !seen {
-			out[a] = at
+		if _, seen := out[c.Peer]; !seen {
+			out[c.Peer] = c.Time
 		}
 	}
 	return out
 }
 
-func init() {
-	path := os.Getenv(speakersEnv)
-	if path == "" {
-		return
-	}
-	if err := runFarm(path); err != nil {
-		fmt.Fprintf(os.Stderr, "farm: %v\n", err)
-		os.Exit(1)
-	}
-	os.Exit(0)
-}
+func init() { lab.RunHelper(speakersEnv, "farm", runFarm) }
 
 // runFarm runs the speakers until SIGTERM or SIGKILL.
 func runFarm(path string) error {
@@ -244,32 +174,15 @@ func runFarm(path string) error {
 		}}); err != nil {
 			return fmt.Errorf("start speaker %s: %w", sp.Address, err)
 		}
-		local := sp.Address
-		if err := s.WatchEvent(ctx, &api.WatchEventRequest{Peer: &api.WatchEventRequest_Peer{}}, func(r *api.WatchEventResponse) {
-			pe := r.GetPeer()
-			if pe == nil || pe.Type != api.WatchEventResponse_PeerEvent_STATE || pe.Peer == nil || pe.Peer.State == nil {
-				return
-			}
-			fmt.Fprintf(os.Stderr, "%s %s %s %s\n", farmStateTag, time.Now().Format(time.RFC3339Nano), local,
-				strings.ToLower(strings.TrimPrefix(pe.Peer.State.SessionState.String(), "PeerState_")))
-		}); err != nil {
+		if err := lab.LogPeerStates(ctx, s, os.Stderr, farmStateTag, sp.Address); err != nil {
 			return fmt.Errorf("speaker %s: watch peer events: %w", sp.Address, err)
 		}
 		p, err := netip.ParsePrefix(sp.Prefix)
 		if err != nil {
 			return err
 		}
-		nlri := bgppkt.NewIPAddrPrefix(uint8(p.Bits()), p.Addr().String())
-		attrs := []bgppkt.PathAttributeInterface{
-			bgppkt.NewPathAttributeOrigin(bgppkt.BGP_ORIGIN_ATTR_TYPE_IGP),
-			bgppkt.NewPathAttributeNextHop(sp.Address),
-		}
-		path, err := apiutil.NewPath(nlri, false, attrs, time.Now())
-		if err != nil {
-			return err
-		}
-		if _, err := s.AddPath(ctx, &api.AddPathRequest{TableType: api.TableType_GLOBAL, Path: path}); err != nil {
-			return fmt.Errorf("speaker %s: announce %s: %w", sp.Address, p, err)
+		if err := lab.Announce(ctx, s, p, sp.Address, ""); err != nil {
+			return fmt.Errorf("speaker %s: %w", sp.Address, err)
 		}
 		peer := &api.Peer{
 			Conf:      &api.PeerConf{NeighborAddress: cfg.Peer, PeerAsn: cfg.PeerASN},

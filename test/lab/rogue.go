@@ -6,18 +6,14 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	api "github.com/osrg/gobgp/v3/api"
-	"github.com/osrg/gobgp/v3/pkg/apiutil"
-	bgppkt "github.com/osrg/gobgp/v3/pkg/packet/bgp"
 	"github.com/osrg/gobgp/v3/pkg/server"
 )
 
@@ -112,8 +108,7 @@ func nextPrefix(p netip.Prefix) (netip.Prefix, bool) {
 type Rogue struct {
 	*Node
 	Announce []netip.Prefix
-	cmd      *exec.Cmd
-	done     chan struct{}
+	*Helper
 }
 
 type rogueConfig struct {
@@ -181,35 +176,11 @@ func (l *Lab) StartRogue(t testing.TB, opts RogueOptions) *Rogue {
 	if err := os.WriteFile(cfgPath, b, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	exe, err := os.Executable()
+	h, err := StartHelper(n.NetNS.Name, rogueEnv, cfgPath, n.AgentLog)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("lab: rogue speaker: %v", err)
 	}
-	logf, err := os.Create(n.AgentLog)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := &Rogue{Node: n, Announce: opts.Announce, done: make(chan struct{})}
-	r.cmd = exec.Command("ip", "netns", "exec", n.NetNS.Name, exe, "-test.run=^$")
-	r.cmd.Env = append(os.Environ(), rogueEnv+"="+cfgPath)
-	r.cmd.Stdout, r.cmd.Stderr = logf, logf
-	r.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	started := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		if err := r.cmd.Start(); err != nil {
-			started <- err
-			return
-		}
-		started <- nil
-		_ = r.cmd.Wait()
-		logf.Close()
-		close(r.done)
-	}()
-	if err := <-started; err != nil {
-		t.Fatalf("lab: start rogue speaker: %v", err)
-	}
+	r := &Rogue{Node: n, Announce: opts.Announce, Helper: h}
 	t.Cleanup(func() {
 		if t.Failed() {
 			b, _ := os.ReadFile(n.AgentLog)
@@ -226,34 +197,7 @@ func (l *Lab) StartRogue(t testing.TB, opts RogueOptions) *Rogue {
 	return r
 }
 
-// Stop kills the rogue speaker (its Node object stays until cleanup).
-func (r *Rogue) Stop() {
-	select {
-	case <-r.done:
-		return
-	default:
-	}
-	_ = r.cmd.Process.Kill()
-	<-r.done
-}
-
-// Log is the rogue speaker's output.
-func (r *Rogue) Log() string {
-	b, _ := os.ReadFile(r.AgentLog)
-	return string(b)
-}
-
-func init() {
-	path := os.Getenv(rogueEnv)
-	if path == "" {
-		return
-	}
-	if err := runRogue(path); err != nil {
-		fmt.Fprintf(os.Stderr, "rogue: %v\n", err)
-		os.Exit(1)
-	}
-	os.Exit(0)
-}
+func init() { RunHelper(rogueEnv, "rogue", runRogue) }
 
 // runRogue runs the hostile speaker until SIGTERM/SIGKILL.
 func runRogue(path string) error {
@@ -274,14 +218,7 @@ func runRogue(path string) error {
 		return fmt.Errorf("start: %w", err)
 	}
 	if cfg.LogEvents {
-		if err := s.WatchEvent(ctx, &api.WatchEventRequest{Peer: &api.WatchEventRequest_Peer{}}, func(r *api.WatchEventResponse) {
-			pe := r.GetPeer()
-			if pe == nil || pe.Type != api.WatchEventResponse_PeerEvent_STATE || pe.Peer == nil || pe.Peer.State == nil {
-				return
-			}
-			fmt.Fprintf(os.Stderr, "%s %s %s %s\n", rogueStateTag, time.Now().Format(time.RFC3339Nano),
-				pe.Peer.State.NeighborAddress, strings.ToLower(strings.TrimPrefix(pe.Peer.State.SessionState.String(), "PeerState_")))
-		}); err != nil {
+		if err := LogPeerStates(ctx, s, os.Stderr, rogueStateTag, ""); err != nil {
 			return fmt.Errorf("watch peer events: %w", err)
 		}
 	}
@@ -292,7 +229,7 @@ func runRogue(path string) error {
 		}
 		gen := PrefixRange{First: first, Count: cfg.GenerateCount}.Prefixes()
 		for _, p := range gen {
-			if err := rogueAnnounce(ctx, s, &cfg, p); err != nil {
+			if err := Announce(ctx, s, p, cfg.NextHop4, cfg.NextHop6); err != nil {
 				return err
 			}
 		}
@@ -323,7 +260,7 @@ func runRogue(path string) error {
 		if err != nil {
 			return err
 		}
-		if err := rogueAnnounce(ctx, s, &cfg, p); err != nil {
+		if err := Announce(ctx, s, p, cfg.NextHop4, cfg.NextHop6); err != nil {
 			return err
 		}
 	}
@@ -335,56 +272,11 @@ func runRogue(path string) error {
 	return nil
 }
 
-// rogueAnnounce originates p from the rogue speaker, next hop the rogue's own address.
-func rogueAnnounce(ctx context.Context, s *server.BgpServer, cfg *rogueConfig, p netip.Prefix) error {
-	attrs := []bgppkt.PathAttributeInterface{bgppkt.NewPathAttributeOrigin(bgppkt.BGP_ORIGIN_ATTR_TYPE_IGP)}
-	var nlri bgppkt.AddrPrefixInterface
-	if p.Addr().Is4() {
-		nlri = bgppkt.NewIPAddrPrefix(uint8(p.Bits()), p.Addr().String())
-		attrs = append(attrs, bgppkt.NewPathAttributeNextHop(cfg.NextHop4))
-	} else {
-		nlri = bgppkt.NewIPv6AddrPrefix(uint8(p.Bits()), p.Addr().String())
-		attrs = append(attrs, bgppkt.NewPathAttributeMpReachNLRI(cfg.NextHop6, []bgppkt.AddrPrefixInterface{nlri}))
-	}
-	path, err := apiutil.NewPath(nlri, false, attrs, time.Now())
-	if err != nil {
-		return err
-	}
-	if _, err := s.AddPath(ctx, &api.AddPathRequest{TableType: api.TableType_GLOBAL, Path: path}); err != nil {
-		return fmt.Errorf("announce %s: %w", p, err)
-	}
-	return nil
-}
-
 // rogueStateTag starts the log lines of RogueOptions.LogPeerEvents.
 const rogueStateTag = "rogue-peer-state:"
-
-// StateChange is one session state change the rogue speaker saw.
-type StateChange struct {
-	Time  time.Time
-	Peer  netip.Addr
-	State string // idle, connect, active, opensent, openconfirm, established
-}
 
 // StateChanges lists the session state changes the rogue logged so far (only with
 // RogueOptions.LogPeerEvents).
 func (r *Rogue) StateChanges() []StateChange {
-	var out []StateChange
-	for _, line := range strings.Split(r.Log(), "\n") {
-		rest, ok := strings.CutPrefix(line, rogueStateTag+" ")
-		if !ok {
-			continue
-		}
-		f := strings.Fields(rest)
-		if len(f) != 3 {
-			continue
-		}
-		t, err1 := time.Parse(time.RFC3339Nano, f[0])
-		a, err2 := netip.ParseAddr(f[1])
-		if err1 != nil || err2 != nil {
-			continue
-		}
-		out = append(out, StateChange{Time: t, Peer: a, State: f[2]})
-	}
-	return out
+	return ParseStateChanges(r.Log(), rogueStateTag)
 }
