@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -72,29 +71,14 @@ func (a *Agent) Start() error {
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// ip netns exec execs the agent in place: the process is the agent itself, and dies
 	// with the test process.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	done := make(chan struct{})
-	started := make(chan error, 1)
-	go func() {
-		// The parent-death signal fires when the thread that forked the child exits: keep
-		// this goroutine on its thread for the child's whole life.
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		if err := cmd.Start(); err != nil {
-			logf.Close()
-			started <- err
-			return
-		}
-		started <- nil
-		err := cmd.Wait()
+	if err := startTied(cmd, logf, func(err error) {
 		a.mu.Lock()
 		a.waitErr = err
 		a.mu.Unlock()
 		fmt.Fprintf(logf, "=== lab: agent exited at %s: %v\n", time.Now().Format(time.RFC3339Nano), errOrOK(err))
-		logf.Close()
 		close(done)
-	}()
-	if err := <-started; err != nil {
+	}); err != nil {
 		return fmt.Errorf("start agent of %s: %w", n.Name, err)
 	}
 	a.cmd, a.done = cmd, done

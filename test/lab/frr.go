@@ -35,7 +35,6 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -601,22 +600,7 @@ func (r *Router) startDaemon(d string) (*frrProc, error) {
 	p.cmd.Stdout, p.cmd.Stderr = out, out
 	// The parent-death signal is cleared when the daemon drops its privileges; a router
 	// left by a killed test run is removed by the next run's Sweep.
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	started := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		if err := p.cmd.Start(); err != nil {
-			out.Close()
-			started <- err
-			return
-		}
-		started <- nil
-		_ = p.cmd.Wait()
-		out.Close()
-		close(p.done)
-	}()
-	if err := <-started; err != nil {
+	if err := startTied(p.cmd, out, func(error) { close(p.done) }); err != nil {
 		return nil, fmt.Errorf("router %s: start %s: %w", r.Name, d, err)
 	}
 	return p, nil

@@ -2,6 +2,7 @@ package lab
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"runtime"
@@ -36,23 +37,7 @@ func StartHelper(ns, env, cfgPath, logPath string) (*Helper, error) {
 	h.cmd = exec.Command("ip", "netns", "exec", ns, exe, "-test.run=^$")
 	h.cmd.Env = append(os.Environ(), env+"="+cfgPath)
 	h.cmd.Stdout, h.cmd.Stderr = logf, logf
-	h.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	started := make(chan error, 1)
-	go func() {
-		// The parent-death signal follows the forking thread: keep it for the child's life.
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		if err := h.cmd.Start(); err != nil {
-			logf.Close()
-			started <- err
-			return
-		}
-		started <- nil
-		_ = h.cmd.Wait()
-		logf.Close()
-		close(h.done)
-	}()
-	if err := <-started; err != nil {
+	if err := startTied(h.cmd, logf, func(error) { close(h.done) }); err != nil {
 		return nil, fmt.Errorf("start helper in %s: %w", ns, err)
 	}
 	return h, nil
@@ -94,4 +79,30 @@ func RunHelper(env, name string, run func(cfgPath string) error) {
 		os.Exit(1)
 	}
 	os.Exit(0)
+}
+
+// startTied starts cmd so that it is SIGKILLed if the test process dies. The parent-death
+// signal fires when the thread that forked the child exits, so the start and the wait run on
+// one goroutine locked to its thread for the child's whole life. Once the child has exited,
+// exited gets Wait's result; then out (the child's output file) is closed. out is closed too
+// if the start fails.
+func startTied(cmd *exec.Cmd, out io.Closer, exited func(error)) error {
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+	started := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if err := cmd.Start(); err != nil {
+			out.Close()
+			started <- err
+			return
+		}
+		started <- nil
+		exited(cmd.Wait())
+		out.Close()
+	}()
+	return <-started
 }

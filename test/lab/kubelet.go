@@ -18,7 +18,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -962,28 +961,14 @@ func startDaemon(in *NetNS, mountNS, name, logPath, bin string, args ...string) 
 	}
 	cmd := exec.Command("nsenter", append(append(ns, "--", bin), args...)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	d := &daemon{name: name, cmd: cmd, done: make(chan struct{})}
-	started := make(chan error, 1)
-	go func() {
-		// The parent-death signal fires when the forking thread exits: keep it.
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		if err := cmd.Start(); err != nil {
-			logf.Close()
-			started <- err
-			return
-		}
-		started <- nil
-		err := cmd.Wait()
+	if err := startTied(cmd, logf, func(err error) {
 		d.mu.Lock()
 		d.waitErr = err
 		d.mu.Unlock()
 		fmt.Fprintf(logf, "=== lab: %s exited at %s: %v\n", name, time.Now().Format(time.RFC3339Nano), errOrOK(err))
-		logf.Close()
 		close(d.done)
-	}()
-	if err := <-started; err != nil {
+	}); err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
 	return d, nil
