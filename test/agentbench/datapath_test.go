@@ -53,7 +53,7 @@ func BenchmarkDataPath(b *testing.B) {
 	// The reference: a pod on each node wired by the reference ptp plugin (veth, host route,
 	// host-local IPAM, no masquerade) from subnets outside the cluster's, routed between the
 	// two nodes by static routes: the same shape of path without any of podroute's code.
-	cniutil.RequireRefPlugins(b)
+	cniutil.RequireRefPlugins(b, "ptp", "host-local")
 	r1, r2 := refPod(b, n1, n2, 1), refPod(b, n2, n1, 2)
 	if err := r1.Ping(r2.IPv4, 10*time.Second); err != nil {
 		b.Fatal(err)

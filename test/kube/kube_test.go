@@ -16,6 +16,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -188,16 +189,15 @@ func TestClusterIPv6(t *testing.T) {
 	}
 	// The apiserver's bootstrap controller creates the service after /readyz, in its own time.
 	var svc *corev1.Service
-	for {
+	if err := wait.PollUntilContextCancel(ctx, 100*time.Millisecond, true, func(ctx context.Context) (bool, error) {
 		var err error
 		svc, err = c.Client.CoreV1().Services("default").Get(ctx, "kubernetes", metav1.GetOptions{})
-		if err == nil {
-			break
+		if apierrors.IsNotFound(err) {
+			return false, nil
 		}
-		if !apierrors.IsNotFound(err) || ctx.Err() != nil {
-			t.Fatalf("kubernetes service: %v", err)
-		}
-		time.Sleep(100 * time.Millisecond)
+		return err == nil, err
+	}); err != nil {
+		t.Fatalf("kubernetes service: %v", err)
 	}
 	if ip := net.ParseIP(svc.Spec.ClusterIP); ip == nil || ip.To4() != nil {
 		t.Fatalf("kubernetes service ClusterIP %q, want IPv6 from %s", svc.Spec.ClusterIP, c.ServiceCIDR)
