@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/cni/pkg/version"
@@ -25,7 +27,15 @@ const (
 type NetConf struct {
 	types.PluginConf
 	MTU int `json:"mtu,omitempty"`
+	// ChainedPlugins are the types of the plugins the configuration list runs after podroute
+	// (["portmap"] in the list the agent writes). The runtime hands each plugin its own entry
+	// only, so this is how podroute knows them: STATUS fails with code 50 naming any of them
+	// that is not an executable in CNI_PATH, which would fail every ADD. Optional.
+	ChainedPlugins []string `json:"chainedPlugins,omitempty"`
 }
+
+// maxPluginName is the longest file name Linux allows (NAME_MAX).
+const maxPluginName = 255
 
 // Config is a parsed and validated NetConf.
 type Config struct {
@@ -53,6 +63,9 @@ func ParseConfig(stdin []byte) (*Config, error) {
 	if c.MTU < minMTU || c.MTU > maxMTU {
 		return nil, invalidConfig("mtu", "%d is outside %d..%d", c.MTU, minMTU, maxMTU)
 	}
+	if err := validateChained(c.ChainedPlugins); err != nil {
+		return nil, err
+	}
 	switch c.PluginConf.IPAM.Type {
 	case "":
 		return nil, invalidConfig("ipam.type", "missing: set %q or another IPAM plugin", BuiltinIPAM)
@@ -72,6 +85,25 @@ func ParseConfig(stdin []byte) (*Config, error) {
 		}
 	}
 	return c, nil
+}
+
+// validateChained checks that every chained plugin is a plugin type the runtime could look
+// up: a plain file name in CNI_PATH, listed once.
+func validateChained(names []string) error {
+	for i, name := range names {
+		field := fmt.Sprintf("chainedPlugins[%d]", i)
+		switch {
+		case name == "":
+			return invalidConfig(field, "empty plugin type")
+		case name == "." || name == ".." || strings.ContainsAny(name, "/\x00"):
+			return invalidConfig(field, "%q is not a plugin type (a file name in CNI_PATH, without a directory)", name)
+		case len(name) > maxPluginName:
+			return invalidConfig(field, "%d bytes long: a plugin type is a file name of at most %d bytes", len(name), maxPluginName)
+		case slices.Contains(names[:i], name):
+			return invalidConfig(field, "%q is listed twice", name)
+		}
+	}
+	return nil
 }
 
 func (c *Config) hasIPv6() bool {

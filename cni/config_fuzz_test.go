@@ -2,6 +2,8 @@ package cni
 
 import (
 	"errors"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/containernetworking/cni/pkg/types"
@@ -21,6 +23,12 @@ func FuzzParseConfig(f *testing.F) {
 		`{"name":"n","ipam":{"type":"podroute-ipam","ranges":[[]]}}`,
 		`{"name":"n","cniVersion":"1.0.0","ipam":{"type":"host-local"},"prevResult":{"cniVersion":"1.0.0","ips":[{"address":"10.0.0.2/32"}]}}`,
 		`{"name":"n","mtu":1e9}`, `[]`, `null`, ``, `{"name":1}`,
+		`{"name":"n","ipam":{"type":"host-local"},"chainedPlugins":["portmap"]}`,
+		`{"name":"n","ipam":{"type":"host-local"},"chainedPlugins":["portmap","bandwidth","tuning"]}`,
+		`{"name":"n","ipam":{"type":"host-local"},"chainedPlugins":["portmap","portmap"]}`,
+		`{"name":"n","ipam":{"type":"host-local"},"chainedPlugins":["../portmap",""]}`,
+		`{"name":"n","ipam":{"type":"host-local"},"chainedPlugins":"portmap"}`,
+		`{"name":"n","ipam":{"type":"host-local"},"chainedPlugins":[null,7]}`,
 	} {
 		f.Add([]byte(s))
 	}
@@ -41,6 +49,11 @@ func FuzzParseConfig(f *testing.F) {
 		}
 		if c.Name == "" || c.MTU < minMTU || c.MTU > maxMTU {
 			t.Fatalf("accepted an unusable config: name %q mtu %d", c.Name, c.MTU)
+		}
+		for i, name := range c.ChainedPlugins {
+			if name == "" || name == "." || name == ".." || strings.ContainsAny(name, "/\x00") || slices.Contains(c.ChainedPlugins[:i], name) {
+				t.Fatalf("accepted chained plugin %q in %q", name, c.ChainedPlugins)
+			}
 		}
 		if (c.PluginConf.IPAM.Type == BuiltinIPAM) != (c.Pool != nil) {
 			t.Fatalf("ipam type %q but Pool=%v", c.PluginConf.IPAM.Type, c.Pool)

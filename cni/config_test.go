@@ -104,3 +104,45 @@ func TestParseK8sArgs(t *testing.T) {
 		t.Fatalf("got %+v", got)
 	}
 }
+
+func TestParseConfigChained(t *testing.T) {
+	c, err := ParseConfig([]byte(`{"name":"n","ipam":{"type":"host-local"},"chainedPlugins":["portmap","bandwidth"]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(c.ChainedPlugins, ",") != "portmap,bandwidth" {
+		t.Fatalf("chainedPlugins %q", c.ChainedPlugins)
+	}
+	for _, tc := range []struct {
+		name, value string
+		code        uint
+		mention     string
+	}{
+		{"not a list", `"portmap"`, types.ErrDecodingFailure, "chainedPlugins"},
+		{"not strings", `[1]`, types.ErrDecodingFailure, "chainedPlugins"},
+		{"empty name", `["portmap",""]`, types.ErrInvalidNetworkConfig, "chainedPlugins[1]: empty"},
+		{"path", `["../bin/portmap"]`, types.ErrInvalidNetworkConfig, `chainedPlugins[0]: "../bin/portmap" is not a plugin type`},
+		{"absolute", `["/opt/cni/bin/portmap"]`, types.ErrInvalidNetworkConfig, "chainedPlugins[0]"},
+		{"dot dot", `[".."]`, types.ErrInvalidNetworkConfig, "chainedPlugins[0]"},
+		{"nul", `["port\u0000map"]`, types.ErrInvalidNetworkConfig, "chainedPlugins[0]"},
+		{"too long", `["` + strings.Repeat("p", 256) + `"]`, types.ErrInvalidNetworkConfig, "chainedPlugins[0]: 256 bytes"},
+		{"twice", `["portmap","bandwidth","portmap"]`, types.ErrInvalidNetworkConfig, `chainedPlugins[2]: "portmap" is listed twice`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := ParseConfig([]byte(`{"name":"n","ipam":{"type":"host-local"},"chainedPlugins":` + tc.value + `}`))
+			var te *types.Error
+			if !errors.As(err, &te) {
+				t.Fatalf("got %v (%T), want a *types.Error", err, err)
+			}
+			if te.Code != tc.code {
+				t.Errorf("code %d, want %d (%s)", te.Code, tc.code, te.Msg)
+			}
+			if !strings.Contains(te.Msg, tc.mention) {
+				t.Errorf("message %q does not say %q", te.Msg, tc.mention)
+			}
+		})
+	}
+	if c, err := ParseConfig([]byte(`{"name":"n","ipam":{"type":"host-local"},"chainedPlugins":[]}`)); err != nil || len(c.ChainedPlugins) != 0 {
+		t.Errorf("empty list: %v %v", c, err)
+	}
+}

@@ -36,9 +36,14 @@ func Main() {
 	skel.PluginMainFuncs(Funcs(), Versions, "podroute CNI plugin "+Version)
 }
 
+// cmdStatus fails with code 50 when an ADD could not be served: a plugin the list chains
+// after podroute is missing, or the address store is unusable.
 func cmdStatus(args *skel.CmdArgs) error {
 	conf, err := ParseConfig(args.StdinData)
 	if err != nil {
+		return err
+	}
+	if err := checkChained(conf.ChainedPlugins, args.Path); err != nil {
 		return err
 	}
 	return addressesFor(conf).Status()
