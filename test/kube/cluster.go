@@ -13,6 +13,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"errors"
 	"fmt"
 	"io"
@@ -97,7 +98,18 @@ type Options struct {
 	ExtraArgs []string
 	// StartTimeout bounds the wait for etcd and /readyz (default 90s).
 	StartTimeout time.Duration
+	// NetNS is the path of a network namespace (/var/run/netns/NAME) to run etcd and
+	// kube-apiserver in, as on a control-plane node: the apiserver listens on every
+	// address of that namespace on port SecurePort, publishes AdvertiseAddress (required,
+	// an address of the namespace) in the "kubernetes" Service endpoints, and reaches
+	// kubelets and pods over that namespace's links and routes. The test process, which
+	// stays in its own namespace, reaches it through a relay on 127.0.0.1 (Cluster.URL);
+	// other namespaces use Cluster.ServerURL. BindAddress is ignored.
+	NetNS string
 }
+
+// SecurePort is the apiserver's port in its own network namespace (Options.NetNS).
+const SecurePort = 6443
 
 // Cluster is a running etcd + kube-apiserver, stopped by the test's cleanup.
 type Cluster struct {
@@ -111,6 +123,13 @@ type Cluster struct {
 
 	// URL is the apiserver's base URL, e.g. https://127.0.0.1:34567.
 	URL string
+	// ServerURL is the address nodes use: https://AdvertiseAddress:6443 with
+	// Options.NetNS, else URL.
+	ServerURL string
+	// KubeletClientCertFile and KubeletClientKeyFile are the apiserver's client
+	// credentials towards kubelets (logs, exec, port-forward): a user in
+	// system:masters, signed by the cluster CA that kubelets trust.
+	KubeletClientCertFile, KubeletClientKeyFile string
 	// CAFile/CAData is the CA that signed the serving certificate; the
 	// apiserver also accepts client certificates signed by it
 	// (CAKeyFile holds its key), e.g. for kubelets.
@@ -136,6 +155,7 @@ type Cluster struct {
 	BinDir string
 
 	pki       *pki
+	netns     string // Options.NetNS
 	etcd      *process
 	apiserver *process
 	// controllers are processes started after the apiserver (controlplane.go).
@@ -172,6 +192,12 @@ func Start(t testing.TB, opts Options) *Cluster {
 	if bindAddr == "" {
 		bindAddr = "127.0.0.1"
 	}
+	if opts.NetNS != "" {
+		if net.ParseIP(opts.AdvertiseAddress) == nil {
+			t.Fatalf("kube: Options.NetNS needs AdvertiseAddress, an IP address of that namespace (have %q)", opts.AdvertiseAddress)
+		}
+		bindAddr = "0.0.0.0"
+	}
 	bindIP := net.ParseIP(bindAddr)
 	if bindIP == nil {
 		t.Fatalf("kube: BindAddress %q is not an IP address", bindAddr)
@@ -204,7 +230,9 @@ func Start(t testing.TB, opts Options) *Cluster {
 	// Clients connect to the bind address, or to what is advertised when
 	// the apiserver listens on all addresses.
 	connectHost := bindAddr
-	if bindIP.IsUnspecified() {
+	if opts.NetNS != "" {
+		connectHost = "127.0.0.1" // inside the namespace, until the relay is up
+	} else if bindIP.IsUnspecified() {
 		switch {
 		case advertise != "":
 			connectHost = advertise
@@ -226,6 +254,9 @@ func Start(t testing.TB, opts Options) *Cluster {
 		BinDir:                binDir,
 		APIServerLog:          filepath.Join(dir, "kube-apiserver.log"),
 		EtcdLog:               filepath.Join(dir, "etcd.log"),
+		KubeletClientCertFile: filepath.Join(dir, "apiserver-kubelet-client.crt"),
+		KubeletClientKeyFile:  filepath.Join(dir, "apiserver-kubelet-client.key"),
+		netns:                 opts.NetNS,
 	}
 	// Credentials.
 	ips := []net.IP{net.ParseIP("127.0.0.1"), net.IPv6loopback}
@@ -241,6 +272,11 @@ func Start(t testing.TB, opts Options) *Cluster {
 		t.Fatalf("kube: generate credentials: %v", err)
 	}
 	c.CAData = c.pki.caCertPEM
+	kubeletCert, kubeletKey, err := c.pki.issue(pkix.Name{CommonName: "kube-apiserver-kubelet-client", Organization: []string{"system:masters"}},
+		nil, nil, []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth})
+	if err != nil {
+		t.Fatalf("kube: kubelet client certificate: %v", err)
+	}
 	c.AdminToken = randomToken()
 	c.Users = []User{{Name: AdminUser, UID: AdminUser, Groups: []string{"system:masters"}, Token: c.AdminToken}}
 	for _, u := range opts.Users {
@@ -265,6 +301,8 @@ func Start(t testing.TB, opts Options) *Cluster {
 		c.ServiceAccountKeyFile:             c.pki.saKeyPEM,
 		filepath.Join(dir, "sa.pub"):        c.pki.saPubPEM,
 		tokenFile:                           tokenCSV(c.Users),
+		c.KubeletClientCertFile:             kubeletCert,
+		c.KubeletClientKeyFile:              kubeletKey,
 	}); err != nil {
 		t.Fatalf("kube: write credentials: %v", err)
 	}
@@ -295,6 +333,8 @@ func Start(t testing.TB, opts Options) *Cluster {
 		"--service-cluster-ip-range=" + serviceCIDR,
 		// Node authorizes kubelets (system:node:<name>) as in a real cluster.
 		"--authorization-mode=Node,RBAC",
+		"--kubelet-client-certificate=" + c.KubeletClientCertFile,
+		"--kubelet-client-key=" + c.KubeletClientKeyFile,
 		"--allow-privileged=true",
 		"--profiling=false",
 	}
@@ -309,6 +349,10 @@ func Start(t testing.TB, opts Options) *Cluster {
 		t.Fatalf("kube: %v", err)
 	}
 
+	c.ServerURL = c.URL
+	if opts.NetNS != "" {
+		c.ServerURL = "https://" + hostPort(advertise, SecurePort)
+	}
 	if err := c.WriteKubeconfig(c.Kubeconfig, AdminUser, c.AdminToken); err != nil {
 		t.Fatalf("kube: write kubeconfig: %v", err)
 	}
@@ -394,7 +438,7 @@ func (c *Cluster) startEtcd(ctx context.Context, t testing.TB, bin string) error
 		if err := os.RemoveAll(dataDir); err != nil {
 			return err
 		}
-		p, err := startProcess("etcd", c.EtcdLog, filteredEnv("ETCD_"), bin,
+		p, err := c.startInNS("etcd", c.EtcdLog, filteredEnv("ETCD_"), bin,
 			"--name=podroute-test",
 			"--data-dir="+dataDir,
 			"--listen-client-urls="+clientURL,
@@ -413,7 +457,8 @@ func (c *Cluster) startEtcd(ctx context.Context, t testing.TB, bin string) error
 		t.Cleanup(func() { p.stop(stopGrace) })
 		c.EtcdURL = clientURL
 
-		err = waitHTTP(ctx, p, &http.Client{Timeout: 2 * time.Second}, clientURL+"/health", "", func(body string) bool {
+		client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DialContext: DialerIn(c.netns)}}
+		err = waitHTTP(ctx, p, client, clientURL+"/health", "", func(body string) bool {
 			return strings.Contains(body, `"health":"true"`)
 		})
 		if err == nil {
@@ -467,17 +512,20 @@ func (c *Cluster) startAPIServer(ctx context.Context, t testing.TB, bin, bindAdd
 	pool.AppendCertsFromPEM(c.CAData)
 	httpClient := &http.Client{
 		Timeout:   5 * time.Second,
-		Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}},
+		Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, DialContext: DialerIn(c.netns)},
 	}
 	defer httpClient.CloseIdleConnections()
 	for attempt := 1; ; attempt++ {
-		port, err := freePort(bindAddr)
-		if err != nil {
-			return err
+		port := SecurePort
+		if c.netns == "" {
+			var err error
+			if port, err = freePort(bindAddr); err != nil {
+				return err
+			}
 		}
 		c.URL = "https://" + hostPort(connectHost, port)
 		args := append([]string{fmt.Sprintf("--secure-port=%d", port)}, baseArgs...)
-		p, err := startProcess("kube-apiserver", c.APIServerLog, filteredEnv("KUBECONFIG="), bin, args...)
+		p, err := c.startInNS("kube-apiserver", c.APIServerLog, filteredEnv("KUBECONFIG="), bin, args...)
 		if err != nil {
 			return err
 		}
@@ -488,6 +536,9 @@ func (c *Cluster) startAPIServer(ctx context.Context, t testing.TB, bin, bindAdd
 			return strings.TrimSpace(body) == "ok"
 		})
 		if err == nil {
+			if c.netns != "" {
+				return c.startRelay(t)
+			}
 			return nil
 		}
 		if p.exited() && p.logContains("address already in use") && attempt < startAttempts {
@@ -627,4 +678,30 @@ func (c *Cluster) Running() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// startInNS starts a process in the cluster's network namespace (Options.NetNS), or in the
+// test process's own. nsenter execs the program in place, so the process is the program
+// itself and keeps the parent-death signal.
+func (c *Cluster) startInNS(name, logPath string, env []string, bin string, args ...string) (*process, error) {
+	if c.netns == "" {
+		return startProcess(name, logPath, env, bin, args...)
+	}
+	return startProcess(name, logPath, env, "nsenter", append([]string{"--net=" + c.netns, "--", bin}, args...)...)
+}
+
+// startRelay makes the apiserver in its namespace reachable from the test process's: a
+// listener on 127.0.0.1 whose connections are dialled inside the namespace. URL becomes the
+// relay's; ServerURL stays the advertised address, for nodes.
+func (c *Cluster) startRelay(t testing.TB) error {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return fmt.Errorf("apiserver relay: %w", err)
+	}
+	dial := DialerIn(c.netns)
+	target := hostPort("127.0.0.1", SecurePort)
+	r := StartRelay(ln, func(ctx context.Context) (net.Conn, error) { return dial(ctx, "tcp", target) })
+	t.Cleanup(r.Close)
+	c.URL = "https://" + r.Addr().String()
+	return nil
 }

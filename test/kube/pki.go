@@ -144,3 +144,9 @@ func writeFiles(files map[string][]byte) error {
 	}
 	return nil
 }
+
+// IssueClientCert signs a client certificate for user in groups with the cluster CA, which
+// the apiserver and kubelets trust (a kubelet's system:node:<name> identity, for one).
+func (c *Cluster) IssueClientCert(user string, groups []string) (certPEM, keyPEM []byte, err error) {
+	return c.pki.issue(pkix.Name{CommonName: user, Organization: groups}, nil, nil, []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth})
+}
