@@ -1,11 +1,7 @@
 package lab
 
 import (
-	"archive/tar"
 	"bytes"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -15,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/podroute/podroute/hack/image/archive"
 	"github.com/podroute/podroute/test/cniutil"
 )
 
@@ -100,78 +97,28 @@ func images() (map[string]string, error) {
 // /name and whose entrypoint is /name.
 func dockerArchive(ref, name string, exe []byte) ([]byte, error) {
 	mtime := time.Unix(0, 0)
-	var layer bytes.Buffer
-	lw := tar.NewWriter(&layer)
-	for _, d := range []string{"dev", "etc", "proc", "sys", "tmp"} {
-		mode := int64(0o755)
-		if d == "tmp" {
-			mode = 0o1777
-		}
-		if err := lw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: d + "/", Mode: mode, ModTime: mtime}); err != nil {
-			return nil, err
-		}
+	files := []archive.File{{Path: "/" + name, Data: exe, Mode: 0o755}}
+	for _, d := range []string{"dev", "etc", "proc", "sys"} {
+		files = append(files, archive.File{Path: "/" + d, Dir: true})
 	}
-	if err := lw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: 0o755, Size: int64(len(exe)), ModTime: mtime}); err != nil {
+	files = append(files, archive.File{Path: "/tmp", Dir: true, Mode: 0o1777})
+	layer, err := archive.NewLayer(files, mtime)
+	if err != nil {
 		return nil, err
 	}
-	if _, err := lw.Write(exe); err != nil {
-		return nil, err
-	}
-	if err := lw.Close(); err != nil {
-		return nil, err
-	}
-	layerSum := sha256.Sum256(layer.Bytes())
-	diffID := "sha256:" + hex.EncodeToString(layerSum[:])
-
-	config, err := json.Marshal(map[string]any{
-		"architecture": runtime.GOARCH,
-		"os":           "linux",
-		"created":      mtime.UTC().Format(time.RFC3339),
-		"config": map[string]any{
-			"Entrypoint": []string{"/" + name},
-			"Env":        []string{"PATH=/"},
-			"WorkingDir": "/",
+	var out bytes.Buffer
+	err = archive.Write(&out, archive.Image{
+		Tags:      []string{ref},
+		Layers:    []*archive.Layer{layer},
+		Created:   mtime,
+		CreatedBy: []string{"podroute test/lab"},
+		Config: archive.RunConfig{
+			Entrypoint: []string{"/" + name},
+			Env:        []string{"PATH=/"},
+			WorkingDir: "/",
 		},
-		"rootfs":  map[string]any{"type": "layers", "diff_ids": []string{diffID}},
-		"history": []map[string]any{{"created": mtime.UTC().Format(time.RFC3339), "created_by": "podroute test/lab"}},
 	})
 	if err != nil {
-		return nil, err
-	}
-	configSum := sha256.Sum256(config)
-	configName := hex.EncodeToString(configSum[:]) + ".json"
-	layerName := hex.EncodeToString(layerSum[:]) + "/layer.tar"
-	manifest, err := json.Marshal([]map[string]any{{
-		"Config":   configName,
-		"RepoTags": []string{ref},
-		"Layers":   []string{layerName},
-	}})
-	if err != nil {
-		return nil, err
-	}
-
-	var out bytes.Buffer
-	w := tar.NewWriter(&out)
-	files := []struct {
-		name string
-		data []byte
-	}{
-		{configName, config},
-		{layerName, layer.Bytes()},
-		{"manifest.json", manifest},
-	}
-	if err := w.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: filepath.Dir(layerName) + "/", Mode: 0o755, ModTime: mtime}); err != nil {
-		return nil, err
-	}
-	for _, f := range files {
-		if err := w.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: f.name, Mode: 0o644, Size: int64(len(f.data)), ModTime: mtime}); err != nil {
-			return nil, err
-		}
-		if _, err := w.Write(f.data); err != nil {
-			return nil, err
-		}
-	}
-	if err := w.Close(); err != nil {
 		return nil, err
 	}
 	return out.Bytes(), nil
