@@ -10,12 +10,21 @@ export CGO_ENABLED := 0
 
 all: build
 
-build:
+# The reference plugins at their pinned versions (hack/install-ref-cni.sh).
+REF_CNI := build/ref-cni
+
+# bin/ also holds the reference portmap plugin, beside podroute-agent: the agent installs it
+# from there by default (--cni-portmap-plugin) and chains it after podroute for hostPort.
+build: $(REF_CNI)/portmap
 	@mkdir -p $(BIN)
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/podroute ./cmd/podroute
 	ln -sf podroute $(BIN)/podroute-ipam
 	$(GO) build -trimpath -ldflags '-s -w -X github.com/podroute/podroute/agent.Version=$(VERSION)' -o $(BIN)/podroute-agent ./cmd/podroute-agent
 	$(GO) build -trimpath -ldflags '-s -w -X main.version=$(VERSION)' -o $(BIN)/podroutectl ./cmd/podroutectl
+	install -m 0755 $(REF_CNI)/portmap $(BIN)/portmap
+
+$(REF_CNI)/portmap:
+	hack/install-ref-cni.sh
 
 # Debian packages, reference CNI plugins and Kubernetes binaries (kube-apiserver, kubelet)
 # the lab and tests use (root; idempotent, cached after the first run).
@@ -57,9 +66,10 @@ lab-down:
 lab-cni: setup build
 	hack/lab.sh up
 
-# The agent's image, built offline from bin/ (docker-archive tar for ctr/docker load).
+# The agent's image, built offline from bin/ and the reference portmap (docker-archive tar for
+# ctr/docker load).
 image: build
-	$(GO) run ./hack/image -bin $(BIN) -version $(VERSION) -o build/podroute-$(VERSION).tar
+	$(GO) run ./hack/image -bin $(BIN) -portmap $(REF_CNI)/portmap -version $(VERSION) -o build/podroute-$(VERSION).tar
 
 clean:
 	rm -rf $(BIN) build

@@ -36,6 +36,19 @@ func buildBinaries(t *testing.T) string {
 	return dir
 }
 
+// refPortmap is the reference portmap plugin hack/install-ref-cni.sh builds.
+func refPortmap(t *testing.T) string {
+	t.Helper()
+	p, err := filepath.Abs(filepath.Join("..", "..", "build", "ref-cni", "portmap"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(p); err != nil {
+		t.Fatalf("%v: run hack/install-ref-cni.sh", err)
+	}
+	return p
+}
+
 func readTar(t *testing.T, data []byte) (names []string, hdrs map[string]*tar.Header, files map[string][]byte) {
 	t.Helper()
 	hdrs, files = map[string]*tar.Header{}, map[string][]byte{}
@@ -67,10 +80,11 @@ func TestImage(t *testing.T) {
 		t.Skip("needs nft (Debian package nftables) to carry into the image")
 	}
 	bin := buildBinaries(t)
+	portmap := refPortmap(t)
 	out := t.TempDir()
 	a, b := filepath.Join(out, "a.tar"), filepath.Join(out, "b.tar")
 	for _, o := range []string{a, b} {
-		if err := run([]string{"-bin", bin, "-version", "v0.0.0-test", "-o", o}); err != nil {
+		if err := run([]string{"-bin", bin, "-portmap", portmap, "-version", "v0.0.0-test", "-o", o}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -139,6 +153,7 @@ func TestImage(t *testing.T) {
 		"usr/local/bin/podroutectl":      {tar.TypeReg, 0o755, filepath.Join(bin, "podroutectl")},
 		"opt/podroute/bin/podroute":      {tar.TypeReg, 0o755, filepath.Join(bin, "podroute")},
 		"opt/podroute/bin/podroute-ipam": {tar.TypeSymlink, 0o777, ""},
+		"opt/podroute/bin/portmap":       {tar.TypeReg, 0o755, portmap},
 		"usr/sbin/nft":                   {tar.TypeReg, 0o755, "/usr/sbin/nft"},
 		"lib64/ld-linux-x86-64.so.2":     {tar.TypeReg, 0o755, ""},
 		"opt/podroute/bin/":              {tar.TypeDir, 0o755, ""},
@@ -204,6 +219,44 @@ func testChroot(t *testing.T, layer []byte) {
 	}
 	if out := inRoot("", "/opt/podroute/bin/podroute-ipam"); !strings.Contains(strings.ToLower(out), "podroute") {
 		t.Errorf("podroute-ipam without CNI_COMMAND: %q", out)
+	}
+	// portmap answers VERSION with the CNI versions it speaks, 1.0.0 (the conflist's) among them.
+	c := exec.Command("/opt/podroute/bin/portmap")
+	c.SysProcAttr = &syscall.SysProcAttr{Chroot: root}
+	c.Dir = "/"
+	c.Env = []string{"CNI_COMMAND=VERSION"}
+	c.Stdin = strings.NewReader(`{"cniVersion":"1.0.0"}`)
+	if out, err := c.Output(); err != nil || !strings.Contains(string(out), `"1.0.0"`) {
+		t.Errorf("portmap VERSION in the image: %q %v", out, err)
+	}
+}
+
+// TestPortmapMustBeStatic: the image refuses a portmap that would need the node's C library,
+// and one that is missing, naming the flag.
+func TestPortmapMustBeStatic(t *testing.T) {
+	if err := RequireStatic(refPortmap(t)); err != nil {
+		t.Errorf("the reference portmap: %v", err)
+	}
+	dynamic := "/bin/sh" // every Debian system's, dynamically linked
+	if err := RequireStatic(dynamic); err == nil || !strings.Contains(err.Error(), "dynamically linked") {
+		t.Errorf("%s: %v, want it refused as dynamically linked", dynamic, err)
+	}
+	script := filepath.Join(t.TempDir(), "portmap")
+	if err := os.WriteFile(script, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := RequireStatic(script); err == nil {
+		t.Errorf("a shell script accepted as a static executable")
+	}
+	dir := t.TempDir()
+	for _, tc := range []struct{ portmap, want string }{
+		{dynamic, "-portmap: /bin/sh is dynamically linked"},
+		{filepath.Join(dir, "missing"), "-portmap: " + filepath.Join(dir, "missing")},
+	} {
+		err := run([]string{"-bin", dir, "-nft", "", "-portmap", tc.portmap, "-o", filepath.Join(dir, "x.tar")})
+		if err == nil || !strings.HasPrefix(err.Error(), tc.want) {
+			t.Errorf("-portmap %s: %v, want an error starting %q", tc.portmap, err, tc.want)
+		}
 	}
 }
 

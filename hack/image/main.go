@@ -10,6 +10,9 @@
 //	/usr/local/bin/podroutectl          the operator's CLI (kubectl exec ... podroutectl status)
 //	/opt/podroute/bin/podroute          the CNI plugin the agent installs into /opt/cni/bin
 //	/opt/podroute/bin/podroute-ipam     -> podroute
+//	/opt/podroute/bin/portmap           the reference portmap plugin (hack/install-ref-cni.sh,
+//	                                    static), which the agent installs beside podroute and
+//	                                    chains after it, for hostPort
 //	/usr/sbin/nft + its shared libraries and loader, copied from the build machine's nftables
 //	                                    package: the agent's egress masquerade runs nft
 //	/usr/share/doc/<package>/copyright  of each package those files come from, when known
@@ -54,6 +57,7 @@ func run(args []string) error {
 	version := fs.String("version", "dev", "image tag")
 	out := fs.String("o", "build/podroute-image.tar", "output docker-archive tar")
 	nft := fs.String("nft", "/usr/sbin/nft", "the nft binary to carry, with the libraries ldd lists (empty: none; the agent then needs --masquerade=false)")
+	portmap := fs.String("portmap", filepath.Join("build", "ref-cni", "portmap"), "the reference portmap plugin to carry, statically linked (hack/install-ref-cni.sh builds it; empty: none, the agent then needs --cni-portmap=false or --cni-portmap-plugin=)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -69,6 +73,13 @@ func run(args []string) error {
 			{Path: PluginDir + "/podroute", Source: filepath.Join(*bin, "podroute"), Mode: 0o755},
 			{Path: PluginDir + "/podroute-ipam", Link: "podroute"},
 		},
+	}
+	if *portmap != "" {
+		// It runs on the nodes' hosts, not in the image.
+		if err := RequireStatic(*portmap); err != nil {
+			return fmt.Errorf("-portmap: %w", err)
+		}
+		spec.Files = append(spec.Files, File{Path: PluginDir + "/portmap", Source: *portmap, Mode: 0o755})
 	}
 	if *nft != "" {
 		files, err := NativeFiles(*nft)
