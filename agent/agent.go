@@ -130,9 +130,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	if a.cfg.InstallCNI && a.cfg.CNI.PluginSource != "" {
 		if changed, err := cniconf.InstallPlugin(a.cfg.CNI); err != nil {
-			return fmt.Errorf("install CNI plugin: %w", err)
+			return fmt.Errorf("install CNI plugins (--cni-plugin, --cni-portmap-plugin; --cni-portmap=false leaves portmap out): %w", err)
 		} else if changed {
-			a.log.Info("installed CNI plugin", "dir", a.cfg.CNI.BinDir)
+			a.log.Info("installed CNI plugins", "dir", a.cfg.CNI.BinDir, "portmap", !a.cfg.CNI.NoPortmap && a.cfg.CNI.PortmapSource != "")
 		}
 	}
 

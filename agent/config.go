@@ -43,7 +43,8 @@ type Config struct {
 	// MTU of pod interfaces; 0 = the MTU of the interface holding the node address.
 	MTU int
 	CNI cniconf.Options
-	// InstallCNI writes the conflist and installs the plugin binary.
+	// InstallCNI writes the conflist and installs the plugin binaries (podroute, and portmap
+	// when the conflist chains it and CNI.PortmapSource is set).
 	InstallCNI bool
 
 	// ResyncInterval is the period of the safety-net reconcile.

@@ -7,9 +7,13 @@
 // agent therefore installs the plugin first and writes the configuration last, only once
 // podroute can serve pods on this node, and removes the configuration first on uninstall.
 //
-// The configuration list holds the podroute plugin alone. Chaining further plugins
-// (portmap, bandwidth, ...) is the operator's choice, made with a configuration of their own
-// that sorts before podroute's.
+// The configuration list chains the reference portmap plugin after podroute, so that pods'
+// hostPorts work (the runtime hands portmap the pod's port mappings through the portMappings
+// capability, and podroute's result tells it the pod's addresses); Options.NoPortmap leaves
+// podroute alone in the list. podroute's own entry names the plugins chained after it
+// (chainedPlugins), so its STATUS can tell the runtime that one is missing from the plugin
+// directory. Chaining other plugins (bandwidth, ...) is the operator's choice, made with a
+// configuration of their own that sorts before podroute's.
 package cniconf
 
 import (
@@ -44,6 +48,22 @@ const (
 	PluginName = "podroute"
 	// IPAMPluginName is the link to the plugin that serves it as a standalone IPAM plugin.
 	IPAMPluginName = cni.BuiltinIPAM
+	// PortmapName is the reference portmap plugin's binary name ("type" in the configuration).
+	PortmapName = "portmap"
+
+	// PortmapBackend is the netfilter front-end portmap writes hostPort rules with: nftables,
+	// on every node, whatever kube-proxy's mode. Left to itself, portmap (v1.9.1) picks per
+	// call: iptables whenever an iptables binary works, nftables otherwise. nftables works
+	// beside kube-proxy in either of its modes: portmap keeps its rules in a table of its own
+	// (ip and ip6 cni_hostport), with its own NAT chains, and never touches kube-proxy's
+	// chains, iptables or nftables; and it needs no iptables binary, which a node whose
+	// kube-proxy runs in nftables mode may not have. Choosing once also keeps DEL finding what
+	// ADD made: with the per-call choice, an iptables package installed or removed between a
+	// pod's ADD and its DEL sends DEL to the other front-end, and the pod's DNAT rules stay
+	// behind, pointing at an address IPAM hands to the next pod. What it needs: nft 1.0.1 or
+	// later on the container runtime's PATH, for pods with hostPorts only (portmap does not
+	// run nft for a pod without them).
+	PortmapBackend = "nftables"
 
 	minMTU   = 68
 	minMTUv6 = 1280 // IPv6 requires links of at least 1280 bytes (RFC 8200).
@@ -63,6 +83,12 @@ type Options struct {
 	PluginSource string // the podroute plugin binary to install; required by InstallPlugin, absolute
 	DataDir      string // IPAM data dir; default DefaultDataDir
 	CNIVersion   string // default DefaultCNIVersion
+	// PortmapSource is the portmap plugin binary InstallPlugin installs beside podroute,
+	// absolute; empty installs none (the node's own portmap in BinDir is used).
+	PortmapSource string
+	// NoPortmap leaves portmap out of the configuration list (and InstallPlugin does not
+	// install it): podroute alone, pods' hostPorts are not served.
+	NoPortmap bool
 }
 
 // NodeNetwork is what the configuration says about this node.
@@ -161,13 +187,22 @@ type confList struct {
 	CNIVersion  string   `json:"cniVersion"`
 	CNIVersions []string `json:"cniVersions"`
 	Name        string   `json:"name"`
-	Plugins     []plugin `json:"plugins"`
+	Plugins     []any    `json:"plugins"`
 }
 
 type plugin struct {
-	Type string `json:"type"`
-	MTU  int    `json:"mtu"`
-	IPAM ipam   `json:"ipam"`
+	Type           string   `json:"type"`
+	MTU            int      `json:"mtu"`
+	IPAM           ipam     `json:"ipam"`
+	ChainedPlugins []string `json:"chainedPlugins,omitempty"`
+}
+
+// portmapPlugin is portmap's entry. The runtime passes it the pod's port mappings as
+// runtimeConfig.portMappings, and only to a plugin declaring the capability.
+type portmapPlugin struct {
+	Type         string          `json:"type"`
+	Capabilities map[string]bool `json:"capabilities"`
+	Backend      string          `json:"backend"`
 }
 
 type ipam struct {
@@ -181,9 +216,9 @@ type ipRange struct {
 }
 
 // Render returns the configuration list for the node: the podroute plugin with one IPAM
-// range set per pod CIDR, so a dual-stack node gives each pod one address of each family.
-// The plugin's own parser checks the result, so a configuration Render returns is one the
-// plugin accepts.
+// range set per pod CIDR, so a dual-stack node gives each pod one address of each family,
+// then portmap (unless NoPortmap) with the PortmapBackend. The plugin's own parser checks
+// podroute's entry, so a configuration Render returns is one the plugin accepts.
 func Render(opts Options, n NodeNetwork) ([]byte, error) {
 	opts = opts.withDefaults()
 	if err := opts.validateConf(); err != nil {
@@ -200,11 +235,20 @@ func Render(opts Options, n NodeNetwork) ([]byte, error) {
 	for _, c := range n.PodCIDRs {
 		p.IPAM.Ranges = append(p.IPAM.Ranges, []ipRange{{Subnet: c.String()}})
 	}
+	plugins := []any{&p}
+	if !opts.NoPortmap {
+		p.ChainedPlugins = []string{PortmapName}
+		plugins = append(plugins, portmapPlugin{
+			Type:         PortmapName,
+			Capabilities: map[string]bool{"portMappings": true},
+			Backend:      PortmapBackend,
+		})
+	}
 	out, err := json.MarshalIndent(confList{
 		CNIVersion:  opts.CNIVersion,
 		CNIVersions: SupportedVersions,
 		Name:        opts.NetworkName,
-		Plugins:     []plugin{p},
+		Plugins:     plugins,
 	}, "", "  ")
 	if err != nil {
 		return nil, fmt.Errorf("cniconf: encoding the configuration: %w", err)

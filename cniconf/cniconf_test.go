@@ -9,12 +9,15 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/containernetworking/cni/libcni"
 )
 
 type parsedConf struct {
@@ -31,6 +34,9 @@ type parsedConf struct {
 				Subnet string `json:"subnet"`
 			} `json:"ranges"`
 		} `json:"ipam"`
+		ChainedPlugins []string        `json:"chainedPlugins"`
+		Capabilities   map[string]bool `json:"capabilities"`
+		Backend        string          `json:"backend"`
 	} `json:"plugins"`
 }
 
@@ -79,12 +85,27 @@ func TestRender(t *testing.T) {
 			if strings.Join(c.CNIVersions, ",") != "0.3.1,0.4.0,1.0.0,1.1.0" {
 				t.Errorf("cniVersions %v", c.CNIVersions)
 			}
-			if len(c.Plugins) != 1 {
-				t.Fatalf("want only the podroute plugin, got %d plugins", len(c.Plugins))
+			if len(c.Plugins) != 2 {
+				t.Fatalf("want podroute and portmap, got %d plugins:\n%s", len(c.Plugins), out)
 			}
 			p := c.Plugins[0]
 			if p.Type != "podroute" || p.MTU != tc.mtu || p.IPAM.Type != "podroute-ipam" || p.IPAM.DataDir != "/var/lib/cni/podroute" {
 				t.Errorf("plugin %+v", p)
+			}
+			if !slices.Equal(p.ChainedPlugins, []string{"portmap"}) {
+				t.Errorf("podroute's chainedPlugins %q, want [portmap]", p.ChainedPlugins)
+			}
+			pm := c.Plugins[1]
+			if pm.Type != "portmap" || !pm.Capabilities["portMappings"] || len(pm.Capabilities) != 1 || pm.Backend != "nftables" {
+				t.Errorf("portmap entry %+v, want type portmap, capabilities {portMappings: true}, backend nftables", pm)
+			}
+			// libcni reads it as a list of two and hands portmap the port mappings.
+			list, err := libcni.NetworkConfFromBytes(out)
+			if err != nil {
+				t.Fatalf("libcni: %v", err)
+			}
+			if len(list.Plugins) != 2 || list.Plugins[1].Network.Type != "portmap" || !list.Plugins[1].Network.Capabilities["portMappings"] {
+				t.Errorf("libcni sees %+v", list.Plugins)
 			}
 			if len(p.IPAM.Ranges) != len(tc.cidrs) {
 				t.Fatalf("ranges %+v, want one set per CIDR %v", p.IPAM.Ranges, tc.cidrs)
@@ -98,6 +119,22 @@ func TestRender(t *testing.T) {
 				t.Errorf("no trailing newline")
 			}
 		})
+	}
+}
+
+func TestRenderNoPortmap(t *testing.T) {
+	o := testOpts(t)
+	o.NoPortmap = true
+	out, err := Render(o, NodeNetwork{PodCIDRs: prefixes("10.244.1.0/24"), MTU: 1500})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := parse(t, out)
+	if len(c.Plugins) != 1 || c.Plugins[0].Type != "podroute" {
+		t.Fatalf("want podroute alone:\n%s", out)
+	}
+	if bytes.Contains(out, []byte("chainedPlugins")) || bytes.Contains(out, []byte("portmap")) {
+		t.Errorf("podroute alone, yet the configuration mentions a chain:\n%s", out)
 	}
 }
 
@@ -184,7 +221,7 @@ func TestWriteAtomic(t *testing.T) {
 				return
 			}
 			var c parsedConf
-			if err := json.Unmarshal(b, &c); err != nil || len(c.Plugins) != 1 {
+			if err := json.Unmarshal(b, &c); err != nil || len(c.Plugins) != 2 {
 				errc <- errors.New("partial configuration read: " + string(b))
 				return
 			}
@@ -419,9 +456,71 @@ func TestInstallPluginValidation(t *testing.T) {
 	}
 }
 
+func TestInstallPortmap(t *testing.T) {
+	o := testOpts(t)
+	src := t.TempDir()
+	o.PluginSource, _ = script(t, src, "v1")
+	pm, pmSum := script(t, src, "portmap1")
+	pm2, pm2Sum := script(t, src, "portmap2")
+
+	// Without a source, the node's own portmap is used: nothing is installed.
+	if _, err := InstallPlugin(o); err != nil {
+		t.Fatal(err)
+	}
+	assertOnly(t, o.BinDir, "podroute", "podroute-ipam")
+
+	o.PortmapSource = pm
+	if changed, err := InstallPlugin(o); err != nil || !changed {
+		t.Fatalf("install: changed %v err %v", changed, err)
+	}
+	assertOnly(t, o.BinDir, "podroute", "podroute-ipam", "portmap")
+	installed := filepath.Join(o.BinDir, "portmap")
+	st, err := os.Lstat(installed)
+	if err != nil || !st.Mode().IsRegular() || st.Mode().Perm() != 0o755 {
+		t.Fatalf("installed portmap %v %v", st, err)
+	}
+	if sha256.Sum256(mustRead(t, installed)) != pmSum {
+		t.Fatal("installed portmap differs from its source")
+	}
+	if changed, err := InstallPlugin(o); err != nil || changed {
+		t.Fatalf("reinstall of the same binaries: changed %v err %v", changed, err)
+	}
+	// A portmap that was there before (the distribution's, an older one) is replaced.
+	o.PortmapSource = pm2
+	if changed, err := InstallPlugin(o); err != nil || !changed {
+		t.Fatalf("upgrade: changed %v err %v", changed, err)
+	}
+	if sha256.Sum256(mustRead(t, installed)) != pm2Sum {
+		t.Fatal("portmap not replaced")
+	}
+	if out, err := exec.Command(installed).Output(); err != nil || string(out) != "portmap2\n" {
+		t.Fatalf("installed portmap runs: %q %v", out, err)
+	}
+
+	// Not chained, not installed (and what is there is left alone).
+	o.NoPortmap, o.PortmapSource = true, pm
+	if changed, err := InstallPlugin(o); err != nil || changed {
+		t.Fatalf("NoPortmap: changed %v err %v", changed, err)
+	}
+	if sha256.Sum256(mustRead(t, installed)) != pm2Sum {
+		t.Fatal("NoPortmap replaced portmap")
+	}
+
+	o.NoPortmap = false
+	o.PortmapSource = "portmap"
+	if _, err := InstallPlugin(o); err == nil || !strings.Contains(err.Error(), `PortmapSource "portmap" is not an absolute path`) {
+		t.Errorf("relative portmap source: %v", err)
+	}
+	o.PortmapSource = filepath.Join(src, "missing")
+	if _, err := InstallPlugin(o); err == nil || !errors.Is(err, os.ErrNotExist) || !strings.Contains(err.Error(), "portmap") {
+		t.Errorf("missing portmap source: %v", err)
+	}
+}
+
 func TestRemove(t *testing.T) {
 	o := testOpts(t)
 	o.PluginSource, _ = script(t, t.TempDir(), "v1")
+	o.PortmapSource, _ = script(t, t.TempDir(), "portmap")
 	if _, err := InstallPlugin(o); err != nil {
 		t.Fatal(err)
 	}
@@ -436,7 +535,8 @@ func TestRemove(t *testing.T) {
 		t.Fatal(err)
 	}
 	assertOnly(t, o.ConfDir)
-	assertOnly(t, o.BinDir, "loopback")
+	// portmap is shared with the runtime's packages and other network plugins: it stays.
+	assertOnly(t, o.BinDir, "loopback", "portmap")
 	if err := Remove(o); err != nil {
 		t.Fatalf("second remove: %v", err)
 	}

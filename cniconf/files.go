@@ -102,16 +102,21 @@ func fileSHA256(path string) ([]byte, error) {
 }
 
 // InstallPlugin copies PluginSource to BinDir/podroute (mode 0755) and points the link
-// BinDir/podroute-ipam at it, creating BinDir. Both are replaced by rename, so a runtime
-// exec'ing the plugin meanwhile runs the old or the new binary, never a partial one; an
-// installed binary with the same content and mode is left alone. changed reports whether
-// anything was replaced.
+// BinDir/podroute-ipam at it, creating BinDir; then, when the configuration chains portmap
+// (not NoPortmap) and PortmapSource is set, copies PortmapSource to BinDir/portmap the same
+// way. Each is replaced by rename, so a runtime exec'ing a plugin meanwhile runs the old or
+// the new binary, never a partial one; an installed binary with the same content and mode is
+// left alone. changed reports whether anything was replaced.
 func InstallPlugin(opts Options) (changed bool, err error) {
 	if err := opts.validateBin(); err != nil {
 		return false, err
 	}
 	if err := checkDir("PluginSource", opts.PluginSource); err != nil {
 		return false, err
+	}
+	portmap := !opts.NoPortmap && opts.PortmapSource != ""
+	if portmap && !filepath.IsAbs(opts.PortmapSource) {
+		return false, fmt.Errorf("cniconf: PortmapSource %q is not an absolute path", opts.PortmapSource)
 	}
 	if err := os.MkdirAll(opts.BinDir, 0o755); err != nil {
 		return false, fmt.Errorf("cniconf: creating %s: %w", opts.BinDir, err)
@@ -124,7 +129,15 @@ func InstallPlugin(opts Options) (changed bool, err error) {
 	if err != nil {
 		return binChanged, fmt.Errorf("cniconf: installing the IPAM plugin link: %w", err)
 	}
-	return binChanged || linkChanged, nil
+	changed = binChanged || linkChanged
+	if portmap {
+		pmChanged, err := installBinary(opts.PortmapSource, filepath.Join(opts.BinDir, PortmapName))
+		if err != nil {
+			return changed, fmt.Errorf("cniconf: installing the portmap plugin: %w", err)
+		}
+		changed = changed || pmChanged
+	}
+	return changed, nil
 }
 
 func installBinary(src, dst string) (bool, error) {
@@ -203,6 +216,9 @@ func installLink(path, target string) (bool, error) {
 // Remove undoes Write and InstallPlugin: the configuration first, so the runtime stops
 // sending pods to podroute before its binaries go, then the plugin and its IPAM link.
 // Anything already gone is fine. IPAM reservations in DataDir are left for the operator.
+// portmap stays: a reference plugin the runtime's packages (kubernetes-cni,
+// containernetworking-plugins) and other network plugins install and use too, which may
+// have been there before podroute replaced it.
 func Remove(opts Options) error {
 	opts = opts.withDefaults()
 	if err := checkDir("ConfDir", opts.ConfDir); err != nil {

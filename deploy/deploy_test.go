@@ -154,7 +154,7 @@ func TestManifests(t *testing.T) {
 		}
 		c := p.Containers[0]
 		checkSecurity(t, c, []corev1.Capability{"NET_ADMIN", "NET_BIND_SERVICE"})
-		for _, a := range []string{"--cluster-cidrs=$(CLUSTER_CIDRS)", "--health-address=127.0.0.1:9649", "--cni-plugin=/opt/podroute/bin/podroute"} {
+		for _, a := range []string{"--cluster-cidrs=$(CLUSTER_CIDRS)", "--health-address=127.0.0.1:9649", "--cni-plugin=/opt/podroute/bin/podroute", "--cni-portmap-plugin=/opt/podroute/bin/portmap"} {
 			if !slices.Contains(c.Args, a) {
 				t.Errorf("args %q lack %s", c.Args, a)
 			}

@@ -60,6 +60,8 @@ func run() error {
 		cniConfDir   = fs.String("cni-conf-dir", cniconf.DefaultConfDir, "CNI config directory")
 		cniBinDir    = fs.String("cni-bin-dir", cniconf.DefaultBinDir, "CNI plugin directory")
 		cniSource    = fs.String("cni-plugin", filepath.Join(filepath.Dir(exe), "podroute"), "the podroute plugin binary to install into --cni-bin-dir (empty: do not install)")
+		cniPortmap   = fs.Bool("cni-portmap", true, "chain the reference portmap plugin after podroute in the CNI config, so pods' hostPorts work (false: podroute alone)")
+		portmapSrc   = fs.String("cni-portmap-plugin", filepath.Join(filepath.Dir(exe), "portmap"), "the portmap plugin binary to install into --cni-bin-dir with the podroute plugin (empty: do not install, the node's own portmap is used)")
 		dataDir      = fs.String("data-dir", cniconf.DefaultDataDir, "IPAM data directory written into the CNI config")
 		socket       = fs.String("socket", agentapi.DefaultSocket, "unix socket of the local API (podroutectl)")
 		healthAddr   = fs.String("health-address", "", "also serve /healthz, /readyz and /metrics on this TCP address, e.g. 127.0.0.1:9649 (default: off)")
@@ -105,6 +107,7 @@ func run() error {
 		StaleTimeout:    *staleTimeout,
 		CNI: cniconf.Options{
 			ConfDir: *cniConfDir, BinDir: *cniBinDir, PluginSource: *cniSource, DataDir: *dataDir,
+			PortmapSource: *portmapSrc, NoPortmap: !*cniPortmap,
 		},
 	}
 	if cfg.StaleTimeout == 0 {
