@@ -64,6 +64,9 @@ type Agent struct {
 	// topologyProblems are the peers the last BGP pass left out, and why.
 	topologyProblems []string
 	logged           map[string]bool
+	// kubeProxy is the last check of kube-proxy (watchKubeProxy), every kubeProxyEvery.
+	kubeProxy      kubeProxyState
+	kubeProxyEvery time.Duration
 }
 
 // New builds an agent; Run starts it. dyn reads podroute's BGPPeer and BGPConfiguration
@@ -86,6 +89,8 @@ func New(cfg Config, client kubernetes.Interface, dyn dynamic.Interface, log *sl
 		installErr: map[netip.Prefix]string{},
 		installed:  map[netip.Prefix]bool{},
 		logged:     map[string]bool{},
+
+		kubeProxyEvery: kubeProxyEvery,
 	}
 	if dyn != nil {
 		defaults := cfg.defaults()
@@ -136,6 +141,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}
 
+	if a.cfg.KubeProxyMetricsAddress != "" {
+		go a.watchKubeProxy(ctx)
+	}
 	go a.nodes.Run(ctx)
 	var settingsChanged <-chan struct{}
 	if a.settings != nil {

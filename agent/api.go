@@ -64,6 +64,10 @@ func (a *Agent) Status() agentapi.Status {
 		s.LastReconcileErr = a.lastErr.Error()
 	}
 	s.Problems = append(slices.Clone(a.problems), a.topologyProblems...)
+	if a.kubeProxy.Problem != "" {
+		s.Problems = append(s.Problems, a.kubeProxy.Problem)
+	}
+	s.KubeProxyMode = a.kubeProxy.Mode
 	if a.router != nil {
 		s.Routes.Refused = len(a.router.Refusals())
 	}

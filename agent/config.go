@@ -7,7 +7,9 @@ package agent
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
+	"strconv"
 	"time"
 
 	"github.com/podroute/podroute/cniconf"
@@ -46,6 +48,11 @@ type Config struct {
 	// InstallCNI writes the conflist and installs the plugin binaries (podroute, and portmap
 	// when the conflist chains it and CNI.PortmapSource is set).
 	InstallCNI bool
+
+	// KubeProxyMetricsAddress is where kube-proxy serves /proxyMode (host:port, normally
+	// DefaultKubeProxyMetricsAddress): the agent checks, now and then, that kube-proxy runs
+	// there in a supported mode and reports it when not. Empty: no check.
+	KubeProxyMetricsAddress string
 
 	// ResyncInterval is the period of the safety-net reconcile.
 	ResyncInterval time.Duration
@@ -95,6 +102,13 @@ func (c *Config) Validate() error {
 	}
 	if c.ResyncInterval <= 0 {
 		bad("resync-interval", "must be positive")
+	}
+	if a := c.KubeProxyMetricsAddress; a != "" {
+		if host, port, err := net.SplitHostPort(a); err != nil || host == "" {
+			bad("kube-proxy-metrics-address", "%q is not host:port, e.g. %s", a, DefaultKubeProxyMetricsAddress)
+		} else if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+			bad("kube-proxy-metrics-address", "%q: port %q is not a TCP port", a, port)
+		}
 	}
 	seen := map[bool]bool{}
 	for _, ip := range c.NodeIPs {

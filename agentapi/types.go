@@ -33,8 +33,12 @@ type Status struct {
 	Routes           Counts    `json:"routes"`
 	LastReconcile    time.Time `json:"lastReconcile"`
 	LastReconcileErr string    `json:"lastReconcileError,omitempty"`
+	// KubeProxyMode is the mode kube-proxy reports on this node (iptables, nftables, ...);
+	// empty when it was not found or is not checked (--kube-proxy-metrics-address).
+	KubeProxyMode string `json:"kubeProxyMode,omitempty"`
 	// Problems are configuration problems the agent works around: invalid BGPPeers, a
-	// missing CRD, a peer clashing with a node, a malformed node override.
+	// missing CRD, a peer clashing with a node, a malformed node override, kube-proxy
+	// missing or in a mode podroute does not support.
 	Problems []string `json:"problems,omitempty"`
 	Version  string   `json:"version"`
 }

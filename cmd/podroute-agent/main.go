@@ -62,6 +62,7 @@ func run() error {
 		cniSource    = fs.String("cni-plugin", filepath.Join(filepath.Dir(exe), "podroute"), "the podroute plugin binary to install into --cni-bin-dir (empty: do not install)")
 		cniPortmap   = fs.Bool("cni-portmap", true, "chain the reference portmap plugin after podroute in the CNI config, so pods' hostPorts work (false: podroute alone)")
 		portmapSrc   = fs.String("cni-portmap-plugin", filepath.Join(filepath.Dir(exe), "portmap"), "the portmap plugin binary to install into --cni-bin-dir with the podroute plugin (empty: do not install, the node's own portmap is used)")
+		kubeProxy    = fs.String("kube-proxy-metrics-address", agent.DefaultKubeProxyMetricsAddress, "where kube-proxy serves its metrics and /proxyMode: the agent reports in podroutectl status and its log a kube-proxy that is missing or in a mode other than iptables or nftables (empty: no check)")
 		dataDir      = fs.String("data-dir", cniconf.DefaultDataDir, "IPAM data directory written into the CNI config")
 		socket       = fs.String("socket", agentapi.DefaultSocket, "unix socket of the local API (podroutectl)")
 		healthAddr   = fs.String("health-address", "", "also serve /healthz, /readyz and /metrics on this TCP address, e.g. 127.0.0.1:9649 (default: off)")
@@ -109,6 +110,7 @@ func run() error {
 			ConfDir: *cniConfDir, BinDir: *cniBinDir, PluginSource: *cniSource, DataDir: *dataDir,
 			PortmapSource: *portmapSrc, NoPortmap: !*cniPortmap,
 		},
+		KubeProxyMetricsAddress: *kubeProxy,
 	}
 	if cfg.StaleTimeout == 0 {
 		cfg.StaleTimeout = cfg.RestartTime

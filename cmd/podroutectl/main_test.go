@@ -40,7 +40,7 @@ func fixture() *fakeSource {
 		status: agentapi.Status{
 			Node: "node-a", PodCIDRs: []string{"10.244.1.0/24", "fd00:10:244:1::/64"}, ASN: 64512, RouterID: "10.0.0.11",
 			CNIConfig: "/etc/cni/net.d/10-podroute.conflist", CNIConfigWritten: true,
-			APIWatchHealthy: true, BGPStarted: true, Ready: true,
+			APIWatchHealthy: true, BGPStarted: true, KubeProxyMode: "nftables", Ready: true,
 			Routes:        agentapi.Counts{Learned: 3, Installed: 4, Advertised: 2, Refused: 2, Failed: 1},
 			LastReconcile: now.Add(-12 * time.Second), Version: "v0.1.0",
 		},
@@ -206,6 +206,7 @@ Router ID:       10.0.0.11
 CNI config:      /etc/cni/net.d/10-podroute.conflist (written: yes)
 API watch:       healthy
 BGP:             started
+Kube-proxy:      nftables mode
 Ready:           yes
 Routes:          learned 3, installed 4, advertised 2, refused 2, failed 1
 Last reconcile:  12s ago
@@ -221,6 +222,7 @@ func TestStatusNotReady(t *testing.T) {
 	sock := serveFixture(t, &fakeSource{status: agentapi.Status{
 		Node: "node-c", NodeProblem: "no podCIDR assigned", APIWatchError: "watch nodes: connection refused",
 		NotReadyReasons: []string{"no pod CIDR", "BGP not started"}, LastReconcileErr: "netlink: operation not permitted",
+		Problems: []string{"kube-proxy runs in ipvs mode, which podroute does not support: run it in iptables or nftables mode (its --proxy-mode)"},
 	}})
 	got := ok(t, ctl(t, nil, "--socket", sock, "status"))
 	for _, line := range []string{
@@ -230,8 +232,10 @@ func TestStatusNotReady(t *testing.T) {
 		"CNI config:      not written yet\n",
 		"API watch:       unhealthy: watch nodes: connection refused\n",
 		"BGP:             not started\n",
+		"Kube-proxy:      -\n",
 		"Ready:           no: no pod CIDR; BGP not started\n",
 		"Last reconcile:  never, failed: netlink: operation not permitted\n",
+		"Problems:        kube-proxy runs in ipvs mode, which podroute does not support: run it in iptables or nftables mode (its --proxy-mode)\n",
 	} {
 		if !strings.Contains(got, line) {
 			t.Errorf("missing %q in:\n%s", line, got)

@@ -222,6 +222,10 @@ func renderStatus(w io.Writer, format string, st agentapi.Status, now time.Time)
 	if st.LastReconcileErr != "" {
 		reconcile += ", failed: " + st.LastReconcileErr
 	}
+	kubeProxy := "-"
+	if st.KubeProxyMode != "" {
+		kubeProxy = st.KubeProxyMode + " mode"
+	}
 	asn := "-"
 	if st.ASN != 0 {
 		asn = strconv.FormatUint(uint64(st.ASN), 10)
@@ -236,6 +240,7 @@ func renderStatus(w io.Writer, format string, st agentapi.Status, now time.Time)
 		{"CNI config", cni},
 		{"API watch", watch},
 		{"BGP", bgp},
+		{"Kube-proxy", kubeProxy},
 		{"Ready", ready},
 		{"Routes", routes},
 		{"Last reconcile", reconcile},
