@@ -6,7 +6,6 @@ import (
 	"maps"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -54,7 +53,7 @@ func TestDaemonSet(t *testing.T) {
 	c := &cluster{lab: l, client: l.Kube.Client, scheduled: true, churnRounds: 16, reuse: true}
 	images := map[string]string{}
 	for _, v := range []string{releaseOld, releaseNew} {
-		images[v] = agentImage(t, l.BinDir(), v)
+		images[v] = lab.AgentImage(t, l.BinDir(), v)
 	}
 	for i := 1; i <= 2; i++ {
 		n := l.AddNode(t, fmt.Sprintf("node-%d", i), lab.NodeOptions{Index: i, NoAgent: true, NoPodCIDR: true})
@@ -352,98 +351,16 @@ func nodeState(t *testing.T, n *lab.Node) string {
 	return b.String()
 }
 
-// agentImage builds podroute's image (hack/image) for version: the binaries of bin, with an
-// agent built to report version.
-func agentImage(t *testing.T, bin, version string) string {
-	t.Helper()
-	root, err := cniutil.RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	for _, name := range []string{"podroute", "podroutectl"} {
-		b, err := os.ReadFile(filepath.Join(bin, name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dir, name), b, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	tar := filepath.Join(dir, "image.tar")
-	for _, args := range [][]string{
-		{"build", "-trimpath", "-ldflags", "-s -w -X github.com/podroute/podroute/agent.Version=" + version,
-			"-o", filepath.Join(dir, "podroute-agent"), "./cmd/podroute-agent"},
-		{"run", "./hack/image", "-bin", dir, "-version", version, "-o", tar},
-	} {
-		cmd := exec.Command("go", args...)
-		cmd.Dir = root
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("go %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-	}
-	return tar
-}
-
 // writeDeploy writes the test's copy of deploy/ as an operator edits it: the cluster's CIDRs,
 // the image tag of release, and the API server's address for agents without kube-proxy.
 func (d *install) writeDeploy(t *testing.T, release string) {
 	t.Helper()
-	root, err := cniutil.RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	src := filepath.Join(root, "deploy")
-	files, _ := filepath.Glob(filepath.Join(src, "*.yaml"))
-	crds, _ := filepath.Glob(filepath.Join(src, "crds", "*.yaml"))
-	if len(files) == 0 || len(crds) == 0 {
-		t.Fatalf("no manifests in %s", src)
-	}
-	if err := os.MkdirAll(filepath.Join(d.dir, "crds"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	edits := map[string][][2]string{
-		"20-config.yaml": {
-			{`(?m)^(\s*clusterCIDRs:).*$`, fmt.Sprintf(`${1} "%s,%s"`, lab.DefaultClusterV4, lab.DefaultClusterV6)},
-			{`(?m)^(\s*serviceCIDRs:).*$`, fmt.Sprintf(`${1} "%s"`, d.lab.Kube.ServiceCIDR)},
-		},
-		"30-daemonset.yaml": {
-			{`(?m)^(\s*image:) podroute/podroute:\S+.*$`, "${1} podroute/podroute:" + release},
-		},
-	}
-	for _, f := range append(files, crds...) {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, e := range edits[filepath.Base(f)] {
-			re := regexp.MustCompile(e[0])
-			if !re.Match(b) {
-				t.Fatalf("%s: nothing matches %s", f, e[0])
-			}
-			b = re.ReplaceAll(b, []byte(e[1]))
-		}
-		dst := filepath.Join(d.dir, filepath.Base(f))
-		if filepath.Base(filepath.Dir(f)) == "crds" {
-			dst = filepath.Join(d.dir, "crds", filepath.Base(f))
-		}
-		if err := os.WriteFile(dst, b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	endpoint := fmt.Sprintf(`apiVersion: v1
-kind: ConfigMap
-metadata:
-  name: kubernetes-services-endpoint
-  namespace: podroute-system
-data:
-  KUBERNETES_SERVICE_HOST: "%s"
-  KUBERNETES_SERVICE_PORT: "%d"
-`, lab.FabricIPv4, lab.APIPort)
-	if err := os.WriteFile(filepath.Join(d.dir, "25-kubernetes-services-endpoint.yaml"), []byte(endpoint), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	lab.WriteDeploy(t, d.dir, lab.DeployOptions{
+		Release:      release,
+		ClusterCIDRs: lab.DefaultClusterV4.String() + "," + lab.DefaultClusterV6.String(),
+		ServiceCIDRs: d.lab.Kube.ServiceCIDR,
+		APIServer:    fmt.Sprintf("%s:%d", lab.FabricIPv4, lab.APIPort),
+	})
 }
 
 func (d *install) kubectl(ctx context.Context, t *testing.T, args ...string) string {

@@ -3,18 +3,11 @@ package lab
 import (
 	"bufio"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/sha256"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/hex"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -405,7 +398,7 @@ func setTOML(doc string, settings []tomlSetting) (string, error) {
 func (k *Kubelet) writeKubeletFiles(opts KubeletOptions) error {
 	n := k.Node
 	l := n.lab
-	certPEM, keyPEM, err := signClientCert(l.Kube.CAFile, l.Kube.CAKeyFile, "system:node:"+n.Name, []string{"system:nodes"})
+	certPEM, keyPEM, err := l.Kube.IssueClientCert("system:node:"+n.Name, []string{"system:nodes"})
 	if err != nil {
 		return fmt.Errorf("kubelet client certificate: %w", err)
 	}
@@ -418,7 +411,7 @@ func (k *Kubelet) writeKubeletFiles(opts KubeletOptions) error {
 		return err
 	}
 	cfg := clientcmdapi.NewConfig()
-	cfg.Clusters["lab"] = &clientcmdapi.Cluster{Server: fmt.Sprintf("https://%s:%d", FabricIPv4, APIPort), CertificateAuthorityData: l.Kube.CAData}
+	cfg.Clusters["lab"] = &clientcmdapi.Cluster{Server: l.APIServerURL, CertificateAuthorityData: l.Kube.CAData}
 	cfg.AuthInfos["kubelet"] = &clientcmdapi.AuthInfo{ClientCertificate: certFile, ClientKey: keyFile}
 	cfg.Contexts["lab"] = &clientcmdapi.Context{Cluster: "lab", AuthInfo: "kubelet"}
 	cfg.CurrentContext = "lab"
@@ -479,63 +472,6 @@ func (k *Kubelet) writeKubeletFiles(opts KubeletOptions) error {
 		"--v=" + strconv.Itoa(v),
 	}, opts.ExtraArgs...)
 	return nil
-}
-
-// signClientCert issues a client certificate for user in groups from the CA in caFile and
-// caKeyFile (PEM).
-func signClientCert(caFile, caKeyFile, user string, groups []string) (certPEM, keyPEM []byte, err error) {
-	caPEM, err := os.ReadFile(caFile)
-	if err != nil {
-		return nil, nil, err
-	}
-	caKeyData, err := os.ReadFile(caKeyFile)
-	if err != nil {
-		return nil, nil, err
-	}
-	cb, _ := pem.Decode(caPEM)
-	kb, _ := pem.Decode(caKeyData)
-	if cb == nil || kb == nil {
-		return nil, nil, errors.New("CA certificate or key is not PEM")
-	}
-	caCert, err := x509.ParseCertificate(cb.Bytes)
-	if err != nil {
-		return nil, nil, err
-	}
-	var caKey any
-	if caKey, err = x509.ParseECPrivateKey(kb.Bytes); err != nil {
-		if caKey, err = x509.ParsePKCS8PrivateKey(kb.Bytes); err != nil {
-			if caKey, err = x509.ParsePKCS1PrivateKey(kb.Bytes); err != nil {
-				return nil, nil, fmt.Errorf("CA key: %w", err)
-			}
-		}
-	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, err
-	}
-	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
-	if err != nil {
-		return nil, nil, err
-	}
-	now := time.Now()
-	tmpl := &x509.Certificate{
-		SerialNumber: serial,
-		Subject:      pkix.Name{CommonName: user, Organization: groups},
-		NotBefore:    now.Add(-time.Hour),
-		NotAfter:     now.Add(7 * 24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
-	if err != nil {
-		return nil, nil, err
-	}
-	keyDER, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		return nil, nil, err
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), nil
 }
 
 // StartContainerd starts containerd and waits until it answers on its socket. It is an error

@@ -35,7 +35,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"net"
 	"net/netip"
@@ -48,6 +47,8 @@ import (
 	"testing"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
@@ -86,6 +87,13 @@ type Options struct {
 	// Kube is passed to kube.Start; AdvertiseAddress and the endpoint reconciler are set by
 	// the lab.
 	Kube kube.Options
+	// ControlPlane, when set, names a node that is the cluster's control-plane node, as
+	// kubeadm makes one: etcd and kube-apiserver run inside its namespace (index 1 on the
+	// fabric, 192.0.2.11), the apiserver is reached by every node at that address
+	// (APIServerURL) and publishes it in the "kubernetes" Service, and it reaches kubelets
+	// and pods the way that node does (its own agent, once one runs there). Without it the
+	// apiserver runs in the test process's namespace behind a relay at 192.0.2.254:6443.
+	ControlPlane string
 }
 
 // Lab is a running lab. Its methods may be called from several goroutines.
@@ -97,8 +105,13 @@ type Lab struct {
 	Dir string
 	// Kube is the control plane; Kube.Client acts as cluster admin.
 	Kube *kube.Cluster
-	// Kubeconfig is the agents' kubeconfig: the API server at https://192.0.2.254:6443.
+	// Kubeconfig is the agents' kubeconfig: the API server at APIServerURL.
 	Kubeconfig string
+	// APIServerURL is where nodes reach the API server: https://192.0.2.254:6443 (the
+	// relay), or the control-plane node's address (Options.ControlPlane).
+	APIServerURL string
+	// ControlPlane is the control-plane node (Options.ControlPlane), or nil.
+	ControlPlane *Node
 	// Fabric is the fabric namespace.
 	Fabric *NetNS
 
@@ -178,27 +191,65 @@ func New(t testing.TB, opts Options) *Lab {
 		t.Fatalf("lab: fabric: %v", err)
 	}
 
-	ko := opts.Kube
-	ko.AdvertiseAddress = FabricIPv4.String()
-	// The advertised address is the relay's, not one of the apiserver's own: keep the
-	// "kubernetes" Endpoints out of it.
-	ko.ExtraArgs = append([]string{"--endpoint-reconciler-type=none"}, ko.ExtraArgs...)
-	l.Kube = kube.Start(t, ko)
+	if opts.ControlPlane != "" {
+		l.startControlPlaneNode(t)
+	} else {
+		ko := opts.Kube
+		ko.AdvertiseAddress = FabricIPv4.String()
+		// The advertised address is the relay's, not one of the apiserver's own: keep the
+		// "kubernetes" Endpoints out of it.
+		ko.ExtraArgs = append([]string{"--endpoint-reconciler-type=none"}, ko.ExtraArgs...)
+		l.Kube = kube.Start(t, ko)
 
-	target := strings.TrimPrefix(l.Kube.URL, "https://")
-	relay, err := startRelay(fabric, netip.AddrPortFrom(FabricIPv4, APIPort).String(), target)
-	if err != nil {
-		t.Fatalf("lab: API server relay: %v", err)
+		target := strings.TrimPrefix(l.Kube.URL, "https://")
+		relay, err := startRelay(fabric, netip.AddrPortFrom(FabricIPv4, APIPort).String(), target)
+		if err != nil {
+			t.Fatalf("lab: API server relay: %v", err)
+		}
+		t.Cleanup(relay.Close)
+		l.APIServerURL = fmt.Sprintf("https://%s", netip.AddrPortFrom(FabricIPv4, APIPort))
 	}
-	t.Cleanup(relay.Close)
 
 	l.Kubeconfig = filepath.Join(l.Dir, "agent.kubeconfig")
-	if err := writeKubeconfig(l.Kubeconfig, fmt.Sprintf("https://%s", netip.AddrPortFrom(FabricIPv4, APIPort)), l.Kube.CAData, l.Kube.AdminToken); err != nil {
+	if err := writeKubeconfig(l.Kubeconfig, l.APIServerURL, l.Kube.CAData, l.Kube.AdminToken); err != nil {
 		t.Fatalf("lab: %v", err)
 	}
-	t.Logf("lab %s: fabric %s/%s, API server relay %s:%d -> %s", l.Name, FabricIPv4, FabricIPv6, FabricIPv4, APIPort, l.Kube.URL)
+	t.Logf("lab %s: fabric %s/%s, API server at %s (from this process: %s)", l.Name, FabricIPv4, FabricIPv6, l.APIServerURL, l.Kube.URL)
 	return l
 }
+
+// startControlPlaneNode creates the control-plane node's namespace on the fabric and runs
+// etcd and kube-apiserver in it (Options.ControlPlane). Its Node object is made once the
+// API server runs, labelled and tainted as kubeadm does, without pod CIDRs (the controller
+// manager allocates them).
+func (l *Lab) startControlPlaneNode(t testing.TB) {
+	name := l.opts.ControlPlane
+	n, err := l.addNodeOn(t, name, 1, false, nil, map[string]string{ControlPlaneLabel: ""}, nil)
+	if err != nil {
+		t.Fatalf("lab: control-plane node %s: %v", name, err)
+	}
+	n.Agent = newAgent(n, nil)
+	t.Cleanup(func() { _ = n.Agent.Stop() })
+	l.ControlPlane = n
+
+	ko := l.opts.Kube
+	ko.NetNS = n.NetNS.Path
+	ko.AdvertiseAddress = n.IPv4.String()
+	l.Kube = kube.Start(t, ko)
+	l.APIServerURL = l.Kube.ServerURL
+	if err := l.createNodeObject(n, nil); err != nil {
+		t.Fatalf("lab: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	patch := fmt.Sprintf(`{"spec":{"taints":[{"key":%q,"effect":"NoSchedule"}]}}`, ControlPlaneLabel)
+	if _, err := l.Kube.Client.CoreV1().Nodes().Patch(ctx, name, types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+		t.Fatalf("lab: taint %s: %v", name, err)
+	}
+}
+
+// ControlPlaneLabel labels and taints (NoSchedule) the control-plane node, as kubeadm does.
+const ControlPlaneLabel = "node-role.kubernetes.io/control-plane"
 
 // BinDir is where the lab takes podroute's binaries from.
 func (l *Lab) BinDir() string { return l.bin }
@@ -237,18 +288,9 @@ func writeKubeconfig(path, server string, ca []byte, token string) error {
 	return clientcmd.WriteToFile(*cfg, path)
 }
 
-// relay forwards TCP connections accepted on a listener opened inside a namespace to an
-// address of the process's own namespace.
-type relay struct {
-	ln     net.Listener
-	target string
-	wg     sync.WaitGroup
-	mu     sync.Mutex
-	conns  map[net.Conn]bool
-	closed bool
-}
-
-func startRelay(in *NetNS, listen, target string) (*relay, error) {
+// startRelay forwards connections accepted on listen, a listener opened inside the
+// namespace in, to target in the process's own namespace.
+func startRelay(in *NetNS, listen, target string) (*kube.Relay, error) {
 	var ln net.Listener
 	err := in.Do(func() error {
 		var err error
@@ -258,80 +300,8 @@ func startRelay(in *NetNS, listen, target string) (*relay, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s in %s: %w", listen, in.Name, err)
 	}
-	r := &relay{ln: ln, target: target, conns: map[net.Conn]bool{}}
-	r.wg.Add(1)
-	go r.serve()
-	return r, nil
-}
-
-func (r *relay) serve() {
-	defer r.wg.Done()
-	for {
-		c, err := r.ln.Accept()
-		if err != nil {
-			return
-		}
-		r.wg.Add(1)
-		go r.pipe(c)
-	}
-}
-
-func (r *relay) track(c net.Conn) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.closed {
-		return false
-	}
-	r.conns[c] = true
-	return true
-}
-
-func (r *relay) untrack(c net.Conn) {
-	r.mu.Lock()
-	delete(r.conns, c)
-	r.mu.Unlock()
-	c.Close()
-}
-
-func (r *relay) pipe(in net.Conn) {
-	defer r.wg.Done()
-	if !r.track(in) {
-		in.Close()
-		return
-	}
-	defer r.untrack(in)
-	out, err := net.DialTimeout("tcp", r.target, 5*time.Second)
-	if err != nil {
-		return
-	}
-	if !r.track(out) {
-		out.Close()
-		return
-	}
-	defer r.untrack(out)
-	done := make(chan struct{}, 2)
-	cp := func(dst, src net.Conn) {
-		_, _ = io.Copy(dst, src)
-		if tc, ok := dst.(*net.TCPConn); ok {
-			_ = tc.CloseWrite()
-		}
-		done <- struct{}{}
-	}
-	go cp(out, in)
-	go cp(in, out)
-	<-done
-	<-done
-}
-
-func (r *relay) Close() {
-	r.ln.Close()
-	r.mu.Lock()
-	r.closed = true
-	for c := range r.conns {
-		c.Close()
-	}
-	r.mu.Unlock()
-	r.wg.Wait()
+	dial := kube.DialerIn("")
+	return kube.StartRelay(ln, func(ctx context.Context) (net.Conn, error) { return dial(ctx, "tcp", target) }), nil
 }
 
 // Sweep deletes the namespaces of lab runs whose process is gone (killed by a timeout, say,
