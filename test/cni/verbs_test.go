@@ -3,15 +3,18 @@ package cni_test
 import (
 	"context"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/containernetworking/cni/libcni"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 
+	"github.com/podroute/podroute/cniconf"
 	"github.com/podroute/podroute/routes"
 	"github.com/podroute/podroute/test/cniutil"
 )
@@ -72,6 +75,73 @@ func TestStatus(t *testing.T) {
 	ce, ok := cniutil.CNIError(err)
 	if !ok || ce.Code != 50 {
 		t.Errorf("STATUS with dataDir under a regular file: %v (want CNI error code 50)", err)
+	}
+}
+
+// TestStatusChainedPlugin: with the conflist the agent writes (podroute, then portmap), STATUS
+// through libcni passes while portmap is in the plugin path, and fails with code 50 and a
+// message naming portmap when it is missing or not executable, where libcni alone would only
+// fail to find it, with no code.
+func TestStatusChainedPlugin(t *testing.T) {
+	cniutil.RequirePodroute(t)
+	cniutil.RequireRefPlugins(t, "portmap")
+	t.Parallel()
+	node := cniutil.NewNode(t)
+	conf, err := cniconf.Render(cniconf.Options{ConfDir: t.TempDir(), DataDir: t.TempDir()},
+		cniconf.NodeNetwork{PodCIDRs: []netip.Prefix{netip.MustParsePrefix(cniutil.PodSubnetV4)}, MTU: 1500})
+	if err != nil {
+		t.Fatal(err)
+	}
+	list := cniutil.MustList(t, conf)
+	if list.CNIVersion != "1.1.0" {
+		t.Fatalf("libcni picked cniVersion %s from the conflist; STATUS needs 1.1.0", list.CNIVersion)
+	}
+	ctx := context.Background()
+	status := func(path ...string) error {
+		c := libcni.NewCNIConfigWithCacheDir(path, t.TempDir(), nil)
+		return node.Do(func() error { return c.GetStatusNetworkList(ctx, list) })
+	}
+	if err := status(cniutil.PluginPath()...); err != nil {
+		t.Errorf("STATUS with portmap installed: %v", err)
+	}
+
+	// A plugin directory with podroute alone (make build puts portmap in bin/ too).
+	podrouteOnly := t.TempDir()
+	for _, name := range []string{"podroute", "podroute-ipam"} {
+		if err := os.Symlink(filepath.Join(cniutil.BinDir(), name), filepath.Join(podrouteOnly, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	notExec := t.TempDir()
+	if err := os.WriteFile(filepath.Join(notExec, "portmap"), []byte("#!/bin/sh\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		path []string
+		want string
+	}{
+		{"portmap missing", []string{podrouteOnly}, `chained plugin "portmap": not installed: not found in CNI_PATH ` + podrouteOnly},
+		{"portmap not executable", []string{podrouteOnly, notExec, cniutil.RefDir()}, `chained plugin "portmap": ` + filepath.Join(notExec, "portmap") + " is not executable"},
+	} {
+		err := status(tc.path...)
+		ce, ok := cniutil.CNIError(err)
+		if !ok || ce.Code != 50 || !strings.Contains(ce.Msg, tc.want) {
+			t.Errorf("%s: STATUS %v, want CNI error code 50 saying %q", tc.name, err, tc.want)
+			continue
+		}
+		t.Logf("%s: code %d: %s", tc.name, ce.Code, ce.Msg)
+	}
+
+	// podroute alone (--cni-portmap=false) does not need portmap.
+	alone, err := cniconf.Render(cniconf.Options{ConfDir: t.TempDir(), DataDir: t.TempDir(), NoPortmap: true},
+		cniconf.NodeNetwork{PodCIDRs: []netip.Prefix{netip.MustParsePrefix(cniutil.PodSubnetV4)}, MTU: 1500})
+	if err != nil {
+		t.Fatal(err)
+	}
+	list = cniutil.MustList(t, alone)
+	if err := status(podrouteOnly); err != nil {
+		t.Errorf("STATUS of podroute alone without portmap: %v", err)
 	}
 }
 
