@@ -335,6 +335,8 @@ func Start(t testing.TB, opts Options) *Cluster {
 		"--authorization-mode=Node,RBAC",
 		"--kubelet-client-certificate=" + c.KubeletClientCertFile,
 		"--kubelet-client-key=" + c.KubeletClientKeyFile,
+		// Kubelets by address, as kubeadm sets it: a node's name resolves nowhere here.
+		"--kubelet-preferred-address-types=InternalIP,ExternalIP,Hostname",
 		"--allow-privileged=true",
 		"--profiling=false",
 	}
