@@ -6,7 +6,10 @@
 // reservations and the agent's socket.
 //
 // Nothing else is touched: a route with another protocol, an interface whose name or alias
-// is not podroute's, another nftables table, other files in the CNI directories. Sysctls the
+// is not podroute's, another nftables table, other files in the CNI directories. The
+// reference portmap plugin the agent installs into the CNI bin directory stays too: the
+// runtime's packages and other network plugins install and use the same plugin, and it may
+// have been there before podroute. Sysctls the
 // plugin set (ip_forward, forwarding, proxy_arp on podroute's own veths) are left: the veths
 // are gone, and forwarding is what a Kubernetes node needs whatever its CNI.
 //
