@@ -485,6 +485,9 @@ func TestInstallPortmap(t *testing.T) {
 	if changed, err := InstallPlugin(o); err != nil || changed {
 		t.Fatalf("reinstall of the same binaries: changed %v err %v", changed, err)
 	}
+	if p, ours, err := InstalledPortmap(o); p != installed || !ours || err != nil {
+		t.Errorf("InstalledPortmap after install: %s %v %v, want %s, ours", p, ours, err, installed)
+	}
 	// A portmap that was there before (the distribution's, an older one) is replaced.
 	o.PortmapSource = pm2
 	if changed, err := InstallPlugin(o); err != nil || !changed {
@@ -495,6 +498,19 @@ func TestInstallPortmap(t *testing.T) {
 	}
 	if out, err := exec.Command(installed).Output(); err != nil || string(out) != "portmap2\n" {
 		t.Fatalf("installed portmap runs: %q %v", out, err)
+	}
+	other := o
+	other.PortmapSource = pm
+	if _, ours, err := InstalledPortmap(other); ours || err != nil {
+		t.Errorf("InstalledPortmap of another portmap: ours %v err %v", ours, err)
+	}
+	other.PortmapSource = ""
+	if _, ours, err := InstalledPortmap(other); ours || err != nil {
+		t.Errorf("InstalledPortmap without a source: ours %v err %v", ours, err)
+	}
+	other.PortmapSource = filepath.Join(src, "missing")
+	if _, ours, err := InstalledPortmap(other); ours || err == nil {
+		t.Errorf("InstalledPortmap with an unreadable source: ours %v err %v, want an error", ours, err)
 	}
 
 	// Not chained, not installed (and what is there is left alone).

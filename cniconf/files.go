@@ -175,6 +175,26 @@ func installBinary(src, dst string) (bool, error) {
 	return true, nil
 }
 
+// InstalledPortmap says whether BinDir/portmap (path) is the copy InstallPlugin makes of
+// PortmapSource: a regular 0755 file with the same content, podroute's to remove. A missing
+// portmap, another one, or no PortmapSource is not; err is set only when PortmapSource
+// cannot be read to compare.
+func InstalledPortmap(opts Options) (path string, ours bool, err error) {
+	path = filepath.Join(opts.BinDir, PortmapName)
+	if opts.PortmapSource == "" {
+		return path, false, nil
+	}
+	have, err := installedSHA256(path)
+	if err != nil {
+		return path, false, nil
+	}
+	want, err := fileSHA256(opts.PortmapSource)
+	if err != nil {
+		return path, false, fmt.Errorf("cniconf: portmap source: %w", err)
+	}
+	return path, string(have) == string(want), nil
+}
+
 // installedSHA256 hashes dst if it is a regular 0755 file.
 func installedSHA256(dst string) ([]byte, error) {
 	st, err := os.Lstat(dst)
@@ -215,10 +235,10 @@ func installLink(path, target string) (bool, error) {
 
 // Remove undoes Write and InstallPlugin: the configuration first, so the runtime stops
 // sending pods to podroute before its binaries go, then the plugin and its IPAM link.
-// Anything already gone is fine. IPAM reservations in DataDir are left for the operator.
-// portmap stays: a reference plugin the runtime's packages (kubernetes-cni,
-// containernetworking-plugins) and other network plugins install and use too, which may
-// have been there before podroute replaced it.
+// Anything already gone is fine. IPAM reservations in DataDir are left for the operator,
+// and portmap for the caller to decide (InstalledPortmap): the runtime's packages
+// (kubernetes-cni, containernetworking-plugins) and other network plugins install and use
+// the same plugin.
 func Remove(opts Options) error {
 	opts = opts.withDefaults()
 	if err := checkDir("ConfDir", opts.ConfDir); err != nil {

@@ -7,9 +7,10 @@
 //
 // Nothing else is touched: a route with another protocol, an interface whose name or alias
 // is not podroute's, another nftables table, other files in the CNI directories. The
-// reference portmap plugin the agent installs into the CNI bin directory stays too: the
-// runtime's packages and other network plugins install and use the same plugin, and it may
-// have been there before podroute. Sysctls the
+// reference portmap plugin in the CNI bin directory goes only when it is the agent's copy
+// (identical to the one podroute carries, Options.CNI.PortmapSource): a portmap the
+// runtime's packages or another network plugin installed stays (one the agent replaced is
+// not brought back). Sysctls the
 // plugin set (ip_forward, forwarding, proxy_arp on podroute's own veths) are left: the veths
 // are gone, and forwarding is what a Kubernetes node needs whatever its CNI.
 //
@@ -46,7 +47,9 @@ import (
 // Options say where podroute's files are; empty fields take the agent's defaults.
 type Options struct {
 	// CNI locates the configuration, the plugin and the IPAM data directory
-	// (cniconf.DefaultConfDir, DefaultBinDir, DefaultFileName, DefaultDataDir).
+	// (cniconf.DefaultConfDir, DefaultBinDir, DefaultFileName, DefaultDataDir), and the
+	// portmap plugin the agent installs (PortmapSource: the BinDir's portmap is removed
+	// only when identical to it; empty: portmap stays).
 	CNI cniconf.Options
 	// Socket is the agent's local API socket (default /run/podroute/agent.sock). It is
 	// removed, and its directory too once empty.
@@ -179,6 +182,7 @@ func Run(ctx context.Context, opts Options) (Report, error) {
 		u.nftables(ctx)
 	}
 	u.files(KindPlugin, filepath.Join(opts.CNI.BinDir, cniconf.IPAMPluginName), filepath.Join(opts.CNI.BinDir, cniconf.PluginName))
+	u.portmap()
 	u.dataDir()
 	u.socket()
 	return rep, rep.Err()
@@ -236,6 +240,20 @@ func (u *run) files(kind string, paths ...string) {
 			continue
 		}
 		u.do(kind, p, func() error { return ignoreNotExist(os.Remove(p)) })
+	}
+}
+
+// portmap removes the reference portmap plugin the agent installed beside podroute, when it
+// is the very copy podroute carries. Any other portmap is not podroute's and stays, and so
+// does one that cannot be compared (the uninstall goes on: it is not podroute's to fail on).
+func (u *run) portmap() {
+	p, ours, err := cniconf.InstalledPortmap(u.opts.CNI)
+	if err != nil {
+		u.log.Warn("kept: cannot tell whether it is podroute's", "kind", KindPlugin, "name", p, "err", err)
+		return
+	}
+	if ours {
+		u.files(KindPlugin, p)
 	}
 }
 

@@ -160,6 +160,11 @@ func newNode(t *testing.T) *node {
 	if err := os.WriteFile(src, []byte("#!/bin/sh\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
+	portmap := filepath.Join(root, "portmap-plugin") // what the image carries
+	if err := os.WriteFile(portmap, []byte("#!/bin/sh\necho portmap\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	n.opts.CNI.PortmapSource = portmap
 	cn := n.opts.CNI
 	cn.PluginSource = src
 	if _, err := cniconf.InstallPlugin(cn); err != nil {
@@ -262,7 +267,7 @@ func TestUninstall(t *testing.T) {
 			t.Fatalf("dry run changed the node:\nbefore %+v\nafter  %+v", before, after)
 		}
 		k := kinds(rep)
-		want := map[string]int{KindCNIConfig: 1, KindPlugin: 2, KindVeth: 1, KindRoute: 8, KindNFTable: 1, KindIPAMData: 1, KindSocket: 1, KindSocketDir: 1}
+		want := map[string]int{KindCNIConfig: 1, KindPlugin: 3, KindVeth: 1, KindRoute: 8, KindNFTable: 1, KindIPAMData: 1, KindSocket: 1, KindSocketDir: 1}
 		for kind, count := range want {
 			if len(k[kind]) != count {
 				t.Errorf("dry run lists %d %s (%q), want %d", len(k[kind]), kind, k[kind], count)
@@ -286,8 +291,8 @@ func TestUninstall(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(rep.Items) != 16 {
-			t.Errorf("%d items removed, want 16", len(rep.Items))
+		if len(rep.Items) != 17 {
+			t.Errorf("%d items removed, want 17", len(rep.Items))
 		}
 		s := n.state()
 		if strings.Contains(s.links, host) || strings.Contains(s.links, "podend") {
@@ -313,7 +318,7 @@ func TestUninstall(t *testing.T) {
 		}
 		for _, p := range []string{
 			filepath.Join(n.dirs.conf, cniconf.DefaultFileName), filepath.Join(n.dirs.bin, "podroute"),
-			filepath.Join(n.dirs.bin, "podroute-ipam"), n.dirs.data, n.dirs.run,
+			filepath.Join(n.dirs.bin, "podroute-ipam"), filepath.Join(n.dirs.bin, "portmap"), n.dirs.data, n.dirs.run,
 		} {
 			if _, err := os.Lstat(p); !os.IsNotExist(err) {
 				t.Errorf("%s left (%v)", p, err)
@@ -378,5 +383,46 @@ func TestSocketDirMountPoint(t *testing.T) {
 	}
 	if _, err := os.Lstat(n.opts.Socket); !os.IsNotExist(err) {
 		t.Errorf("socket %s left (%v)", n.opts.Socket, err)
+	}
+}
+
+// TestUninstallOtherPortmap: a portmap in the CNI bin directory that is not the copy podroute
+// carries (the runtime packages', another network plugin's, a newer one) stays, as does any
+// portmap when the uninstaller is given none to compare with.
+func TestUninstallOtherPortmap(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		mutate func(n *node, o *Options)
+	}{
+		{"different content", func(n *node, o *Options) {
+			must(t, os.Remove(filepath.Join(n.dirs.bin, "portmap")))
+			must(t, os.WriteFile(filepath.Join(n.dirs.bin, "portmap"), []byte("the distribution's"), 0o755))
+		}},
+		{"no source to compare with", func(n *node, o *Options) { o.CNI.PortmapSource = "" }},
+		{"source unreadable", func(n *node, o *Options) { o.CNI.PortmapSource = filepath.Join(t.TempDir(), "missing") }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n := newNode(t)
+			o := n.opts
+			tc.mutate(n, &o)
+			pm := filepath.Join(n.dirs.bin, "portmap")
+			before, err := os.ReadFile(pm)
+			must(t, err)
+			rep, err := n.run(o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, it := range rep.Items {
+				if it.Name == pm {
+					t.Errorf("report lists %s", it)
+				}
+			}
+			if after, err := os.ReadFile(pm); err != nil || string(after) != string(before) {
+				t.Errorf("%s changed or removed: %q %v", pm, after, err)
+			}
+			if _, err := os.Lstat(filepath.Join(n.dirs.bin, "podroute")); !os.IsNotExist(err) {
+				t.Errorf("podroute not removed: %v", err)
+			}
+		})
 	}
 }

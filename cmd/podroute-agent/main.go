@@ -69,7 +69,7 @@ func run() error {
 		resync       = fs.Duration("resync-interval", 30*time.Second, "period of the safety-net reconcile")
 		staleTimeout = fs.Duration("stale-timeout", 0, "after a restart, keep the previous run's routes at most this long while BGP resynchronises (default: --restart-time)")
 		logLevel     = fs.String("log-level", "info", "debug, info, warn or error")
-		uninst       = fs.Bool("uninstall", false, "remove everything podroute put on this node (CNI config and plugin, pod veths, protocol 201 routes, nftables table inet podroute, IPAM data, socket) and exit; for a drained node or a cluster leaving podroute")
+		uninst       = fs.Bool("uninstall", false, "remove everything podroute put on this node (CNI config and plugin, portmap when identical to --cni-portmap-plugin, pod veths, protocol 201 routes, nftables table inet podroute, IPAM data, socket) and exit; for a drained node or a cluster leaving podroute")
 		dryRun       = fs.Bool("dry-run", false, "with --uninstall: list what would be removed, change nothing")
 		force        = fs.Bool("force", false, "with --uninstall: run even though an agent answers on --socket")
 		wait         = fs.Bool("wait", false, "with --uninstall: after success, block until SIGTERM (for a clean-up DaemonSet)")
@@ -88,7 +88,7 @@ func run() error {
 	slog.SetDefault(log)
 	if *uninst {
 		return runUninstall(uninstall.Options{
-			CNI:    cniconf.Options{ConfDir: *cniConfDir, BinDir: *cniBinDir, DataDir: *dataDir},
+			CNI:    cniconf.Options{ConfDir: *cniConfDir, BinDir: *cniBinDir, DataDir: *dataDir, PortmapSource: *portmapSrc},
 			Socket: *socket, DryRun: *dryRun, Force: *force, Logger: log,
 		}, *wait)
 	}
