@@ -220,14 +220,11 @@ func copyFile(w io.Writer, src string, size int64) error {
 }
 
 // writeHeader writes h with the fixed time and no user or group names, in the simplest format
-// that holds it (USTAR, else PAX).
+// that holds it (USTAR, else PAX: long or non-ASCII names, extended attributes).
 func writeHeader(tw *tar.Writer, h *tar.Header, mtime time.Time) error {
 	h.ModTime, h.Uname, h.Gname = mtime, "", ""
 	h.AccessTime, h.ChangeTime = time.Time{}, time.Time{}
-	h.Format = tar.FormatUSTAR
-	if len(h.Name) > 100 || len(h.Linkname) > 100 || len(h.PAXRecords) > 0 || h.Uid > 0o7777777 || h.Gid > 0o7777777 {
-		h.Format = tar.FormatPAX
-	}
+	h.Format = tar.FormatUnknown // the writer picks the first of USTAR, PAX, GNU that fits
 	return tw.WriteHeader(h)
 }
 

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -60,6 +61,9 @@ func TestNewLayer(t *testing.T) {
 		{Path: "/usr/bin/alias", Link: "tool"},
 		{Path: "/tmp", Dir: true, Mode: 0o1777},
 		{Path: "/home/user", Dir: true, UID: 1000, GID: 50000, Mode: 0o700},
+		// Neither fits USTAR: the entries go out as PAX.
+		{Path: "/etc/ssl/certs/988a38cb.0", Link: "NetLock_Arany_=Class_Gold=_Főtanúsítvány.pem"},
+		{Path: "/usr/share/" + strings.Repeat("long-directory-name/", 6) + "file", Data: []byte("x")},
 	}
 	l, err := NewLayer(files, mtime)
 	if err != nil {
@@ -73,9 +77,18 @@ func TestNewLayer(t *testing.T) {
 		t.Errorf("layer %s %d bytes, content %s %d", l.DiffID, l.Size, digest(data), len(data))
 	}
 	names, e := readTar(t, data)
-	want := []string{"etc/", "etc/motd", "home/", "home/user/", "tmp/", "usr/", "usr/bin/", "usr/bin/alias", "usr/bin/tool"}
+	long := "usr/share/" + strings.Repeat("long-directory-name/", 6)
+	want := []string{"etc/", "etc/motd", "etc/ssl/", "etc/ssl/certs/", "etc/ssl/certs/988a38cb.0", "home/", "home/user/", "tmp/", "usr/", "usr/bin/", "usr/bin/alias", "usr/bin/tool", "usr/share/"}
+	for d := "usr/share/"; len(d) < len(long); {
+		d += "long-directory-name/"
+		want = append(want, d)
+	}
+	want = append(want, long+"file")
 	if !slices.Equal(names, want) {
 		t.Fatalf("entries %v, want %v", names, want)
+	}
+	if got := e["etc/ssl/certs/988a38cb.0"].hdr.Linkname; got != "NetLock_Arany_=Class_Gold=_Főtanúsítvány.pem" {
+		t.Errorf("non-ASCII link target read back as %q", got)
 	}
 	for _, n := range names {
 		if h := e[n].hdr; !h.ModTime.Equal(mtime) || h.Uname != "" || h.Gname != "" {
