@@ -1,15 +1,26 @@
 #!/usr/bin/env bash
-# Builds the Kubernetes binaries that podroute's tests run against: a real
-# kube-apiserver (test/kube starts it in front of a real etcd), kubelet (for
-# node-level tests), and kube-controller-manager, kube-scheduler and kubectl
-# (for the test that installs podroute with `kubectl apply -f deploy/` and
-# lets the DaemonSet controller and the scheduler place the agents).
+# Builds the Kubernetes binaries that podroute's tests run against, all from the one pinned
+# k8s.io/kubernetes release:
+#   kube-apiserver           a real API server (test/kube starts it in front of a real etcd)
+#   kubelet                  for node-level tests
+#   kube-controller-manager, kube-scheduler, kubectl
+#                            for the tests that install podroute with `kubectl apply -f
+#                            deploy/` and let the controllers and the scheduler place pods
+#   kube-proxy               Services, as a DaemonSet in the image test/e2eimage builds
+#   agnhost                  Kubernetes' e2e test image's binary
+#                            (k8s.io/kubernetes/test/images/agnhost), `--version` 2.53
+#   e2e.test                 Kubernetes' own end-to-end suite (go test -c of test/e2e)
+# and, at the versions that release pins:
+#   ginkgo                   the CLI of the github.com/onsi/ginkgo/v2 its go.mod requires,
+#                            to run e2e.test's specs in parallel (ginkgo -p ... e2e.test)
+#   coredns                  the CoreDNS release kubeadm v1.32 deploys (CoreDNSVersion)
 #
-# Usage: hack/kube/build.sh [--out DIR] [--no-kubelet] [--force] [DIR]
+# Usage: hack/kube/build.sh [--out DIR] [--no-kubelet] [--only T1,T2] [--force] [DIR]
 #
 #   DIR / --out DIR   output directory (default: $PODROUTE_KUBE_BIN, else
 #                     /var/cache/podroute/kube/v1.32.4/bin)
-#   --no-kubelet      build kube-apiserver only
+#   --no-kubelet      leave the kubelet out
+#   --only T1,T2      build only these targets (names as above)
 #   --force           rebuild even if up-to-date binaries exist
 #
 # Environment:
@@ -17,10 +28,18 @@
 #   PODROUTE_KUBE_BUILD_DIR  scratch module used for the build
 #                            (default: /var/cache/podroute/kube-build/v1.32.4)
 #
-# Idempotent: a binary is rebuilt only when missing or when its --version does
-# not report the expected release, so CI on a reused machine pays nothing and
-# a fresh machine builds everything (5 to 10 minutes on 2 cores; the Go build
-# cache makes later rebuilds, e.g. after --force, take well under a minute).
+# Idempotent: a binary is rebuilt when it is missing, when it does not report the expected
+# version, or when the recipe it was built with (package, version, linker flags, Go
+# toolchain; recorded in DIR/.stamps/<target> with the binary's size and time) is not
+# this script's. CI on a reused machine pays a fraction of a second; a fresh machine builds
+# everything. Build times measured on this project's 2-core machines (Go 1.26, modules
+# already downloaded):
+#   the first five targets together, cold: 17 min (alongside other builds)
+#   each new target alone, empty Go build cache ("cold"; other builds were running too):
+#     ginkgo 29s   agnhost 2m51s   kube-proxy 5m34s   coredns (pending)   e2e.test (pending)
+#   each new target after the first five, in one run (what a fresh machine pays on top):
+#     kube-proxy 12s   agnhost 4s   coredns 2m59s   ginkgo 5s   e2e.test 3m17s
+# A rebuild with a warm cache (--force, or a new recipe) is mostly linking: 4-7s a binary.
 #
 # Packages the harness needs at run time, which this script does NOT install:
 #   apt-get install -y etcd-server   # /usr/bin/etcd (3.4.x), backs kube-apiserver
@@ -30,10 +49,20 @@ set -euo pipefail
 KUBE_VERSION=v1.32.4
 # Staging modules (k8s.io/api, client-go, ...) are released as v0.<minor>.<patch>.
 STAGING_VERSION=v0.${KUBE_VERSION#v1.}
+# test/images/agnhost/VERSION in the release: the tag of registry.k8s.io/e2e-test-images/agnhost
+# its e2e suite runs.
+AGNHOST_VERSION=2.53
+# github.com/onsi/ginkgo/v2 as the release's go.mod requires it.
+GINKGO_VERSION=v2.21.0
+# CoreDNSVersion in the release's cmd/kubeadm/app/constants.
+COREDNS_VERSION=v1.11.3
+# Bumped when a build step changes in a way the recipe below does not capture.
+RECIPE_REVISION=1
 
 OUT_DIR="${PODROUTE_KUBE_BIN:-/var/cache/podroute/kube/${KUBE_VERSION}/bin}"
 BUILD_DIR="${PODROUTE_KUBE_BUILD_DIR:-/var/cache/podroute/kube-build/${KUBE_VERSION}}"
-TARGETS=(kube-apiserver kubelet kube-controller-manager kube-scheduler kubectl)
+ALL_TARGETS=(kube-apiserver kubelet kube-controller-manager kube-scheduler kubectl kube-proxy agnhost coredns ginkgo e2e.test)
+TARGETS=("${ALL_TARGETS[@]}")
 FORCE=0
 
 log() { printf '[kube-build] %s\n' "$*" >&2; }
@@ -45,6 +74,14 @@ while [[ $# -gt 0 ]]; do
     --out=*) OUT_DIR="${1#--out=}"; shift ;;
     --no-kubelet) TARGETS=("${TARGETS[@]/kubelet}"); shift ;;
     --with-kubectl) shift ;; # kubectl is always built now; kept for old callers
+    --only|--only=*)
+      if [[ "$1" == --only ]]; then [[ $# -ge 2 ]] || die "--only needs targets"; list="$2"; shift 2
+      else list="${1#--only=}"; shift; fi
+      TARGETS=()
+      for t in ${list//,/ }; do
+        [[ " ${ALL_TARGETS[*]} " == *" $t "* ]] || die "unknown target $t (one of: ${ALL_TARGETS[*]})"
+        TARGETS+=("$t")
+      done ;;
     --force) FORCE=1; shift ;;
     -h|--help) sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;;
     -*) die "unknown flag: $1 (see --help)" ;;
@@ -55,6 +92,31 @@ done
 read -ra TARGETS <<< "${TARGETS[*]}"
 
 command -v go >/dev/null 2>&1 || die "go not found on PATH; install Go first"
+GO_VERSION="$(go env GOVERSION)"
+
+# How each target is built: "build PKG" (go build in the scratch module), "test PKG" (go test
+# -c there) or "install PKG@VERSION" (go install outside any module: that module's own go.mod
+# decides).
+how() {
+  case "$1" in
+    kube-proxy|kube-apiserver|kubelet|kube-controller-manager|kube-scheduler|kubectl)
+      echo "build k8s.io/kubernetes/cmd/$1" ;;
+    agnhost) echo "build k8s.io/kubernetes/test/images/agnhost" ;;
+    e2e.test) echo "test k8s.io/kubernetes/test/e2e" ;;
+    ginkgo) echo "install github.com/onsi/ginkgo/v2/ginkgo@$GINKGO_VERSION" ;;
+    coredns) echo "install github.com/coredns/coredns@$COREDNS_VERSION" ;;
+  esac
+}
+
+# The version a target must report.
+want_version() {
+  case "$1" in
+    agnhost) echo "$AGNHOST_VERSION" ;;
+    ginkgo) echo "${GINKGO_VERSION#v}" ;;
+    coredns) echo "${COREDNS_VERSION#v}" ;;
+    *) echo "$KUBE_VERSION" ;;
+  esac
+}
 
 # Prints the version a binary reports, or nothing if it cannot run.
 binary_version() {
@@ -62,9 +124,46 @@ binary_version() {
   [[ -x "$bin" ]] || return 0
   case "$name" in
     kubectl) "$bin" version --client 2>/dev/null | sed -n 's/^Client Version: //p' ;;
+    agnhost) "$bin" --version 2>/dev/null | sed -n 's/^app version //p' ;;
+    e2e.test) "$bin" --version 2>/dev/null | head -n 1 ;;
+    ginkgo) "$bin" version 2>/dev/null | sed -n 's/^Ginkgo Version //p' ;;
+    coredns) "$bin" -version 2>/dev/null | sed -n 's/^CoreDNS-//p' ;;
     *) "$bin" --version 2>/dev/null | sed -n 's/^Kubernetes //p' ;;
   esac
 }
+
+# Linker flags. Same version stamping as Kubernetes' hack/lib/version.sh, so --version reports
+# the release (and this script can tell a binary is current); the build date is left out of
+# the recipe. KUBE_COMMIT and COREDNS_COMMIT are known once the modules are resolved.
+KUBE_COMMIT="" COREDNS_COMMIT=""
+ldflags_for() {
+  local t="$1" date="${2:-}" f="-s -w" pkg minor=${KUBE_VERSION#v1.}
+  minor=${minor%%.*}
+  case "$t" in
+    agnhost) f+=" -X main.Version=$AGNHOST_VERSION" ;;
+    ginkgo) ;;
+    coredns) [[ -n "$COREDNS_COMMIT" ]] && f+=" -X github.com/coredns/coredns/coremain.GitCommit=$COREDNS_COMMIT" ;;
+    *)
+      for pkg in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
+        f+=" -X $pkg.gitVersion=$KUBE_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
+        [[ -n "$date" ]] && f+=" -X $pkg.buildDate=$date"
+        [[ -n "$KUBE_COMMIT" ]] && f+=" -X $pkg.gitCommit=$KUBE_COMMIT"
+      done ;;
+  esac
+  echo "$f"
+}
+
+# The recipe a target is built with: what decides its bytes, bar the build date.
+recipe() {
+  local t="$1"
+  printf '%s\n' "revision=$RECIPE_REVISION" "target=$t" "how=$(how "$t")" "version=$(want_version "$t")" \
+    "ldflags=$(ldflags_for "$t")" "go=$GO_VERSION" "cgo=0" "trimpath" | sha256sum | cut -d' ' -f1
+}
+
+stamp_of() { echo "$OUT_DIR/.stamps/$1"; }
+# What the stamp records: the recipe and the binary's size and modification time, so a
+# binary put there by other means is not taken for this script's.
+stamp_line() { echo "recipe $(recipe "$1") binary $(stat -c '%s %Y' "$OUT_DIR/$1")"; }
 
 # Fills needed[] with the targets whose binary is missing or stale.
 compute_needed() {
@@ -72,21 +171,35 @@ compute_needed() {
   local t have
   for t in "${TARGETS[@]}"; do
     have="$(binary_version "$OUT_DIR/$t" "$t" || true)"
-    if [[ $FORCE -eq 0 && "$have" == "$KUBE_VERSION" ]]; then
-      log "$t $KUBE_VERSION already present in $OUT_DIR, skipping"
+    if [[ $FORCE -eq 0 && "$have" == "$(want_version "$t")" && -f "$(stamp_of "$t")" &&
+          "$(cat "$(stamp_of "$t")")" == "$(stamp_line "$t")" ]]; then
+      log "$t $have already present in $OUT_DIR, skipping"
     else
+      [[ -n "$have" && $FORCE -eq 0 ]] && log "$t $have in $OUT_DIR is not what this recipe last built there: rebuilding"
       needed+=("$t")
     fi
   done
 }
 
+# Commits and the module file are only known after resolving; the recipe check above must
+# agree with the build below, so resolve before checking when the module cache has them.
+resolve_commits() {
+  local info
+  info="$(go env GOMODCACHE)/cache/download/k8s.io/kubernetes/@v/$KUBE_VERSION.info"
+  [[ -f "$info" ]] && KUBE_COMMIT=$(sed -n 's/.*"Hash": *"\([0-9a-f]*\)".*/\1/p' "$info")
+  info="$(go env GOMODCACHE)/cache/download/github.com/coredns/coredns/@v/$COREDNS_VERSION.info"
+  [[ -f "$info" ]] && COREDNS_COMMIT=$(sed -n 's/.*"Hash": *"\([0-9a-f]\{7\}\)[0-9a-f]*".*/\1/p' "$info")
+  return 0
+}
+
+resolve_commits
 compute_needed
 if [[ ${#needed[@]} -eq 0 ]]; then
   log "nothing to build"
   exit 0
 fi
 
-mkdir -p "$OUT_DIR" "$BUILD_DIR" || die "cannot create $OUT_DIR or $BUILD_DIR"
+mkdir -p "$OUT_DIR/.stamps" "$BUILD_DIR" || die "cannot create $OUT_DIR or $BUILD_DIR"
 OUT_DIR="$(cd "$OUT_DIR" && pwd)"
 
 # Parallel test runs or CI jobs on one machine must not build into the same
@@ -121,6 +234,15 @@ t0=$SECONDS
 gomod="$(cd / && GOFLAGS= go mod download -json "k8s.io/kubernetes@$KUBE_VERSION" \
   | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",\{0,1\}$/\1/p')"
 [[ -n "$gomod" && -f "$gomod" ]] || die "could not download k8s.io/kubernetes@$KUBE_VERSION (module proxy reachable?)"
+kdir="$(go env GOMODCACHE)/k8s.io/kubernetes@$KUBE_VERSION"
+
+# The pins above must be the release's own.
+grep -qx "$AGNHOST_VERSION" "$kdir/test/images/agnhost/VERSION" ||
+  die "agnhost $AGNHOST_VERSION pinned, the release says $(cat "$kdir/test/images/agnhost/VERSION")"
+grep -q "^[[:space:]]*github.com/onsi/ginkgo/v2 $GINKGO_VERSION\$" "$gomod" ||
+  die "ginkgo $GINKGO_VERSION pinned, the release's go.mod says: $(grep onsi/ginkgo "$gomod")"
+grep -q "CoreDNSVersion = \"$COREDNS_VERSION\"" "$kdir/cmd/kubeadm/app/constants/constants.go" ||
+  die "CoreDNS $COREDNS_VERSION pinned, kubeadm's constants say: $(grep 'CoreDNSVersion =' "$kdir/cmd/kubeadm/app/constants/constants.go")"
 
 # Kubernetes' own go.mod points every staging module at ./staging; a consumer
 # must replace each one with its published release instead.
@@ -146,29 +268,45 @@ if [[ ! -f "$BUILD_DIR/go.mod" || "$(cat "$BUILD_DIR/go.mod")" != "$modfile" ]];
 fi
 log "module ready ($(( SECONDS - t0 ))s, $(wc -w <<< "$staging") staging modules pinned to $STAGING_VERSION)"
 
-# Same version stamping as Kubernetes' hack/lib/version.sh, so --version
-# reports the release (and this script can tell a binary is current).
-commit=$(sed -n 's/.*"Hash": *"\([0-9a-f]*\)".*/\1/p' "${gomod%.mod}.info" 2>/dev/null || true)
-minor=${KUBE_VERSION#v1.}; minor=${minor%%.*}
-ldflags="-s -w"
-for pkg in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
-  ldflags+=" -X $pkg.gitVersion=$KUBE_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
-  ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
-  [[ -n "$commit" ]] && ldflags+=" -X $pkg.gitCommit=$commit"
-done
-
 for t in "${needed[@]}"; do
-  log "building $t $KUBE_VERSION (cold build takes minutes)"
+  if [[ "$t" == coredns ]]; then
+    (cd / && GOFLAGS= go mod download "github.com/coredns/coredns@$COREDNS_VERSION") ||
+      die "could not download github.com/coredns/coredns@$COREDNS_VERSION"
+  fi
+done
+# The module proxy may not say which commit a release is (then gitCommit stays unset, as
+# before this script stamped it).
+resolve_commits
+
+build_date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+for t in "${needed[@]}"; do
+  log "building $t $(want_version "$t") (cold build takes minutes)"
   t0=$SECONDS
   tmp="$OUT_DIR/.$t.tmp.$$"
-  if ! (cd "$BUILD_DIR" && go build -trimpath -ldflags "$ldflags" -o "$tmp" "k8s.io/kubernetes/cmd/$t"); then
-    rm -f "$tmp"
+  read -r mode pkg <<< "$(how "$t")"
+  ldflags="$(ldflags_for "$t" "$build_date")"
+  case "$mode" in
+    build) cmd=(go build -trimpath -ldflags "$ldflags" -o "$tmp" "$pkg"); dir="$BUILD_DIR" ;;
+    test) cmd=(go test -c -trimpath -ldflags "$ldflags" -o "$tmp" "$pkg"); dir="$BUILD_DIR" ;;
+    install)
+      # go install writes into GOBIN under the command's own name.
+      gobin="$OUT_DIR/.$t.gobin.$$"
+      mkdir -p "$gobin"
+      cmd=(env GOFLAGS=-buildvcs=false GOBIN="$gobin" go install -trimpath -ldflags "$ldflags" "$pkg"); dir=/ ;;
+  esac
+  if ! (cd "$dir" && "${cmd[@]}"); then
+    rm -rf "$tmp" "${gobin:-}"
     die "go build of $t failed (see output above)"
+  fi
+  if [[ "$mode" == install ]]; then
+    mv -f "$gobin/$(basename "${pkg%@*}")" "$tmp"
+    rm -rf "$gobin"
   fi
   # Rename into place so a concurrent reader never sees a half-written binary.
   mv -f "$tmp" "$OUT_DIR/$t"
   got="$(binary_version "$OUT_DIR/$t" "$t" || true)"
-  [[ "$got" == "$KUBE_VERSION" ]] || die "$OUT_DIR/$t reports version '$got', expected $KUBE_VERSION"
+  [[ "$got" == "$(want_version "$t")" ]] || die "$OUT_DIR/$t reports version '$got', expected $(want_version "$t")"
+  stamp_line "$t" > "$(stamp_of "$t").tmp" && mv -f "$(stamp_of "$t").tmp" "$(stamp_of "$t")"
   log "built $OUT_DIR/$t in $(( SECONDS - t0 ))s"
 done
 
