@@ -26,12 +26,22 @@ build: $(REF_CNI)/portmap
 $(REF_CNI)/portmap:
 	hack/install-ref-cni.sh
 
-# Debian packages, reference CNI plugins and Kubernetes binaries (kube-apiserver, kubelet)
-# the lab and tests use (root; idempotent, cached after the first run).
+# Debian packages, reference CNI plugins, the Kubernetes binaries (kube-apiserver, kubelet,
+# kube-proxy, e2e.test, agnhost, coredns, ...) and the offline images of the e2e suite and the
+# test cluster that the lab and tests use (root; idempotent, cached after the first run).
 setup:
 	hack/setup.sh
 	hack/install-ref-cni.sh
 	hack/kube/build.sh
+	$(GO) run ./hack/image/e2e
+
+# The container images Kubernetes' e2e suite (e2e.test) and the test cluster run, built
+# offline (test/e2eimage): one docker-archive tar per image, for `ctr images import`, under
+# /var/cache/podroute/e2e-images. Needs the binaries hack/kube/build.sh builds, and root.
+.PHONY: e2e-images
+e2e-images:
+	hack/kube/build.sh
+	$(GO) run ./hack/image/e2e
 
 # The whole suite, as CI runs it (needs root: tests use real network namespaces). One package
 # at a time: several packages run whole labs (API server, agents, FRR, kubelets) whose timing

@@ -14,6 +14,9 @@ PACKAGES=(
   containerd      # the kubelet end-to-end test and the image import check
   runc
   frr             # top-of-rack routers in the lab and tests (zebra, bgpd)
+  debootstrap     # the Debian root file system of the e2e suite's offline images (test/e2eimage)
+  iptables        # kube-proxy's rules, looked at from a node (its image carries its own)
+  conntrack       # kube-proxy's conntrack entries, looked at from a node
 )
 
 missing=()
