@@ -83,8 +83,6 @@ import (
 	"time"
 
 	"github.com/podroute/podroute/hack/image/archive"
-	"github.com/podroute/podroute/test/cniutil"
-	"github.com/podroute/podroute/test/kube"
 )
 
 // The image references, as e2e.test v1.32.4 and kubeadm v1.32 name them.
@@ -94,15 +92,23 @@ const (
 	Nginx          = "registry.k8s.io/e2e-test-images/nginx:1.14-4"
 	BusyBox        = "registry.k8s.io/e2e-test-images/busybox:1.36.1-1"
 	Pause          = "registry.k8s.io/pause:3.10"
-	KubeProxy      = "registry.k8s.io/kube-proxy:" + kube.KubeVersion
+	KubeProxy      = "registry.k8s.io/kube-proxy:" + KubeVersion
 	CoreDNS        = "registry.k8s.io/coredns/coredns:v" + CoreDNSVersion
 
-	// AgnhostVersion and CoreDNSVersion are what the binaries must report.
+	// KubeVersion, AgnhostVersion and CoreDNSVersion are what the binaries must report
+	// (KubeVersion is test/kube's, kept here so that building the images needs no client
+	// library; a test holds the two equal).
+	KubeVersion    = "v1.32.4"
 	AgnhostVersion = "2.53"
 	CoreDNSVersion = "1.11.3"
 
 	// Suite is the Debian release of the shared root file system.
 	Suite = "bookworm"
+
+	// KubeBinDirEnv and DefaultKubeBinDir are where hack/kube/build.sh puts the binaries
+	// (test/kube's BinDirEnv and DefaultBinDir).
+	KubeBinDirEnv     = "PODROUTE_KUBE_BIN"
+	DefaultKubeBinDir = "/var/cache/podroute/kube/" + KubeVersion + "/bin"
 
 	// DefaultCacheDir holds the root file system and the archives; CacheDirEnv overrides it.
 	DefaultCacheDir = "/var/cache/podroute/e2e-images"
@@ -139,7 +145,7 @@ var rootfsPackages = []string{
 // Options says where the inputs are and where the outputs go.
 type Options struct {
 	// BinDir holds agnhost, kube-proxy and coredns (default: $PODROUTE_KUBE_BIN, else
-	// kube.DefaultBinDir, where hack/kube/build.sh puts them).
+	// DefaultKubeBinDir, where hack/kube/build.sh puts them).
 	BinDir string
 	// CacheDir holds the root file system and the archives (default: $PODROUTE_E2E_IMAGES,
 	// else DefaultCacheDir).
@@ -221,10 +227,10 @@ type builder struct {
 func newBuilder(opts Options) (*builder, error) {
 	b := &builder{Options: opts, mtime: time.Unix(0, 0).UTC()}
 	if b.BinDir == "" {
-		b.BinDir = os.Getenv(kube.BinDirEnv)
+		b.BinDir = os.Getenv(KubeBinDirEnv)
 	}
 	if b.BinDir == "" {
-		b.BinDir = kube.DefaultBinDir
+		b.BinDir = DefaultKubeBinDir
 	}
 	b.cache = b.CacheDir
 	if b.cache == "" {
@@ -249,13 +255,13 @@ func (b *builder) build() (map[string]string, error) {
 		prefix, trim string
 	}{
 		{&b.agnhost, "agnhost", AgnhostVersion, []string{"--version"}, "app version ", ""},
-		{&b.kubeProxy, "kube-proxy", kube.KubeVersion, []string{"--version"}, "Kubernetes ", ""},
+		{&b.kubeProxy, "kube-proxy", KubeVersion, []string{"--version"}, "Kubernetes ", ""},
 		{&b.coredns, "coredns", CoreDNSVersion, []string{"-version"}, "CoreDNS-", ""},
 	} {
 		p := filepath.Join(b.BinDir, c.name)
 		out, err := exec.Command(p, c.args...).Output()
 		if err != nil {
-			return nil, fmt.Errorf("%s %s in %s: %v: run hack/kube/build.sh (make setup), or set $%s", c.name, c.want, b.BinDir, err, kube.BinDirEnv)
+			return nil, fmt.Errorf("%s %s in %s: %v: run hack/kube/build.sh (make setup), or set $%s", c.name, c.want, b.BinDir, err, KubeBinDirEnv)
 		}
 		got := strings.TrimPrefix(strings.SplitN(strings.TrimSpace(string(out)), "\n", 2)[0], c.prefix)
 		if got != c.want {
@@ -295,16 +301,16 @@ func porterDir() (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("go env GOMODCACHE: %v (a Go toolchain is needed)", err)
 	}
-	dir := filepath.Join(strings.TrimSpace(string(out)), "k8s.io", "kubernetes@"+kube.KubeVersion, "test", "images", "agnhost", "porter")
+	dir := filepath.Join(strings.TrimSpace(string(out)), "k8s.io", "kubernetes@"+KubeVersion, "test", "images", "agnhost", "porter")
 	if _, err := os.Stat(filepath.Join(dir, "localhost.crt")); err != nil {
-		return "", fmt.Errorf("agnhost's porter certificate: %v: run hack/kube/build.sh (it downloads k8s.io/kubernetes@%s)", err, kube.KubeVersion)
+		return "", fmt.Errorf("agnhost's porter certificate: %v: run hack/kube/build.sh (it downloads k8s.io/kubernetes@%s)", err, KubeVersion)
 	}
 	return dir, nil
 }
 
 // buildPause builds hack/image/pause (static), the pause image's binary.
 func (b *builder) buildPause() (string, error) {
-	root, err := cniutil.RepoRoot()
+	root, err := repoRoot()
 	if err != nil {
 		return "", err
 	}
@@ -405,7 +411,7 @@ func (b *builder) specs() []imageSpec {
 		{
 			// build/server-image: the binary at /usr/local/bin on an image with iptables
 			// (both variants), nft, ipset and conntrack; the DaemonSet gives the command.
-			ref: KubeProxy, name: "kube-proxy-" + kube.KubeVersion, base: true,
+			ref: KubeProxy, name: "kube-proxy-" + KubeVersion, base: true,
 			inputs: []string{b.kubeProxy},
 			files: func() ([]archive.File, error) {
 				return []archive.File{{Path: "/usr/local/bin/kube-proxy", Source: b.kubeProxy, Mode: 0o755}}, nil
@@ -680,4 +686,22 @@ func skipInLayer(rel string, d fs.DirEntry) bool {
 		return filepath.Base(rel) != "copyright"
 	}
 	return false
+}
+
+// repoRoot is the directory of podroute's go.mod, found by walking up from the working
+// directory.
+func repoRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for d := dir; ; d = filepath.Dir(d) {
+		if data, err := os.ReadFile(filepath.Join(d, "go.mod")); err == nil &&
+			bytes.HasPrefix(data, []byte("module github.com/podroute/podroute\n")) {
+			return d, nil
+		}
+		if filepath.Dir(d) == d {
+			return "", fmt.Errorf("no podroute go.mod above %s (the pause image is built from hack/image/pause)", dir)
+		}
+	}
 }
