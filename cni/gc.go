@@ -67,7 +67,7 @@ func sweepPodRoutes(links []netlink.Link, kept map[int]bool) error {
 		if r.Gw != nil || len(r.MultiPath) > 0 || r.Type != 1 /* RTN_UNICAST */ || !podroute[r.LinkIndex] || kept[r.LinkIndex] {
 			continue
 		}
-		if err := netlink.RouteDel(r); err != nil && !isGone(err) {
+		if err := netlink.RouteDel(routes.DeleteKey(r)); err != nil && !isGone(err) {
 			return kernelErr("delete host route %s: %v", r.Dst, err)
 		}
 	}

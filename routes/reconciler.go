@@ -344,7 +344,7 @@ func (r *Reconciler) Reconcile(desired []Route) (Result, error) {
 		}
 	}
 	for _, kr := range stale {
-		if err := r.h.RouteDel(deleteKey(kr)); err != nil && !errors.Is(err, unix.ESRCH) {
+		if err := r.h.RouteDel(DeleteKey(kr)); err != nil && !errors.Is(err, unix.ESRCH) {
 			res.fail(r.log, fromKernel(kr), "delete", err)
 			continue
 		}
@@ -483,21 +483,4 @@ func (r *Reconciler) kernelRoute(w Route) *netlink.Route {
 			LinkIndex: h.LinkIndex, Gw: h.Gateway.AsSlice(), Flags: flags})
 	}
 	return kr
-}
-
-// deleteKey identifies exactly one kernel route for RTM_DELROUTE: protocol, type, metric and
-// next hops all have to match, so a route that is not the agent's can never be hit.
-func deleteKey(kr *netlink.Route) *netlink.Route {
-	d := &netlink.Route{
-		Dst: kr.Dst, Table: kr.Table, Protocol: kr.Protocol, Type: kr.Type, Scope: kr.Scope,
-		Priority: kr.Priority, Tos: kr.Tos, Family: kr.Family, Gw: kr.Gw, LinkIndex: kr.LinkIndex,
-	}
-	if d.Dst == nil {
-		p := kernelPrefix(kr)
-		d.Dst = toIPNet(p)
-	}
-	for _, nh := range kr.MultiPath {
-		d.MultiPath = append(d.MultiPath, &netlink.NexthopInfo{LinkIndex: nh.LinkIndex, Gw: nh.Gw})
-	}
-	return d
 }

@@ -259,3 +259,23 @@ func kernelPrefix(kr *netlink.Route) netip.Prefix {
 func toIPNet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }
+
+// DeleteKey is the RTM_DELROUTE request that removes exactly the dumped kernel route kr and
+// nothing else: table, prefix, protocol, type, scope, metric, TOS and next hops all have to
+// match, so a route podroute does not own (another protocol, metric or gateway for the same
+// prefix) is never hit. A default route, dumped without a destination, gets its family's
+// zero prefix: the request takes its family from the destination, and netlink refuses one
+// with neither destination nor gateway (a default blackhole).
+func DeleteKey(kr *netlink.Route) *netlink.Route {
+	d := &netlink.Route{
+		Dst: kr.Dst, Table: kr.Table, Protocol: kr.Protocol, Type: kr.Type, Scope: kr.Scope,
+		Priority: kr.Priority, Tos: kr.Tos, Family: kr.Family, Gw: kr.Gw, LinkIndex: kr.LinkIndex,
+	}
+	if d.Dst == nil {
+		d.Dst = toIPNet(kernelPrefix(kr))
+	}
+	for _, nh := range kr.MultiPath {
+		d.MultiPath = append(d.MultiPath, &netlink.NexthopInfo{LinkIndex: nh.LinkIndex, Gw: nh.Gw})
+	}
+	return d
+}

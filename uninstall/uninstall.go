@@ -304,7 +304,7 @@ func (u *run) routes(all []netlink.Route, names []string) {
 	}
 	for i := range left {
 		r := &left[i]
-		if err := netlink.RouteDel(deleteKey(r)); err != nil && !errors.Is(err, unix.ESRCH) {
+		if err := netlink.RouteDel(routes.DeleteKey(r)); err != nil && !errors.Is(err, unix.ESRCH) {
 			u.fail(KindRoute, describe(r), err)
 		}
 	}
@@ -393,25 +393,6 @@ func describe(r *netlink.Route) string {
 // routeKey identifies a route across dumps, whatever became of its link's name.
 func routeKey(r *netlink.Route) string {
 	return fmt.Sprintf("%d|%d|%v|%v|%d|%d|%d", r.Table, r.Type, r.Dst, r.Gw, r.LinkIndex, r.Priority, len(r.MultiPath))
-}
-
-// deleteKey names exactly one kernel route: a route with another protocol is never hit.
-func deleteKey(kr *netlink.Route) *netlink.Route {
-	d := &netlink.Route{
-		Dst: kr.Dst, Table: kr.Table, Protocol: kr.Protocol, Type: kr.Type, Scope: kr.Scope,
-		Priority: kr.Priority, Tos: kr.Tos, Family: kr.Family, Gw: kr.Gw, LinkIndex: kr.LinkIndex,
-	}
-	if d.Dst == nil {
-		bits := 32
-		if kr.Family == unix.AF_INET6 {
-			bits = 128
-		}
-		d.Dst = &net.IPNet{IP: make(net.IP, bits/8), Mask: net.CIDRMask(0, bits)}
-	}
-	for _, nh := range kr.MultiPath {
-		d.MultiPath = append(d.MultiPath, &netlink.NexthopInfo{LinkIndex: nh.LinkIndex, Gw: nh.Gw})
-	}
-	return d
 }
 
 // nftables removes table inet podroute, the egress masquerade.
