@@ -7,6 +7,7 @@ import (
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 
@@ -67,7 +68,7 @@ func cmdCheck(args *skel.CmdArgs) error {
 
 func checkHostRoute(host netlink.Link, ip netip.Addr) error {
 	want := HostRoute(host.Attrs().Index, ip)
-	got, err := netlink.RouteListFiltered(familyOf(ip), &netlink.Route{Dst: want.Dst, Table: 0}, netlink.RT_FILTER_DST)
+	got, err := netlinksafe.RouteListFiltered(familyOf(ip), &netlink.Route{Dst: want.Dst, Table: 0}, netlink.RT_FILTER_DST)
 	if err != nil {
 		return kernelErr("list routes to %s: %v", want.Dst, err)
 	}
@@ -81,11 +82,11 @@ func checkHostRoute(host netlink.Link, ip netip.Addr) error {
 
 func checkPod(podNS ns.NetNS, ifName string, ips []netip.Addr) error {
 	return podNS.Do(func(ns.NetNS) error {
-		link, err := netlink.LinkByName(ifName)
+		link, err := netlinksafe.LinkByName(ifName)
 		if err != nil {
 			return fmt.Errorf("pod interface %s: missing: %v", ifName, err)
 		}
-		addrs, err := netlink.AddrList(link, netlink.FAMILY_ALL)
+		addrs, err := netlinksafe.AddrList(link, netlink.FAMILY_ALL)
 		if err != nil {
 			return kernelErr("pod interface %s: list addresses: %v", ifName, err)
 		}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -66,7 +67,7 @@ const (
 // the veth and setting its alias leaves an empty alias; the veth is still this attachment's if
 // its peer lives in this attachment's netns.
 func (l *podLink) classify() (netlink.Link, ownership, error) {
-	link, err := netlink.LinkByName(l.hostName)
+	link, err := netlinksafe.LinkByName(l.hostName)
 	if err != nil {
 		var nf netlink.LinkNotFoundError
 		if errors.As(err, &nf) {
@@ -118,7 +119,7 @@ func (l *podLink) create(podMAC net.HardwareAddr) (netlink.Link, error) {
 	if err := netlink.LinkSetAlias(veth, l.owner); err != nil {
 		return veth, kernelErr("set alias on %s: %v", l.hostName, err)
 	}
-	link, err := netlink.LinkByName(l.hostName)
+	link, err := netlinksafe.LinkByName(l.hostName)
 	if err != nil {
 		return veth, kernelErr("look up new veth %s: %v", l.hostName, err)
 	}
@@ -176,7 +177,7 @@ func configureHost(link netlink.Link, v4, v6 bool) error {
 // the pod's default route away from the first.
 func configurePod(podNS ns.NetNS, ifName string, ips []netip.Addr) error {
 	return podNS.Do(func(ns.NetNS) error {
-		link, err := netlink.LinkByName(ifName)
+		link, err := netlinksafe.LinkByName(ifName)
 		if err != nil {
 			return kernelErr("pod interface %s: %v", ifName, err)
 		}
@@ -228,7 +229,7 @@ func hasDefaultRoute(family int) bool { return len(defaultRoutes(family)) > 0 }
 
 // defaultRoutes lists the current netns's default routes of a family.
 func defaultRoutes(family int) []netlink.Route {
-	rs, err := netlink.RouteList(nil, family)
+	rs, err := netlinksafe.RouteList(nil, family)
 	if err != nil {
 		return nil
 	}
@@ -259,7 +260,7 @@ func waitLocalRoutes(ips []netip.Addr) {
 		}
 		filter := &netlink.Route{Table: unix.RT_TABLE_LOCAL, Dst: hostPrefix(ip)}
 		for {
-			rs, err := netlink.RouteListFiltered(netlink.FAMILY_V6, filter, netlink.RT_FILTER_TABLE|netlink.RT_FILTER_DST)
+			rs, err := netlinksafe.RouteListFiltered(netlink.FAMILY_V6, filter, netlink.RT_FILTER_TABLE|netlink.RT_FILTER_DST)
 			if err == nil && len(rs) > 0 {
 				break
 			}

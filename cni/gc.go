@@ -4,6 +4,7 @@ import (
 	"strings"
 
 	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/vishvananda/netlink"
 
 	"github.com/podroute/podroute/routes"
@@ -20,7 +21,7 @@ func cmdGC(args *skel.CmdArgs) error {
 	for _, v := range conf.ValidAttachments {
 		keep[OwnerAlias(v.ContainerID, v.IfName)] = true
 	}
-	links, err := netlink.LinkList()
+	links, err := netlinksafe.LinkList()
 	if err != nil {
 		return kernelErr("list interfaces: %v", err)
 	}
@@ -58,7 +59,7 @@ func sweepPodRoutes(links []netlink.Link, kept map[int]bool) error {
 			podroute[l.Attrs().Index] = true
 		}
 	}
-	rs, err := netlink.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Protocol: routes.Protocol}, netlink.RT_FILTER_PROTOCOL)
+	rs, err := netlinksafe.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Protocol: routes.Protocol}, netlink.RT_FILTER_PROTOCOL)
 	if err != nil {
 		return kernelErr("list podroute routes: %v", err)
 	}

@@ -34,6 +34,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 	"sigs.k8s.io/knftables"
@@ -260,7 +261,7 @@ func (u *run) portmap() {
 // veths deletes the host ends of pod veths: veth links named pr... whose alias podroute set.
 // The pod end, the pod's host routes and the permanent neighbour entries go with them.
 func (u *run) veths() {
-	links, err := netlink.LinkList()
+	links, err := netlinksafe.LinkList()
 	if err != nil {
 		u.fail(KindVeth, "*", fmt.Errorf("listing interfaces: %w", err))
 		return
@@ -334,14 +335,7 @@ func dumpOwned() ([]netlink.Route, error) {
 	var out []netlink.Route
 	filter := &netlink.Route{Protocol: routes.Protocol, Table: unix.RT_TABLE_UNSPEC}
 	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
-		var rs []netlink.Route
-		var err error
-		for range 5 {
-			rs, err = netlink.RouteListFiltered(fam, filter, netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
-			if !errors.Is(err, netlink.ErrDumpInterrupted) {
-				break
-			}
-		}
+		rs, err := netlinksafe.RouteListFiltered(fam, filter, netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
 		if err != nil {
 			return nil, fmt.Errorf("listing protocol %d routes: %w", routes.Protocol, err)
 		}

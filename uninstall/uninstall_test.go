@@ -20,6 +20,7 @@ import (
 	"github.com/podroute/podroute/cniconf"
 	"github.com/podroute/podroute/egress"
 	"github.com/podroute/podroute/routes"
+	"github.com/podroute/podroute/test/cniutil"
 )
 
 func needRoot(t *testing.T) {
@@ -424,5 +425,27 @@ func TestUninstallOtherPortmap(t *testing.T) {
 				t.Errorf("podroute not removed: %v", err)
 			}
 		})
+	}
+}
+
+// TestUninstallOnABusyNode: the interface and route lists uninstall reads are dumps the
+// kernel interrupts when a table changes meanwhile; on a busy node uninstall retries them
+// instead of failing.
+func TestUninstallOnABusyNode(t *testing.T) {
+	n := newNode(t)
+	cniutil.Busy(t, n.ns)
+	rep, err := n.run(n.opts)
+	if err != nil {
+		t.Fatalf("uninstall on a busy node: %v", err)
+	}
+	if k := kinds(rep); len(k[KindVeth]) != 1 || len(k[KindRoute]) != 8 {
+		t.Errorf("removed %q veths and %q routes, want 1 and 8", k[KindVeth], k[KindRoute])
+	}
+	// Each later run lists the interfaces and routes again and finds nothing of podroute's.
+	for i := range 30 {
+		rep, err := n.run(n.opts)
+		if err != nil || len(rep.Items) != 0 {
+			t.Fatalf("run #%d on a busy node: %d items, err %v; want nothing", i+2, len(rep.Items), err)
+		}
 	}
 }
