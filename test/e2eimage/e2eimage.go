@@ -14,8 +14,9 @@
 //     test-container pod and a hostNetwork host-test-container pod running curl and
 //     `echo hostName | nc -w 1 -u`), HostPort (netexec pods and a hostNetwork pod running
 //     curl), the 3 Proxy specs (/agnhost porter, its TLS ports with /localhost.crt and
-//     /localhost.key) and the 14 Services specs (netexec and serve-hostname backends, exec
-//     pods running sh, nc -v -z -w, curl -q -s --connect-timeout).
+//     /localhost.key) and the 12 Services specs that run pods (netexec and serve-hostname
+//     backends; exec pods running sh -c with nc -v -z -w, echo hostName | nc -u, curl -q -s
+//     --connect-timeout).
 //   - JessieDnsutils (jessie-dnsutils 1.7): the 8 DNS specs' second querier (sh, dig, getent,
 //     seq).
 //   - Nginx (nginx 1.14-4): EndpointSlice "should create Endpoints and EndpointSlices for Pods
@@ -23,8 +24,11 @@
 //   - Pause (pause 3.10): "Service endpoints latency should not be very high" (an RC of pause
 //     pods); it is also kubelet v1.32's default sandbox image.
 //   - none: the other 3 EndpointSlice specs, EndpointSliceMirroring, Ingress API,
-//     IngressClass API and the Services API-only specs (lifecycle, listing, status, delete a
-//     collection) create no pods of their own.
+//     IngressClass API and 5 of the 17 Services specs (secure master service, listing all
+//     namespaces, the lifecycle of an Endpoint, status lifecycle, delete a collection) create
+//     no pods of their own.
+//
+// Every pod's sandbox is the runtime's sandbox image (containerd's sandbox_image).
 //
 // The 48 `[Feature:NetworkPolicy]` specs (test/e2e/network/netpol) run Agnhost only: servers
 // `/agnhost serve-hostname --tcp|--udp --http=false --port N` (`/agnhost porter` for SCTP) and
