@@ -124,9 +124,12 @@ const (
 	Path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 )
 
-// revision is the recipe's: bumped when what goes into an image changes in a way the inputs
-// the keys hash do not show.
-const revision = "1"
+// revision is the images' recipe's, treeRevision the root file system tree's: bumped when
+// what goes into them changes in a way the inputs the keys hash do not show.
+const (
+	revision     = "1"
+	treeRevision = "1"
+)
 
 // rootfsPackages are installed into the shared root file system (with what they depend on),
 // on top of debootstrap's minbase.
@@ -135,7 +138,7 @@ var rootfsPackages = []string{
 	"bind9-dnsutils", // dig, nslookup, host: the DNS specs' queriers (bind-tools, dnsutils upstream)
 	"busybox-static", // the busybox image, and applets for what else Alpine's BusyBox answers
 	"ca-certificates",
-	"conntrack",      // kube-proxy's image carries it (conntrack -L/-D when debugging)
+	"conntrack",      // upstream's kube-proxy image carries it (v1.32 clears entries over netlink)
 	"curl",           // agnhost: every exec'd HTTP check
 	"iperf",          // agnhost: iperf 2 (networking_perf)
 	"ipset",          // kube-proxy in IPVS mode

@@ -38,12 +38,12 @@ func (r *rootfs) layer() (*archive.Layer, error) {
 }
 
 // rootfsKey names the root file system tree by what decides its content: the suite, the
-// architecture, the packages and the recipe's revision. (Debian's point releases change
+// architecture, the packages and treeRevision. (Debian's point releases change
 // package versions under one key; packages.txt records the ones a tree has.)
 func rootfsKey(arch string) string {
 	pkgs := append([]string(nil), rootfsPackages...)
 	sort.Strings(pkgs)
-	sum := sha256.Sum256([]byte(fmt.Sprintf("revision %s\nsuite %s\narch %s\nvariant minbase\npackages %s\n", revision, Suite, arch, strings.Join(pkgs, ","))))
+	sum := sha256.Sum256([]byte(fmt.Sprintf("revision %s\nsuite %s\narch %s\nvariant minbase\npackages %s\n", treeRevision, Suite, arch, strings.Join(pkgs, ","))))
 	return Suite + "-" + arch + "-" + hex.EncodeToString(sum[:])[:16]
 }
 
