@@ -2,7 +2,6 @@ package bgp
 
 import (
 	"context"
-	"encoding/binary"
 	"fmt"
 	"net"
 	"net/netip"
@@ -11,6 +10,8 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // sessionKey identifies the TCP connections of one BGP session: the peer's address and
@@ -114,16 +115,9 @@ func md5Supported() error {
 			md5Err = fmt.Errorf("probe TCP MD5 support: %w", err)
 			return
 		}
-		// struct tcp_md5sig: sockaddr_storage, flags, prefixlen, keylen, ifindex, key[80].
-		var sig [128 + 1 + 1 + 2 + 4 + 80]byte
-		binary.NativeEndian.PutUint16(sig[0:], syscall.AF_INET)
-		copy(sig[4:8], []byte{127, 0, 0, 2})
-		binary.NativeEndian.PutUint16(sig[130:], 1)
-		sig[136] = 'x'
-		const tcpMD5Sig = 14
 		var serr error
 		if err := sc.Control(func(fd uintptr) {
-			serr = syscall.SetsockoptString(int(fd), syscall.IPPROTO_TCP, tcpMD5Sig, string(sig[:]))
+			serr = setMD5Key(int(fd), netip.MustParseAddr("127.0.0.2"), "x")
 		}); err != nil {
 			serr = err
 		}
@@ -132,4 +126,26 @@ func md5Supported() error {
 		}
 	})
 	return md5Err
+}
+
+// setMD5Key sets the TCP MD5 signature key (RFC 2385) for segments to and from peer on the
+// socket fd: on a listener, for the connections it accepts from peer; on a socket before
+// connect, for its connection to peer. An empty key removes it.
+func setMD5Key(fd int, peer netip.Addr, key string) error {
+	if len(key) > unix.TCP_MD5SIG_MAXKEYLEN {
+		return fmt.Errorf("TCP MD5 key longer than %d bytes", unix.TCP_MD5SIG_MAXKEYLEN)
+	}
+	sig := unix.TCPMD5Sig{Keylen: uint16(len(key))}
+	copy(sig.Key[:], key)
+	// Addr is a struct sockaddr_storage holding a sockaddr_in or sockaddr_in6 (port 0).
+	if peer = peer.Unmap(); peer.Is4() {
+		sig.Addr.Family = unix.AF_INET
+		a := peer.As4()
+		copy(sig.Addr.Data[2:], a[:]) // after sin_port
+	} else {
+		sig.Addr.Family = unix.AF_INET6
+		a := peer.As16()
+		copy(sig.Addr.Data[6:], a[:]) // after sin6_port and sin6_flowinfo
+	}
+	return os.NewSyscallError("setsockopt TCP_MD5SIG", unix.SetsockoptTCPMD5Sig(fd, unix.IPPROTO_TCP, unix.TCP_MD5SIG, &sig))
 }
