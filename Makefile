@@ -6,7 +6,7 @@ LDFLAGS  := -s -w -X github.com/podroute/podroute/cni.Version=$(VERSION)
 # Static binaries: the plugin is exec'd on every pod start and runs on any host.
 export CGO_ENABLED := 0
 
-.PHONY: all setup build test fuzz bench lab lab-down lab-cni image clean
+.PHONY: all setup build test fuzz bench lab lab-down lab-cni cluster cluster-down conformance image clean
 
 all: build
 
@@ -48,7 +48,7 @@ e2e-images:
 # assertions should not compete for the same two CPUs.
 test: setup build
 	$(GO) vet ./...
-	$(GO) test -p 1 -count=1 -timeout 30m ./...
+	$(GO) test -p 1 -count=1 -timeout 80m ./...
 	$(MAKE) fuzz
 
 # A short fuzzing pass over the config parsers, on top of the seed corpus the tests replay.
@@ -71,6 +71,38 @@ lab: setup build
 lab-down:
 	$(GO) test -c -o build/lab.test ./test/demo
 	cd test/demo && ../../build/lab.test -test.run '^TestSweep$$'
+
+# A complete cluster on this machine (root), as kubeadm leaves one: a control-plane node and
+# two workers (network namespaces with containerd and a kubelet each), kube-proxy
+# (CLUSTER_PROXY_MODE: iptables or nftables), CoreDNS, podroute installed with
+# `kubectl apply -f deploy/`. It prints its kubeconfig (build/cluster/kubeconfig) and stays
+# up until Ctrl-C or `make cluster-down`.
+CLUSTER_PROXY_MODE ?= iptables
+cluster: setup build
+	$(GO) test -c -o build/cluster.test ./test/cluster
+	cd test/cluster && PODROUTE_CLUSTER_HOLD=1 PODROUTE_CLUSTER_PROXY_MODE=$(CLUSTER_PROXY_MODE) \
+		../../build/cluster.test -test.run '^TestCluster$$' -test.timeout 0 -test.v
+
+# Stops a held cluster (it tears itself down) and removes what a killed one left.
+cluster-down:
+	@if [ -f build/cluster/pid ]; then \
+		pid=$$(cat build/cluster/pid); kill -TERM $$pid 2>/dev/null; \
+		while kill -0 $$pid 2>/dev/null; do sleep 1; done; rm -f build/cluster/pid; \
+	fi
+	$(MAKE) lab-down
+
+# Kubernetes' own sig-network conformance specs (e2e.test, v1.32.4) against the cluster
+# `make cluster` builds, once with kube-proxy in iptables mode and once in nftables mode.
+# Reports go to build/conformance/<mode>/; the run ends with ginkgo's summary of each mode.
+CONFORMANCE_MODES ?= iptables,nftables
+conformance: setup build
+	$(GO) test -c -o build/conformance.test ./test/conformance
+	@mkdir -p build/conformance
+	cd test/conformance && PODROUTE_E2E_MODES=$(CONFORMANCE_MODES) PODROUTE_E2E_REPORT=$(CURDIR)/build/conformance \
+		../../build/conformance.test -test.run '^TestConformance$$' -test.timeout 0 -test.v; \
+	status=$$?; cd $(CURDIR); for m in $$(echo $(CONFORMANCE_MODES) | tr , ' '); do \
+		for s in conformance network; do echo "kube-proxy $$m, $$s:"; \
+		grep -h -e '^Ran [0-9]* of' -e '[0-9]* Passed |' build/conformance/$$m/$$s/e2e.log; done; done; exit $$status
 
 # The smaller CNI-only lab: one node, three pods, no control plane.
 lab-cni: setup build
