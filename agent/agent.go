@@ -63,7 +63,8 @@ type Agent struct {
 	metricsAt  time.Time // last refresh of the peer gauges
 	// topologyProblems are the peers the last BGP pass left out, and why.
 	topologyProblems []string
-	logged           map[string]bool
+	// said logs each problem once while it lasts.
+	said *problemLog
 	// kubeProxy is the last check of kube-proxy (watchKubeProxy), every kubeProxyEvery.
 	kubeProxy      kubeProxyState
 	kubeProxyEvery time.Duration
@@ -88,7 +89,7 @@ func New(cfg Config, client kubernetes.Interface, dyn dynamic.Interface, log *sl
 		advertised: map[netip.Prefix]string{},
 		installErr: map[netip.Prefix]string{},
 		installed:  map[netip.Prefix]bool{},
-		logged:     map[string]bool{},
+		said:       newProblemLog(log),
 
 		kubeProxyEvery: kubeProxyEvery,
 	}
@@ -222,8 +223,8 @@ func (a *Agent) reconcile(ctx context.Context) {
 	a.mu.Unlock()
 	if err != nil {
 		a.metrics.reconcileErrors.Inc()
-		a.once("reconcile:"+err.Error(), slog.LevelWarn, "reconcile incomplete", "err", err)
 	}
+	a.said.setErr("reconcile", err, "reconcile incomplete", "err")
 }
 
 func (a *Agent) reconcileOnce(ctx context.Context) error {
@@ -235,18 +236,14 @@ func (a *Agent) reconcileOnce(ctx context.Context) error {
 		return errors.New("waiting for the first list of BGPPeers and BGPConfiguration")
 	}
 	a.queueStatus(s)
-	for _, p := range s.Problems {
-		a.once("config:"+p, slog.LevelWarn, "BGP configuration", "problem", p)
-	}
+	a.said.set("config", s.Problems, "BGP configuration", "problem")
 	problems := slices.Clone(s.Problems)
 	for _, ip := range s.InvalidPeers {
 		problems = append(problems, fmt.Sprintf("BGPPeer %s ignored: %v", ip.Name, ip.Errors.ToAggregate()))
 	}
 	cfg := effective(&a.cfg, s)
 	nodes, overrideProblems := withOverrides(a.nodes.Nodes())
-	for _, p := range overrideProblems {
-		a.once("override:"+p, slog.LevelWarn, "node override ignored", "reason", p)
-	}
+	a.said.set("override", overrideProblems, "node override ignored", "reason")
 	problems = append(problems, overrideProblems...)
 	defer func() {
 		a.mu.Lock()
@@ -269,9 +266,7 @@ func (a *Agent) reconcileOnce(ctx context.Context) error {
 			a.mu.Unlock()
 		}
 	}
-	if meErr != nil {
-		a.once("self:"+meErr.Error(), slog.LevelWarn, "this node cannot be fully served yet", "node", a.cfg.NodeName, "reason", meErr)
-	}
+	a.said.setErr("self", meErr, "this node cannot be fully served yet", "reason", "node", a.cfg.NodeName)
 	if len(me.PodCIDRs) == 0 {
 		return meErr // nothing can be advertised or configured without a pod CIDR
 	}
@@ -425,9 +420,7 @@ func (a *Agent) reconcileBGP(ctx context.Context, cfg *Config, s config.Settings
 	}
 
 	wantPeers := t.peers
-	for _, p := range t.problems {
-		a.once("peer:"+p, slog.LevelWarn, "peer left out", "reason", p)
-	}
+	a.said.set("peer", t.problems, "peer left out", "reason")
 	a.mu.Lock()
 	a.topologyProblems = t.problems
 	a.mu.Unlock()
@@ -614,9 +607,8 @@ func (a *Agent) writeStatuses(ctx context.Context) {
 			return
 		case s := <-a.statusCh:
 			wctx, cancel := context.WithTimeout(ctx, statusTimeout)
-			if err := a.status.Sync(wctx, s); err != nil {
-				a.once("status:"+err.Error(), slog.LevelWarn, "could not write the status of podroute resources", "err", err)
-			}
+			err := a.status.Sync(wctx, s)
+			a.said.setErr("status", err, "could not write the status of podroute resources", "err")
 			cancel()
 		}
 	}
@@ -633,19 +625,4 @@ func changedFields(a, b bgp.Neighbor) []string {
 		}
 	}
 	return out
-}
-
-// once logs a message the first time its key is seen, so a persistent problem is said once,
-// not on every reconcile.
-func (a *Agent) once(key string, level slog.Level, msg string, args ...any) {
-	a.mu.Lock()
-	seen := a.logged[key]
-	a.logged[key] = true
-	if len(a.logged) > 10000 { // bound the memory a stream of distinct errors could take
-		a.logged = map[string]bool{key: true}
-	}
-	a.mu.Unlock()
-	if !seen {
-		a.log.Log(context.Background(), level, msg, args...)
-	}
 }
