@@ -337,7 +337,7 @@ func (r *router) notify() {
 }
 
 // onAdjIn sees every path received from a peer before import policy, to account
-// refusals with a reason.
+// refusals with a reason, and every withdrawal, which ends a refusal.
 func (r *router) onAdjIn(resp *api.WatchEventResponse) {
 	t := resp.GetTable()
 	if t == nil {
@@ -347,15 +347,18 @@ func (r *router) onAdjIn(resp *api.WatchEventResponse) {
 	f := r.filter
 	r.mu.Unlock()
 	for _, p := range t.Paths {
-		if p.IsWithdraw {
-			continue
-		}
 		prefix, ok := pathPrefix(p)
 		if !ok {
 			continue
 		}
 		peer, err := netip.ParseAddr(p.NeighborIp)
 		if err != nil {
+			continue
+		}
+		if p.IsWithdraw {
+			// The peer no longer announces it: a refusal of it is over, and is logged
+			// again if the peer announces it again.
+			r.refusals.forget(prefix, peer.Unmap())
 			continue
 		}
 		if reason := f.classify(peer, prefix); reason != "" {
@@ -629,6 +632,7 @@ func (r *router) RemoveNeighbor(ctx context.Context, addr netip.Addr) (err error
 	delete(r.neighbors, addr)
 	delete(r.problems, addr)
 	r.mu.Unlock()
+	r.refusals.retain(func(_ netip.Prefix, peer netip.Addr) bool { return peer != addr })
 	if n.shapesPolicy() {
 		if err := r.applyPoliciesLocked(ctx, false); err != nil {
 			return err

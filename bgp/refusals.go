@@ -17,7 +17,9 @@ type refusalKey struct {
 	peer   netip.Addr
 }
 
-// refusals remembers refused announcements and logs each (prefix, peer) once.
+// refusals remembers refused announcements and logs each (prefix, peer) once while it
+// lasts: a refusal the peer withdraws, the filter comes to allow or whose peer is removed
+// is forgotten, and logged again if it comes back.
 type refusals struct {
 	mu       sync.Mutex
 	log      *slog.Logger
@@ -71,6 +73,14 @@ func (r *refusals) note(prefix netip.Prefix, peer netip.Addr, reason string) {
 	r.record(prefix, peer, reason)
 }
 
+// forget drops the entry of a (prefix, peer), if any.
+func (r *refusals) forget(prefix netip.Prefix, peer netip.Addr) {
+	r.mu.Lock()
+	delete(r.entries, refusalKey{prefix, peer})
+	r.roomLocked()
+	r.mu.Unlock()
+}
+
 // retain drops the entries that keep reports as no longer refused.
 func (r *refusals) retain(keep func(prefix netip.Prefix, peer netip.Addr) bool) {
 	r.mu.Lock()
@@ -79,6 +89,14 @@ func (r *refusals) retain(keep func(prefix netip.Prefix, peer netip.Addr) bool) 
 		if !keep(k.prefix, k.peer) {
 			delete(r.entries, k)
 		}
+	}
+	r.roomLocked()
+}
+
+// roomLocked re-arms the warning about a full table once it has room again.
+func (r *refusals) roomLocked() {
+	if len(r.entries) < maxRefusals {
+		r.limitLog = false
 	}
 }
 

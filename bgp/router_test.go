@@ -271,6 +271,47 @@ func TestImportPolicyRefusals(t *testing.T) {
 		}
 		return ""
 	})
+
+	// A refused prefix the rogue withdraws is no longer a refusal; announced again, it is
+	// refused and logged again.
+	outside := pfx("192.168.0.0/24")
+	refused := func(p netip.Prefix) bool {
+		for _, r := range b.Refusals() {
+			if r.Prefix == p {
+				return true
+			}
+		}
+		return false
+	}
+	if err := rogue.Withdraw(ctx, outside); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, func() string {
+		if refused(outside) || len(b.Refusals()) != len(bad)-1 {
+			return fmt.Sprintf("refusals after the withdrawal of %s: %+v", outside, b.Refusals())
+		}
+		return ""
+	})
+	if err := rogue.Advertise(ctx, outside); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, func() string {
+		if !refused(outside) {
+			return fmt.Sprintf("%s not refused again: %+v", outside, b.Refusals())
+		}
+		return ""
+	})
+	if n := b.logs.count("bgp: refused route", "prefix", outside.String(), "peer", rogue.ip.String()); n != 2 {
+		t.Errorf("refusal of %s logged %d times, want twice: once, and again after the withdrawal", outside, n)
+	}
+
+	// A removed neighbour's refusals go with it.
+	if err := b.RemoveNeighbor(ctx, rogue.ip); err != nil {
+		t.Fatal(err)
+	}
+	if rs := b.Refusals(); len(rs) != 0 {
+		t.Errorf("refusals of a removed neighbour: %+v", rs)
+	}
 }
 
 // TestPeerOriginValidation: a neighbor with a PeerPrefixes entry gets only its own
