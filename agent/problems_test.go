@@ -14,7 +14,9 @@ func TestProblemLog(t *testing.T) {
 	logs := &syncBuffer{}
 	l := newProblemLog(slog.New(slog.NewJSONHandler(logs, nil)))
 	peers := func(ps ...string) { l.set("peer", ps, "peer left out", "reason") }
-	self := func(err error) { l.setErr("self", err, "this node cannot be fully served yet", "reason", "node", "node-1") }
+	self := func(err error) {
+		l.setErr("self", err, "this node cannot be fully served yet", "reason", "node", "node-1")
+	}
 	said := func(msg, attr string) []string {
 		var out []string
 		for _, rec := range logs.lines(t, msg) {
