@@ -346,6 +346,23 @@ func TestOverridesAndEffective(t *testing.T) {
 	if err != nil || me.RouterID != addr("10.255.0.1") || me.ASN != 65001 {
 		t.Fatalf("self with overrides: %+v %v", me, err)
 	}
+	// The router ID: --router-id, else the annotation, else the IPv4 address (also when given
+	// by --node-ip), else one derived from the name for an IPv6-only node.
+	flagged := cfg
+	flagged.RouterID = addr("10.255.9.9")
+	if me, _ := findSelf(&flagged, got); me.RouterID != flagged.RouterID {
+		t.Errorf("--router-id %s: router ID %s", flagged.RouterID, me.RouterID)
+	}
+	v6only := cfg
+	v6only.NodeName = "c"
+	got[2].Annotations = map[string]string{"podroute.io/router-id": "10.255.0.3"}
+	if me, _ := findSelf(&v6only, got); me.RouterID != addr("10.255.0.3") {
+		t.Errorf("IPv6-only node with the annotation: router ID %s", me.RouterID)
+	}
+	got[2].Annotations = map[string]string{"podroute.io/router-id": "2001:db8::3"}
+	if me, err := findSelf(&v6only, got); err == nil || !strings.Contains(err.Error(), "podroute.io/router-id") {
+		t.Errorf("an IPv6 router-id annotation: %+v %v, want an error naming it", me, err)
+	}
 	peers, _ := meshNeighbors(&cfg, me, got)
 	if _, ok := peers[addr("198.51.100.2")]; !ok {
 		t.Fatalf("session to node b not on its peering address: %v", peers)

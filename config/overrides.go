@@ -6,7 +6,6 @@ import (
 	"strconv"
 	"strings"
 
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 
 	"github.com/podroute/podroute/cluster"
@@ -46,11 +45,6 @@ func (o NodeOverrides) PeeringAddress(v6 bool) (netip.Addr, bool) {
 // is left out (the cluster default applies) so a typo never takes a node off the network.
 func OverridesForNode(n cluster.Node) (NodeOverrides, field.ErrorList) {
 	return ParseOverrides(n.Annotations, n.Labels)
-}
-
-// OverridesForObject reads the overrides of any object (e.g. a *corev1.Node).
-func OverridesForObject(o metav1.Object) (NodeOverrides, field.ErrorList) {
-	return ParseOverrides(o.GetAnnotations(), o.GetLabels())
 }
 
 // ParseOverrides reads overrides from annotations, then labels.
@@ -130,20 +124,6 @@ func NodeASN(n cluster.Node, def uint32) (uint32, error) {
 		return o.ASN, nil
 	}
 	return def, nil
-}
-
-// NodeRouterID is the node's router ID: the override, else its first IPv4 address. ok is
-// false when the node has neither (an IPv6-only node must set podroute.io/router-id).
-func NodeRouterID(n cluster.Node) (id netip.Addr, ok bool, err error) {
-	o, errs := OverridesForNode(n)
-	if agg := errs.ToAggregate(); agg != nil {
-		err = fmt.Errorf("node %s: %w", n.Name, agg)
-	}
-	if o.RouterID.IsValid() {
-		return o.RouterID, true, err
-	}
-	a, found := n.Address(false)
-	return a, found, err
 }
 
 // NodePeeringAddress is the node's source address towards a peer of the family: the

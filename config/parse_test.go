@@ -222,8 +222,8 @@ func TestOverrides(t *testing.T) {
 	if asn, err := NodeASN(n, 64512); asn != 65099 || err != nil {
 		t.Errorf("NodeASN from label %d %v", asn, err)
 	}
-	if id, ok, err := NodeRouterID(n); id.String() != "192.0.2.11" || !ok || err != nil {
-		t.Errorf("router ID %v %v %v", id, ok, err)
+	if o, errs := OverridesForNode(n); o.RouterID.IsValid() || len(errs) != 0 {
+		t.Errorf("router ID override %v %v without the annotation", o.RouterID, errs)
 	}
 	if a, ok, _ := NodePeeringAddress(n, true); a.String() != "2001:db8::11" || !ok {
 		t.Errorf("peering v6 fallback %v", a)
