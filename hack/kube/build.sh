@@ -31,12 +31,12 @@
 # Idempotent: a binary is rebuilt when it is missing, when it does not report the expected
 # version, or when the recipe it was built with (package, version, linker flags, Go
 # toolchain; recorded in DIR/.stamps/<target> with the binary's size and time) is not
-# this script's. CI on a reused machine pays a fraction of a second; a fresh machine builds
-# everything. Build times measured on this project's 2-core machines (Go 1.26, modules
-# already downloaded):
-#   the first five targets together, cold: 17 min (alongside other builds)
-#   each new target alone, empty Go build cache ("cold"; other builds were running too):
-#     ginkgo 29s   agnhost 2m51s   kube-proxy 5m34s   coredns (pending)   e2e.test (pending)
+# this script's. CI on a reused machine pays a second or two (each binary's --version); a
+# fresh machine builds everything. Build times measured on this project's 2-core machine
+# (Go 1.26, modules already downloaded; other builds ran at the same time, load 2 to 12):
+#   the first five targets together, cold                         17m
+#   each new target alone, with an empty Go build cache:
+#     ginkgo 29s   agnhost 2m51s   coredns 3m28s   kube-proxy 5m34s   e2e.test 13m20s
 #   each new target after the first five, in one run (what a fresh machine pays on top):
 #     kube-proxy 12s   agnhost 4s   coredns 2m59s   ginkgo 5s   e2e.test 3m17s
 # A rebuild with a warm cache (--force, or a new recipe) is mostly linking: 4-7s a binary.
