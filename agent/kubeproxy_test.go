@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes/fake"
 )
 
@@ -187,12 +188,11 @@ func TestWatchKubeProxy(t *testing.T) {
 	problems := func() string { return strings.Join(a.Status().Problems, "\n") }
 	waitFor := func(what string, cond func() bool) {
 		t.Helper()
-		deadline := time.Now().Add(5 * time.Second)
-		for !cond() {
-			if time.Now().After(deadline) {
-				t.Fatalf("timed out waiting for %s; status problems %q, mode %q", what, problems(), a.Status().KubeProxyMode)
-			}
-			time.Sleep(10 * time.Millisecond)
+		err := wait.PollUntilContextTimeout(ctx, 10*time.Millisecond, 5*time.Second, true, func(context.Context) (bool, error) {
+			return cond(), nil
+		})
+		if err != nil {
+			t.Fatalf("timed out waiting for %s; status problems %q, mode %q", what, problems(), a.Status().KubeProxyMode)
 		}
 	}
 	waitFor("kube-proxy reported missing", func() bool { return strings.Contains(problems(), "kube-proxy not found") })

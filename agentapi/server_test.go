@@ -3,6 +3,7 @@ package agentapi
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"net"
@@ -16,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"k8s.io/apimachinery/pkg/util/wait"
 )
 
 var t0 = time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
@@ -122,20 +125,25 @@ func serveAt(t *testing.T, src Source, path string) (context.CancelFunc, <-chan 
 
 func waitSocket(t *testing.T, path string, finished <-chan struct{}, result <-chan error) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) {
+	err := wait.PollUntilContextTimeout(context.Background(), 5*time.Millisecond, 5*time.Second, true, func(context.Context) (bool, error) {
 		select {
 		case <-finished:
-			t.Fatalf("Serve returned early: %v", <-result)
+			return false, fmt.Errorf("Serve returned early: %v", <-result)
 		default:
 		}
-		if c, err := net.Dial("unix", path); err == nil {
-			c.Close()
-			return
+		c, err := net.Dial("unix", path)
+		if err != nil {
+			return false, nil
 		}
-		time.Sleep(5 * time.Millisecond)
+		c.Close()
+		return true, nil
+	})
+	if wait.Interrupted(err) {
+		t.Fatalf("socket %s never came up", path)
 	}
-	t.Fatalf("socket %s never came up", path)
+	if err != nil {
+		t.Fatal(err)
+	}
 }
 
 func ctxT(t *testing.T) context.Context {

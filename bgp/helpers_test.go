@@ -13,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"k8s.io/apimachinery/pkg/util/wait"
 )
 
 const testASN = 65000
@@ -159,18 +161,17 @@ func peer(t *testing.T, a, b *speaker, mod func(*Neighbor)) {
 	}
 }
 
-// eventually polls cond until it returns "" or the deadline passes.
+// eventually polls cond until it returns "" or the timeout passes.
 func eventually(t *testing.T, timeout time.Duration, cond func() string) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
 	last := ""
-	for time.Now().Before(deadline) {
-		if last = cond(); last == "" {
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
+	err := wait.PollUntilContextTimeout(context.Background(), 50*time.Millisecond, timeout, true, func(context.Context) (bool, error) {
+		last = cond()
+		return last == "", nil
+	})
+	if err != nil {
+		t.Fatalf("condition not met within %s: %s", timeout, last)
 	}
-	t.Fatalf("condition not met within %s: %s", timeout, last)
 }
 
 func (s *speaker) established(t *testing.T, other netip.Addr) string {

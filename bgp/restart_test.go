@@ -16,6 +16,7 @@ import (
 	"time"
 
 	api "github.com/osrg/gobgp/v3/api"
+	"k8s.io/apimachinery/pkg/util/wait"
 )
 
 // GoBGP keeps route-selection settings in package variables that StartBgp writes, so a
@@ -71,22 +72,26 @@ func TestHelperSpeaker(t *testing.T) {
 		t.Fatal(err)
 	}
 	fmt.Println("ready")
-	synced := false
-	for {
-		select {
-		case <-term:
-			if err := r.Stop(true); err != nil {
-				fmt.Fprintln(os.Stderr, "graceful stop:", err)
-				os.Exit(1)
-			}
-			os.Exit(0)
-		case <-time.After(100 * time.Millisecond):
-		}
-		if ok, _ := r.Synced(ctx); ok && !synced {
-			synced = true
+	pollCtx, stopPoll := context.WithCancel(ctx)
+	polled := make(chan struct{})
+	go func() {
+		defer close(polled)
+		err := wait.PollUntilContextCancel(pollCtx, 100*time.Millisecond, false, func(ctx context.Context) (bool, error) {
+			ok, _ := r.Synced(ctx)
+			return ok, nil
+		})
+		if err == nil {
 			fmt.Println("synced")
 		}
+	}()
+	<-term
+	stopPoll()
+	<-polled
+	if err := r.Stop(true); err != nil {
+		fmt.Fprintln(os.Stderr, "graceful stop:", err)
+		os.Exit(1)
 	}
+	os.Exit(0)
 }
 
 type child struct {
@@ -191,17 +196,12 @@ func TestGracefulRestart(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		for {
-			select {
-			case <-stop:
-				return
-			case <-time.After(20 * time.Millisecond):
-			}
+		wait.Until(func() {
 			tbl, err := srv.GetTable(ctx, &api.GetTableRequest{TableType: api.TableType_GLOBAL, Family: familyIPv4})
 			if err != nil || tbl.NumDestination == 0 {
 				gaps.Add(1)
 			}
-		}
+		}, 20*time.Millisecond, stop)
 	}()
 	defer func() { close(stop); <-done }()
 

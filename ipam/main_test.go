@@ -1,6 +1,7 @@
 package ipam
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -9,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"k8s.io/apimachinery/pkg/util/wait"
 )
 
 // Tests that need several processes re-execute this test binary with
@@ -58,14 +61,13 @@ func allocHelper() int {
 		return 1
 	}
 	count, _ := strconv.Atoi(os.Getenv(countEnv))
-	for deadline := time.Now().Add(helperWait); ; time.Sleep(time.Millisecond) {
-		if _, err := os.Stat(os.Getenv(goFileEnv)); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			fmt.Println("err start signal never came")
-			return 1
-		}
+	err = wait.PollUntilContextTimeout(context.Background(), time.Millisecond, helperWait, true, func(context.Context) (bool, error) {
+		_, err := os.Stat(os.Getenv(goFileEnv))
+		return err == nil, nil
+	})
+	if err != nil {
+		fmt.Println("err start signal never came")
+		return 1
 	}
 	for j := 0; j < count; j++ {
 		at := Attachment{ContainerID: fmt.Sprintf("%s-%d", os.Getenv(idEnv), j), IfName: "eth0"}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -14,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"k8s.io/apimachinery/pkg/util/wait"
 	"sigs.k8s.io/yaml"
 
 	"github.com/podroute/podroute/agentapi"
@@ -102,19 +104,26 @@ func serveFixture(t *testing.T, src agentapi.Source) string {
 			t.Errorf("Serve: %v", serveErr)
 		}
 	})
-	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+	err := wait.PollUntilContextTimeout(ctx, 5*time.Millisecond, 5*time.Second, true, func(context.Context) (bool, error) {
 		select {
 		case <-finished:
-			t.Fatalf("Serve returned early: %v", serveErr)
+			return false, fmt.Errorf("Serve returned early: %v", serveErr)
 		default:
 		}
-		if c, err := net.Dial("unix", path); err == nil {
-			c.Close()
-			return path
+		c, err := net.Dial("unix", path)
+		if err != nil {
+			return false, nil
 		}
+		c.Close()
+		return true, nil
+	})
+	if wait.Interrupted(err) {
+		err = errors.New("agent socket never came up")
 	}
-	t.Fatal("agent socket never came up")
-	return ""
+	if err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
 
 type result struct {

@@ -7,6 +7,7 @@
 package agent_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/netip"
@@ -15,6 +16,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/podroute/podroute/test/lab"
 )
@@ -331,14 +334,16 @@ func (c *cluster) hostile(t *testing.T, opts lab.RogueOptions) {
 	}
 	// The kernels stay exactly as they were. A wrongly accepted path would be installed
 	// within milliseconds of its arrival; watch for a while anyway.
-	deadline := time.Now().Add(3 * time.Second)
-	for time.Now().Before(deadline) {
+	err := wait.PollUntilContextTimeout(context.Background(), 250*time.Millisecond, 3*time.Second, true, func(context.Context) (bool, error) {
 		for _, n := range c.nodes {
 			if got := kernelSnapshot(t, n); got != before[n.Name] {
-				t.Fatalf("%s: kernel routes changed while the rogue speaker was up:\nbefore:\n%s\nafter:\n%s", n.Name, before[n.Name], got)
+				return false, fmt.Errorf("%s: kernel routes changed while the rogue speaker was up:\nbefore:\n%s\nafter:\n%s", n.Name, before[n.Name], got)
 			}
 		}
-		time.Sleep(250 * time.Millisecond)
+		return false, nil // keep watching until the time is up
+	})
+	if !wait.Interrupted(err) {
+		t.Fatal(err)
 	}
 	c.reach(t)
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/podroute/podroute/config"
 	"github.com/podroute/podroute/routes"
@@ -237,17 +238,17 @@ func (s *scaleRun) phase(name string, act func() error, install bool) *scalePhas
 		defer cancel2(nil)
 		ctx = ctx2
 		go func() {
-			for ctx.Err() == nil {
-				if agentMetric(s.n, "podroute_bgp_refused_prefixes") > 0 {
-					reason := "?"
-					if rs, err := s.n.BGPRoutes(); err == nil && len(rs.Refused) > 0 {
-						reason = rs.Refused[0].Reason
-					}
-					cancel2(fmt.Errorf("the agent refuses the speaker's prefixes: %s", reason))
-					return
+			_ = wait.PollUntilContextCancel(ctx, 200*time.Millisecond, true, func(context.Context) (bool, error) {
+				if agentMetric(s.n, "podroute_bgp_refused_prefixes") == 0 {
+					return false, nil
 				}
-				time.Sleep(200 * time.Millisecond)
-			}
+				reason := "?"
+				if rs, err := s.n.BGPRoutes(); err == nil && len(rs.Refused) > 0 {
+					reason = rs.Refused[0].Reason
+				}
+				cancel2(fmt.Errorf("the agent refuses the speaker's prefixes: %s", reason))
+				return true, nil
+			})
 		}()
 	}
 	p.action = time.Now()
