@@ -60,14 +60,18 @@ func containsModule(gomod []byte, module string) bool {
 	return false
 }
 
-// BinDir is where `make build` puts podroute and podroute-ipam.
+// BinDir is the directory of the podroute binaries the tests exec (see Binaries): built from
+// the working tree, never a stale bin/. When the build fails, the error goes to stderr and
+// the directory lacks the binaries; RequirePodroute fails the test with it.
 func BinDir() string {
-	root, err := RepoRoot()
+	dir, err := Binaries()
 	if err != nil {
-		return "bin"
+		reportBuild.Do(func() { fmt.Fprintf(os.Stderr, "cniutil: %v\n", err) })
 	}
-	return filepath.Join(root, "bin")
+	return dir
 }
+
+var reportBuild sync.Once
 
 // RefDir is where hack/install-ref-cni.sh puts the reference plugins (ptp, host-local,
 // loopback, bridge) and cnitool.
@@ -97,14 +101,18 @@ func RequireRoot(tb testing.TB) {
 	}
 }
 
-// RequirePodroute fails the test unless bin/podroute and bin/podroute-ipam exist.
+// RequirePodroute fails the test unless podroute and podroute-ipam are built (BinDir).
 func RequirePodroute(tb testing.TB) {
 	tb.Helper()
 	RequireRoot(tb)
+	dir, err := Binaries()
+	if err != nil {
+		tb.Fatal(err)
+	}
 	for _, name := range []string{"podroute", "podroute-ipam"} {
-		p := filepath.Join(BinDir(), name)
+		p := filepath.Join(dir, name)
 		if err := executable(p); err != nil {
-			tb.Fatalf("%s: %v: run make build", p, err)
+			tb.Fatalf("%s: %v", p, err)
 		}
 	}
 }
