@@ -113,7 +113,7 @@ func TestBinaries(t *testing.T) {
 	}
 	// The agent is this tree's: it knows the flags this tree gives it.
 	b, err := exec.Command(filepath.Join(dir, "podroute-agent"), "--help").CombinedOutput()
-	if err != nil || !strings.Contains(string(b), "kube-proxy-metrics-address") {
+	if err != nil || !strings.Contains(string(b), "--kube-proxy-metrics-address") {
 		t.Errorf("podroute-agent --help: %v\n%s", err, b)
 	}
 }
