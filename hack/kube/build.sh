@@ -9,6 +9,7 @@
 #   kube-proxy               Services, as a DaemonSet in the image test/e2eimage builds
 #   agnhost                  Kubernetes' e2e test image's binary
 #                            (k8s.io/kubernetes/test/images/agnhost), `--version` 2.53
+#   regression-issue-74839   the conntrack spec's test image's binary (test/images/...)
 #   e2e.test                 Kubernetes' own end-to-end suite (go test -c of test/e2e)
 # and, at the versions that release pins:
 #   ginkgo                   the CLI of the github.com/onsi/ginkgo/v2 its go.mod requires,
@@ -61,7 +62,7 @@ RECIPE_REVISION=1
 
 OUT_DIR="${PODROUTE_KUBE_BIN:-/var/cache/podroute/kube/${KUBE_VERSION}/bin}"
 BUILD_DIR="${PODROUTE_KUBE_BUILD_DIR:-/var/cache/podroute/kube-build/${KUBE_VERSION}}"
-ALL_TARGETS=(kube-apiserver kubelet kube-controller-manager kube-scheduler kubectl kube-proxy agnhost coredns ginkgo e2e.test)
+ALL_TARGETS=(kube-apiserver kubelet kube-controller-manager kube-scheduler kubectl kube-proxy agnhost regression-issue-74839 coredns ginkgo e2e.test)
 TARGETS=("${ALL_TARGETS[@]}")
 FORCE=0
 
@@ -101,7 +102,7 @@ how() {
   case "$1" in
     kube-proxy|kube-apiserver|kubelet|kube-controller-manager|kube-scheduler|kubectl)
       echo "build k8s.io/kubernetes/cmd/$1" ;;
-    agnhost) echo "build k8s.io/kubernetes/test/images/agnhost" ;;
+    agnhost|regression-issue-74839) echo "build k8s.io/kubernetes/test/images/$1" ;;
     e2e.test) echo "test k8s.io/kubernetes/test/e2e" ;;
     ginkgo) echo "install github.com/onsi/ginkgo/v2/ginkgo@$GINKGO_VERSION" ;;
     coredns) echo "install github.com/coredns/coredns@$COREDNS_VERSION" ;;
@@ -128,6 +129,8 @@ binary_version() {
     e2e.test) "$bin" --version 2>/dev/null | head -n 1 ;;
     ginkgo) "$bin" version 2>/dev/null | sed -n 's/^Ginkgo Version //p' ;;
     coredns) "$bin" -version 2>/dev/null | sed -n 's/^CoreDNS-//p' ;;
+    # No version flag: the release it was built from, as its build information records it.
+    regression-issue-74839) go version -m "$bin" 2>/dev/null | awk '($1 == "mod" || $1 == "dep") && $2 == "k8s.io/kubernetes" { print $3 }' ;;
     *) "$bin" --version 2>/dev/null | sed -n 's/^Kubernetes //p' ;;
   esac
 }

@@ -23,6 +23,8 @@
 //     matching a Service" (two nginx pods).
 //   - Pause (pause 3.10): "Service endpoints latency should not be very high" (an RC of pause
 //     pods); it is also kubelet v1.32's default sandbox image.
+//   - RegressionIssue74839 (regression-issue-74839 1.2): the network suite's Conntrack spec
+//     "proxy implementation should not be vulnerable to the invalid conntrack state bug".
 //   - none: the other 3 EndpointSlice specs, EndpointSliceMirroring, Ingress API,
 //     IngressClass API and 5 of the 17 Services specs (secure master service, listing all
 //     namespaces, the lifecycle of an Endpoint, status lifecycle, delete a collection) create
@@ -98,6 +100,9 @@ const (
 	Pause          = "registry.k8s.io/pause:3.10"
 	KubeProxy      = "registry.k8s.io/kube-proxy:" + KubeVersion
 	CoreDNS        = "registry.k8s.io/coredns/coredns:v" + CoreDNSVersion
+	// RegressionIssue74839 is the conntrack spec's server that sends an out-of-window TCP
+	// packet (test/images/regression-issue-74839).
+	RegressionIssue74839 = "registry.k8s.io/e2e-test-images/regression-issue-74839:1.2"
 
 	// KubeVersion, AgnhostVersion and CoreDNSVersion are what the binaries must report
 	// (KubeVersion is test/kube's, kept here so that building the images needs no client
@@ -147,6 +152,9 @@ var rootfsPackages = []string{
 	"netcat-openbsd", // agnhost: nc (netcat-openbsd upstream too)
 	"nftables",       // kube-proxy in nftables mode: nft
 	"nginx-light",    // the nginx image
+	// Services specs run `wget -q -O - -T 1` in exec pods; BusyBox 1.35's wget (Debian's
+	// busybox-static) crashes with -T, Alpine's in upstream's image does not.
+	"wget",
 }
 
 // Options says where the inputs are and where the outputs go.
@@ -186,7 +194,7 @@ func E2EImages() (map[string]string, error) {
 
 // Refs are the references Build returns, in a fixed order.
 func Refs() []string {
-	return []string{Agnhost, JessieDnsutils, Nginx, BusyBox, Pause, KubeProxy, CoreDNS}
+	return []string{Agnhost, JessieDnsutils, Nginx, BusyBox, Pause, KubeProxy, CoreDNS, RegressionIssue74839}
 }
 
 // Archives returns the distinct archive paths of images, sorted: what to import.
@@ -226,7 +234,7 @@ type builder struct {
 	cache string
 	mtime time.Time
 	// The inputs.
-	agnhost, kubeProxy, coredns, pause string
+	agnhost, kubeProxy, coredns, pause, regression string
 	porterDir                          string // agnhost's porter: localhost.crt, localhost.key
 	rootfs                             *rootfs
 }
@@ -275,6 +283,11 @@ func (b *builder) build() (map[string]string, error) {
 			return nil, fmt.Errorf("%s reports %q, the image needs %s: run hack/kube/build.sh", p, got, c.want)
 		}
 		*c.dst = p
+	}
+	// No version flag: present is enough, the build script keeps it current.
+	b.regression = filepath.Join(b.BinDir, "regression-issue-74839")
+	if _, err := os.Stat(b.regression); err != nil {
+		return nil, fmt.Errorf("regression-issue-74839 in %s: %v: run hack/kube/build.sh (make setup), or set $%s", b.BinDir, err, KubeBinDirEnv)
 	}
 	var err error
 	if b.porterDir, err = porterDir(); err != nil {
@@ -414,6 +427,16 @@ func (b *builder) specs() []imageSpec {
 				}, nil
 			},
 			config: archive.RunConfig{Env: env, Cmd: []string{"nginx", "-g", "daemon off;"}, ExposedPorts: ports("80/tcp")},
+		},
+		{
+			// test/images/regression-issue-74839: the binary on Debian (upstream's base is
+			// debian-base bookworm).
+			ref: RegressionIssue74839, name: "regression-issue-74839-1.2", base: true,
+			inputs: []string{b.regression},
+			files: func() ([]archive.File, error) {
+				return []archive.File{{Path: "/regression-issue-74839", Source: b.regression, Mode: 0o755}}, nil
+			},
+			config: archive.RunConfig{Env: env, Entrypoint: []string{"/regression-issue-74839"}},
 		},
 		{
 			// build/server-image: the binary at /usr/local/bin on an image with iptables

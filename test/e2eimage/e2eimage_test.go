@@ -98,11 +98,11 @@ getent group group-defined-in-image
 dig -v 2>&1
 iperf -v 2>&1 || true
 bash -c 'echo bash $BASH_VERSION'
-wget --help 2>&1 | head -1
+wget -q -O - -T 1 http://127.0.0.1:8080/hostname >/dev/null && echo wget -T ok
 `,
 		"app version 2.53", "netexec udp: ", "succeeded!", "192.0.2.53\n192.0.2.53", "Address: 192.0.2.53",
 		"nginx 200", "1: lo:", "timeout ok", "user-defined-in-image:x:1000:", "group-defined-in-image:x:50000:user-defined-in-image",
-		"DiG 9.18", "iperf version 2", "bash 5", "BusyBox")
+		"DiG 9.18", "iperf version 2", "bash 5", "wget -T ok")
 	check("jessie-dnsutils", JessieDnsutils, `
 dig +short +tcp @127.0.0.1 e2e.podroute.test
 getent hosts localhost
@@ -134,6 +134,7 @@ ipset --version
 	if !strings.HasPrefix(out, "CoreDNS-"+CoreDNSVersion) {
 		t.Errorf("coredns -version: %q", out)
 	}
+	check("regression-issue-74839", RegressionIssue74839, `test -x /regression-issue-74839 && echo present`, "present")
 	check("busybox", BusyBox, `busybox | head -1; id; ls /bin/wget`, "BusyBox v1.", "uid=0(root)", "/bin/wget")
 	if out := c.ctr(t, "task", "ls"); !strings.Contains(out, "pause") || !strings.Contains(out, "RUNNING") {
 		t.Errorf("pause not running:\n%s", out)
