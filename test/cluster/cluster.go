@@ -6,7 +6,8 @@
 //     allocation, every default controller) and kube-scheduler; it runs a kubelet too,
 //     tainted NoSchedule, so that podroute's agent and kube-proxy run there and the API
 //     server reaches pods, Services and kubelets the way a real control-plane node does;
-//   - worker nodes, each a network namespace with containerd and a kubelet;
+//   - worker nodes (three by default), each a network namespace with containerd and a
+//     kubelet, and a host name of its own;
 //   - kube-proxy as a DaemonSet (iptables or nftables mode), CoreDNS with the kube-dns
 //     Service, and podroute installed with `kubectl apply -f deploy/`;
 //   - every image imported offline into each node's containerd: nothing is pulled.
@@ -62,7 +63,8 @@ var manifests embed.FS
 
 // Options configures Start.
 type Options struct {
-	// Workers is the number of worker nodes (default 2).
+	// Workers is the number of worker nodes (default 3: the e2e suite's node-spreading
+	// specs want three schedulable nodes).
 	Workers int
 	// ProxyMode is kube-proxy's mode: ProxyModeIPTables (default) or ProxyModeNFTables.
 	ProxyMode string
@@ -92,7 +94,7 @@ func Start(t testing.TB, opts Options) *Cluster {
 	t.Helper()
 	start := time.Now()
 	if opts.Workers == 0 {
-		opts.Workers = 2
+		opts.Workers = 3
 	}
 	switch opts.ProxyMode {
 	case "":

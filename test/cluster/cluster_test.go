@@ -51,7 +51,8 @@ func TestCluster(t *testing.T) {
 	}
 	u.pod("hostport", w2.Name, nil, []corev1.ContainerPort{{ContainerPort: 8080, HostPort: 18080, Protocol: corev1.ProtocolTCP}}, "netexec", "--http-port=8080")
 	u.pod("client", w1.Name, nil, nil, "pause")
-	for _, p := range []string{"web-1", "web-2", "hostport", "client"} {
+	u.hostNetworkPod("hostnet", w1.Name, "netexec", "--http-port=18081", "--udp-port=-1")
+	for _, p := range []string{"web-1", "web-2", "hostport", "client", "hostnet"} {
 		u.waitRunning(p)
 	}
 	svc := u.service("web", corev1.ServiceTypeNodePort)
@@ -100,6 +101,15 @@ func TestCluster(t *testing.T) {
 				}
 				return err
 			})
+		}
+	})
+	t.Run("HostNetworkHostname", func(t *testing.T) {
+		u := u.with(t)
+		// A host-network pod answers with its node's host name, as on a machine of its own
+		// (the e2e suite's hostNetwork Service checks expect exactly that).
+		url := fmt.Sprintf("http://%s/hostname", net.JoinHostPort(w1.IPv4.String(), "18081"))
+		if out := strings.TrimSpace(u.exec("client", "curl", "-sS", "--max-time", "3", url)); out != w1.Name {
+			t.Errorf("host-network pod on %s says its host name is %q", w1.Name, out)
 		}
 	})
 	t.Run("ControlPlaneReachesPods", func(t *testing.T) {
@@ -197,6 +207,25 @@ func (u *user) pod(name, node string, labels map[string]string, ports []corev1.C
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if _, err := u.c.Lab.Kube.Client.CoreV1().Pods(u.ns).Create(ctx, p, metav1.CreateOptions{}); err != nil {
+		u.t.Fatal(err)
+	}
+}
+
+// hostNetworkPod creates an agnhost pod in node's network namespace.
+func (u *user) hostNetworkPod(name, node string, args ...string) {
+	u.t.Helper()
+	p := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: corev1.PodSpec{
+			NodeName:                      node,
+			HostNetwork:                   true,
+			TerminationGracePeriodSeconds: new(int64),
+			Containers: []corev1.Container{{
+				Name: "agnhost", Image: cluster.AgnhostImage, ImagePullPolicy: corev1.PullNever, Args: args,
+			}},
+		},
+	}
+	if _, err := u.c.Lab.Kube.Client.CoreV1().Pods(u.ns).Create(context.Background(), p, metav1.CreateOptions{}); err != nil {
 		u.t.Fatal(err)
 	}
 }

@@ -30,12 +30,14 @@ package conformance_test
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strconv"
 	"strings"
 	"testing"
@@ -103,6 +105,11 @@ func TestConformance(t *testing.T) {
 						report = filepath.Join(report, mode, s.name)
 					}
 					res := RunE2E(t, c, E2EOptions{Focus: s.focus, Skip: s.skip, ReportDir: report, Procs: procs})
+					if table, err := specTable(filepath.Join(report, "report.json")); err != nil {
+						t.Errorf("ginkgo's report: %v", err)
+					} else if err := os.WriteFile(filepath.Join(report, "specs.md"), []byte(table), 0o644); err != nil {
+						t.Error(err)
+					}
 					t.Logf("kube-proxy %s, %s: %s", mode, s.name, res.Summary)
 					if s.want > 0 && res.Ran != s.want {
 						t.Errorf("ran %d specs, want %d: the focus %q selects other specs than expected", res.Ran, s.want, s.focus)
@@ -171,6 +178,8 @@ func RunE2E(t *testing.T, c *cluster.Cluster, opts E2EOptions) E2EResult {
 		"--kubectl-path=" + filepath.Join(c.Lab.Kube.BinDir, "kubectl"),
 		"--provider=skeleton",
 		"--dns-domain=" + cluster.DNSDomain,
+		// The schedulable nodes: specs that need several skip themselves without it.
+		"--num-nodes=" + strconv.Itoa(len(c.Nodes)-1),
 		"--report-dir=" + opts.ReportDir,
 	}
 	ginkgoArgs := []string{
@@ -267,4 +276,46 @@ func lastLines(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// specTable renders ginkgo's JSON report as a Markdown table of every spec the selection
+// ran or skipped at run time (with the reason), sorted by name; specs the focus left out
+// are not listed.
+func specTable(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	var suites []struct {
+		SpecReports []struct {
+			ContainerHierarchyTexts []string
+			LeafNodeText            string
+			State                   string
+			RunTime                 time.Duration
+			Failure                 struct{ Message string }
+		}
+	}
+	if err := json.Unmarshal(b, &suites); err != nil {
+		return "", fmt.Errorf("%s: %w", path, err)
+	}
+	var rows []string
+	for _, s := range suites {
+		for _, r := range s.SpecReports {
+			if r.LeafNodeText == "" || (r.State == "skipped" && r.Failure.Message == "") {
+				continue // a suite node, or a spec the focus did not select
+			}
+			note := ""
+			if r.State != "passed" {
+				note = strings.Join(strings.Fields(r.Failure.Message), " ")
+				if len(note) > 160 {
+					note = note[:160] + "..."
+				}
+				note = strings.ReplaceAll(note, "|", "\\|")
+			}
+			name := strings.Join(append(append([]string(nil), r.ContainerHierarchyTexts...), r.LeafNodeText), " ")
+			rows = append(rows, fmt.Sprintf("| %s | %s | %.0f s | %s |", name, r.State, r.RunTime.Seconds(), note))
+		}
+	}
+	sort.Strings(rows)
+	return "| spec | result | time | note |\n|---|---|---:|---|\n" + strings.Join(rows, "\n") + "\n", nil
 }

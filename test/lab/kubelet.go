@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -100,6 +101,7 @@ type Kubelet struct {
 	base       string // /var/lib/<lab>/<node>
 	run        string // /run/<lab>/<node>
 	mountNS    string // the node's mount namespace file (HostPaths), or empty
+	utsNS      string // the node's UTS namespace file: its own host name
 	binary     string
 	args       []string
 	containerd *daemon
@@ -171,6 +173,9 @@ func (n *Node) startKubelet(t testing.TB, opts KubeletOptions) (*Kubelet, error)
 		if err := k.createMountNS(); err != nil {
 			return nil, fmt.Errorf("mount namespace: %w", err)
 		}
+	}
+	if err := k.createUTSNS(); err != nil {
+		return nil, fmt.Errorf("UTS namespace: %w", err)
 	}
 
 	// containerd's CRI plugin always sets up a loopback network next to the configured one:
@@ -347,6 +352,39 @@ func (k *Kubelet) createMountNS() error {
 	return nil
 }
 
+// createUTSNS gives the node a host name of its own, its Node name, as a machine has: the
+// runtime, kubelet and every host-network pod of the node see it (a pod's own name
+// otherwise). The namespace is kept by a bind mount under the node's run directory, which
+// teardown unmounts.
+func (k *Kubelet) createUTSNS() error {
+	dir := filepath.Join(k.run, "uts")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	file := filepath.Join(dir, "ns")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		return err
+	}
+	out, err := exec.Command("unshare", "--uts="+file, "hostname", k.Node.Name).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("unshare: %v: %s", err, strings.TrimSpace(string(out)))
+	}
+	k.utsNS = file
+	return nil
+}
+
+// nsenter is the nsenter arguments that put a process in the node's namespaces.
+func (k *Kubelet) nsenter() []string {
+	args := []string{"--net=" + k.Node.NetNS.Path}
+	if k.mountNS != "" {
+		args = append(args, "--mount="+k.mountNS)
+	}
+	if k.utsNS != "" {
+		args = append(args, "--uts="+k.utsNS)
+	}
+	return args
+}
+
 type tomlSetting struct {
 	section, key string
 	value        any
@@ -480,7 +518,7 @@ func (k *Kubelet) StartContainerd() error {
 	if k.containerd != nil && k.containerd.running() {
 		return errors.New("containerd is running")
 	}
-	d, err := startDaemon(k.Node.NetNS, k.mountNS, "containerd", k.ContainerdLog, "containerd", "--config", k.ContainerdConfig)
+	d, err := startDaemon(k.nsenter(), "containerd", k.ContainerdLog, "containerd", "--config", k.ContainerdConfig)
 	if err != nil {
 		return err
 	}
@@ -516,7 +554,7 @@ func (k *Kubelet) StartKubelet() error {
 	if k.kubelet != nil && k.kubelet.running() {
 		return errors.New("kubelet is running")
 	}
-	d, err := startDaemon(k.Node.NetNS, k.mountNS, "kubelet", k.KubeletLog, k.binary, k.args...)
+	d, err := startDaemon(k.nsenter(), "kubelet", k.KubeletLog, k.binary, k.args...)
 	if err != nil {
 		return err
 	}
@@ -885,17 +923,14 @@ type daemon struct {
 	waitErr error
 }
 
-func startDaemon(in *NetNS, mountNS, name, logPath, bin string, args ...string) (*daemon, error) {
+// startDaemon starts bin under nsenter with nsenterArgs (the namespaces to enter).
+func startDaemon(nsenterArgs []string, name, logPath, bin string, args ...string) (*daemon, error) {
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, err
 	}
 	fmt.Fprintf(logf, "=== lab: start at %s: %s %s\n", time.Now().Format(time.RFC3339Nano), bin, strings.Join(args, " "))
-	ns := []string{"--net=" + in.Path}
-	if mountNS != "" {
-		ns = append(ns, "--mount="+mountNS)
-	}
-	cmd := exec.Command("nsenter", append(append(ns, "--", bin), args...)...)
+	cmd := exec.Command("nsenter", append(append(slices.Clone(nsenterArgs), "--", bin), args...)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	d := &daemon{name: name, cmd: cmd, done: make(chan struct{})}
 	if err := startTied(cmd, logf, func(err error) {
