@@ -91,14 +91,15 @@ cluster-down:
 	fi
 	$(MAKE) lab-down
 
-# Kubernetes' own sig-network conformance specs (e2e.test, v1.32.4) against the cluster
-# `make cluster` builds, once with kube-proxy in iptables mode and once in nftables mode.
-# Reports go to build/conformance/<mode>/; the run ends with ginkgo's summary of each mode.
+# Kubernetes' own e2e suite (e2e.test, v1.32.4) against the cluster `make cluster` builds, once
+# with kube-proxy in iptables mode and once in nftables mode: the 41 sig-network conformance
+# specs, then the network suite (docs/conformance.md). Reports, with a table of every spec, go
+# to build/conformance/<mode>/<suite>/; the run ends with ginkgo's summary of each.
 CONFORMANCE_MODES ?= iptables,nftables
 conformance: setup build
 	$(GO) test -c -o build/conformance.test ./test/conformance
 	@mkdir -p build/conformance
-	cd test/conformance && PODROUTE_E2E_MODES=$(CONFORMANCE_MODES) PODROUTE_E2E_REPORT=$(CURDIR)/build/conformance \
+	cd test/conformance && PODROUTE_E2E_MODES=$(CONFORMANCE_MODES) PODROUTE_E2E_SUITES=conformance,network PODROUTE_E2E_REPORT=$(CURDIR)/build/conformance \
 		../../build/conformance.test -test.run '^TestConformance$$' -test.timeout 0 -test.v; \
 	status=$$?; cd $(CURDIR); for m in $$(echo $(CONFORMANCE_MODES) | tr , ' '); do \
 		for s in conformance network; do echo "kube-proxy $$m, $$s:"; \

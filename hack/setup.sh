@@ -17,6 +17,7 @@ PACKAGES=(
   debootstrap     # the Debian root file system of the e2e suite's offline images (test/e2eimage)
   iptables        # kube-proxy's rules, looked at from a node (its image carries its own)
   conntrack       # kube-proxy's conntrack entries, looked at from a node
+  curl            # NodePort and hostPort checks from a node of the test cluster (test/cluster)
 )
 
 missing=()

@@ -11,7 +11,8 @@
 //     EndpointSlice, Proxy and the dual-stack specs; not [Serial], [Disruptive], [Flaky],
 //     [Slow], SCTP or other [Feature:...] specs).
 //
-// By default it runs both, with kube-proxy in iptables mode:
+// By default it runs the conformance suite, with kube-proxy in iptables mode, as `make test`
+// does on every change; `make conformance` runs both suites in both modes:
 //
 //	go test -count=1 -timeout 90m ./test/conformance/
 //
@@ -19,7 +20,8 @@
 //
 //	PODROUTE_E2E_MODES   kube-proxy modes, comma-separated, one cluster each (default
 //	                     "iptables"; `make conformance` runs "iptables,nftables")
-//	PODROUTE_E2E_SUITES  the suites to run, comma-separated (default "conformance,network")
+//	PODROUTE_E2E_SUITES  the suites to run, comma-separated (default "conformance";
+//	                     `make conformance` runs "conformance,network")
 //	PODROUTE_E2E_FOCUS   run this ginkgo focus instead of the suites (with
 //	                     PODROUTE_E2E_SKIP), e.g. to run one spec against the cluster
 //	PODROUTE_E2E_PROCS   parallel ginkgo processes (default 4; 1 runs e2e.test alone, serially)
@@ -80,7 +82,7 @@ func TestConformance(t *testing.T) {
 	if focus := os.Getenv("PODROUTE_E2E_FOCUS"); focus != "" {
 		run = append(run, suite{name: "focus", focus: focus, skip: os.Getenv("PODROUTE_E2E_SKIP")})
 	} else {
-		for _, name := range strings.Split(env("PODROUTE_E2E_SUITES", "conformance,network"), ",") {
+		for _, name := range strings.Split(env("PODROUTE_E2E_SUITES", "conformance"), ",") {
 			s, ok := suites[strings.TrimSpace(name)]
 			if !ok {
 				t.Fatalf("PODROUTE_E2E_SUITES: no suite %q (conformance, network)", name)
@@ -290,6 +292,7 @@ func specTable(path string) (string, error) {
 		SpecReports []struct {
 			ContainerHierarchyTexts []string
 			LeafNodeText            string
+			LeafNodeType            string
 			State                   string
 			RunTime                 time.Duration
 			Failure                 struct{ Message string }
@@ -301,8 +304,8 @@ func specTable(path string) (string, error) {
 	var rows []string
 	for _, s := range suites {
 		for _, r := range s.SpecReports {
-			if r.LeafNodeText == "" || (r.State == "skipped" && r.Failure.Message == "") {
-				continue // a suite node, or a spec the focus did not select
+			if r.LeafNodeType != "It" || (r.State == "skipped" && r.Failure.Message == "") {
+				continue // a suite node or report hook, or a spec the focus did not select
 			}
 			note := ""
 			if r.State != "passed" {
