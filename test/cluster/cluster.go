@@ -147,15 +147,7 @@ func Start(t testing.TB, opts Options) *Cluster {
 	var wg sync.WaitGroup
 	errs := make([]error, len(c.Nodes))
 	for i, n := range c.Nodes {
-		// Forwarding on, as kubeadm's preflight checks demand of every node.
-		if err := n.Do(func() error {
-			for _, f := range []string{"ipv4/ip_forward", "ipv6/conf/all/forwarding"} {
-				if err := os.WriteFile("/proc/sys/net/"+f, []byte("1"), 0o644); err != nil {
-					return err
-				}
-			}
-			return nil
-		}); err != nil {
+		if err := n.EnableForwarding(); err != nil {
 			t.Fatal(err)
 		}
 		c.Kubelets[i] = n.StartKubelet(t, lab.KubeletOptions{HostPaths: true, Config: kubeletConfig})

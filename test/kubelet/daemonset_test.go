@@ -106,16 +106,9 @@ func (d *install) testInstall(t *testing.T) {
 		}
 	}
 	for _, n := range d.nodes {
-		// Forwarding on, as kubeadm's preflight checks demand of a node before any CNI
-		// (podroute's plugin would turn it on otherwise, and leaves it on when uninstalled).
-		if err := n.Do(func() error {
-			for _, f := range []string{"ipv4/ip_forward", "ipv6/conf/all/forwarding"} {
-				if err := os.WriteFile("/proc/sys/net/"+f, []byte("1"), 0o644); err != nil {
-					return err
-				}
-			}
-			return nil
-		}); err != nil {
+		// Before nodeState: podroute's plugin would turn forwarding on otherwise, and leaves
+		// it on when uninstalled.
+		if err := n.EnableForwarding(); err != nil {
 			t.Fatal(err)
 		}
 		d.before[n.Name] = nodeState(t, n)

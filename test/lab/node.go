@@ -285,6 +285,19 @@ func (n *Node) SetPodCIDRs() error {
 	return err
 }
 
+// EnableForwarding turns IPv4 and IPv6 forwarding on in the node's namespace, as kubeadm's
+// preflight checks demand of a node before any CNI is installed.
+func (n *Node) EnableForwarding() error {
+	return n.Do(func() error {
+		for _, f := range []string{"ipv4/ip_forward", "ipv6/conf/all/forwarding"} {
+			if err := os.WriteFile("/proc/sys/net/"+f, []byte("1"), 0o644); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
 // Remove stops the agent, deletes the Node object (if any) and the node's namespace now,
 // rather than at cleanup.
 func (n *Node) Remove() error {
