@@ -77,6 +77,7 @@ type compiler struct {
 	selections map[string][]*Pod   // selection key → pods
 	blocks     map[string]*ipBlock // ipBlock key → parsed block
 	rules      map[string][]Rule   // policy key + direction → rules, when they do not depend on the pod
+	chains     map[string]string   // direction, policies (and ports, if named) → chain name
 }
 
 func newCompiler(in *Input) *compiler {
@@ -94,6 +95,7 @@ func newCompiler(in *Input) *compiler {
 		selections: map[string][]*Pod{},
 		blocks:     map[string]*ipBlock{},
 		rules:      map[string][]Rule{},
+		chains:     map[string]string{},
 	}
 
 	// Peers: every pod, this node's included, once each.
@@ -241,6 +243,23 @@ func validVeth(s string) bool {
 // chain builds (or finds) the chain of one pod in one direction: the rules of every policy
 // that selects it, then a drop. Pods whose policies compile alike share the chain.
 func (c *compiler) chain(prefix string, pols []*policyInfo, dir string, pod *Pod) string {
+	// The rules depend on the policies only, and on the pod's ports if a name must resolve.
+	var kb strings.Builder
+	kb.WriteString(dir)
+	named := false
+	for _, p := range pols {
+		kb.WriteString("\x00" + p.key)
+		named = named || dir == dirIngress && p.ingressNamed
+	}
+	if named {
+		for _, pp := range pod.Ports {
+			fmt.Fprintf(&kb, "\x01%s/%s/%d", pp.Name, pp.Protocol, pp.Port)
+		}
+	}
+	key := kb.String()
+	if name, ok := c.chains[key]; ok {
+		return name
+	}
 	var rules []Rule
 	for _, p := range pols {
 		rules = append(rules, c.policyRules(p, dir, pod)...)
@@ -250,6 +269,7 @@ func (c *compiler) chain(prefix string, pols []*policyInfo, dir string, pod *Pod
 	if _, ok := c.rs.Chains[name]; !ok {
 		c.rs.Chains[name] = &Chain{Name: name, Rules: rules}
 	}
+	c.chains[key] = name
 	return name
 }
 
