@@ -60,9 +60,9 @@ type Ruleset struct {
 	// Ingress and Egress map a local pod's host veth to its chain in that direction; a pod
 	// that no policy of the direction selects is absent, and open.
 	Ingress, Egress map[string]string
-	// Problems are what Compile could not honour, one line each, sorted: an invalid
-	// selector, an unknown protocol, a named port with endPort. The piece concerned allows
-	// nothing; the rest of its policy is in force.
+	// Problems are what Compile could not honour in the policies that select this node's
+	// pods, one line each, sorted: an invalid selector, an unknown protocol, a named port
+	// with endPort. The piece concerned allows nothing; the rest of its policy is in force.
 	Problems []string
 }
 
