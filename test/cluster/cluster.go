@@ -363,17 +363,27 @@ func lastLines(s string, n int) string {
 	return strings.Join(lines, "\n")
 }
 
-// orphanWorkloads deletes the cluster's DaemonSets and Deployments, leaving their pods to the
-// kubelets' teardown.
+// orphanWorkloads deletes every namespace's controllers of pods (DaemonSets, Deployments,
+// ReplicaSets, ReplicationControllers, StatefulSets, Jobs), leaving their pods to the kubelets'
+// teardown.
 func (c *Cluster) orphanWorkloads() {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	orphan := metav1.DeletePropagationOrphan
 	del := metav1.DeleteOptions{PropagationPolicy: &orphan}
-	apps := c.Lab.Kube.Client.AppsV1()
-	for _, ns := range []string{"kube-system", "podroute-system"} {
-		_ = apps.DaemonSets(ns).DeleteCollection(ctx, del, metav1.ListOptions{})
-		_ = apps.Deployments(ns).DeleteCollection(ctx, del, metav1.ListOptions{})
-		_ = apps.ReplicaSets(ns).DeleteCollection(ctx, del, metav1.ListOptions{})
+	all := metav1.ListOptions{}
+	client := c.Lab.Kube.Client
+	nss, err := client.CoreV1().Namespaces().List(ctx, all)
+	if err != nil {
+		return
+	}
+	for _, n := range nss.Items {
+		ns := n.Name
+		_ = client.AppsV1().DaemonSets(ns).DeleteCollection(ctx, del, all)
+		_ = client.AppsV1().Deployments(ns).DeleteCollection(ctx, del, all)
+		_ = client.AppsV1().ReplicaSets(ns).DeleteCollection(ctx, del, all)
+		_ = client.AppsV1().StatefulSets(ns).DeleteCollection(ctx, del, all)
+		_ = client.CoreV1().ReplicationControllers(ns).DeleteCollection(ctx, del, all)
+		_ = client.BatchV1().Jobs(ns).DeleteCollection(ctx, del, all)
 	}
 }

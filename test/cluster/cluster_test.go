@@ -112,6 +112,27 @@ func TestCluster(t *testing.T) {
 			t.Errorf("host-network pod on %s says its host name is %q", w1.Name, out)
 		}
 	})
+	t.Run("AgentSeesKubeProxy", func(t *testing.T) {
+		// Every agent found kube-proxy on its node, in the cluster's mode, and reports no
+		// problem with it.
+		for _, n := range c.Nodes {
+			lab.Eventually(t, 60*time.Second, n.Name+": podroutectl status shows kube-proxy", func() error {
+				st, err := n.Status()
+				if err != nil {
+					return err
+				}
+				if st.KubeProxyMode != c.ProxyMode {
+					return fmt.Errorf("kube-proxy mode %q, want %q (problems: %v)", st.KubeProxyMode, c.ProxyMode, st.Problems)
+				}
+				for _, p := range st.Problems {
+					if strings.Contains(strings.ToLower(fmt.Sprint(p)), "kube-proxy") {
+						return fmt.Errorf("problem reported: %v", p)
+					}
+				}
+				return nil
+			})
+		}
+	})
 	t.Run("ControlPlaneReachesPods", func(t *testing.T) {
 		u := u.with(t)
 		// The API server's pod and service proxies dial pods from the control-plane node.

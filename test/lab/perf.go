@@ -23,7 +23,14 @@ import (
 // a listener opened on dst in server, for d, and returns the rate the receiver saw, in bits
 // per second (bytes received between its first and its last read).
 func TCPThroughput(client, server *NetNS, dst netip.Addr, d time.Duration) (float64, error) {
-	ln, err := listenIn(server, dst)
+	return TCPThroughputVia(client, server, netip.AddrPortFrom(dst, 0), netip.AddrPort{}, d)
+}
+
+// TCPThroughputVia is TCPThroughput with the listener on listen (port 0: any) and the client
+// connecting to via, an address that leads there (a Service's, which kube-proxy translates),
+// or to the listener's own address when via is the zero value.
+func TCPThroughputVia(client, server *NetNS, listen, via netip.AddrPort, d time.Duration) (float64, error) {
+	ln, err := listenIn(server, listen)
 	if err != nil {
 		return 0, err
 	}
@@ -62,7 +69,7 @@ func TCPThroughput(client, server *NetNS, dst netip.Addr, d time.Duration) (floa
 			}
 		}
 	}()
-	c, err := dialFrom(client, ln.Addr().String())
+	c, err := dialFrom(client, dialAddr(ln, via))
 	if err != nil {
 		return 0, err
 	}
@@ -97,12 +104,23 @@ func TCPThroughput(client, server *NetNS, dst netip.Addr, d time.Duration) (floa
 // connection (Nagle off) from client to an echo server on dst in server, and returns the
 // duration of each, in order.
 func TCPRoundTrips(client, server *NetNS, dst netip.Addr, n int) ([]time.Duration, error) {
-	ln, err := listenIn(server, dst)
+	return TCPRoundTripsVia(client, server, netip.AddrPortFrom(dst, 0), netip.AddrPort{}, n)
+}
+
+// TCPRoundTripsVia is TCPRoundTrips with the echo server on listen and the client connecting
+// to via (see TCPThroughputVia).
+func TCPRoundTripsVia(client, server *NetNS, listen, via netip.AddrPort, n int) ([]time.Duration, error) {
+	ln, err := listenIn(server, listen)
 	if err != nil {
 		return nil, err
 	}
-	defer ln.Close()
 	var wg sync.WaitGroup
+	// Closing the listener ends an Accept still waiting (the client's connection failed or
+	// went elsewhere) before the server goroutine is waited for.
+	defer func() {
+		ln.Close()
+		wg.Wait()
+	}()
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -121,8 +139,7 @@ func TCPRoundTrips(client, server *NetNS, dst netip.Addr, n int) ([]time.Duratio
 			}
 		}
 	}()
-	defer wg.Wait()
-	c, err := dialFrom(client, ln.Addr().String())
+	c, err := dialFrom(client, dialAddr(ln, via))
 	if err != nil {
 		return nil, err
 	}
@@ -143,17 +160,24 @@ func TCPRoundTrips(client, server *NetNS, dst netip.Addr, n int) ([]time.Duratio
 	return out, nil
 }
 
-func listenIn(ns *NetNS, addr netip.Addr) (net.Listener, error) {
+func listenIn(ns *NetNS, addr netip.AddrPort) (net.Listener, error) {
 	var ln net.Listener
 	err := ns.Do(func() error {
 		var err error
-		ln, err = net.Listen("tcp", netip.AddrPortFrom(addr, 0).String())
+		ln, err = net.Listen("tcp", addr.String())
 		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s in %s: %w", addr, ns.Name, err)
 	}
 	return ln, nil
+}
+
+func dialAddr(ln net.Listener, via netip.AddrPort) string {
+	if via.IsValid() {
+		return via.String()
+	}
+	return ln.Addr().String()
 }
 
 func dialFrom(ns *NetNS, addr string) (net.Conn, error) {
