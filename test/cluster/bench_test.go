@@ -31,10 +31,11 @@ import (
 //     the same nodes: TCP throughput (one stream) and request/response round trips (1 byte
 //     each way), alternating the two paths repetition by repetition; the ratios are of
 //     medians (Service / direct);
+//
 //   - the time from `kubectl apply` of a Deployment of 20 pods to all 20 answering through
 //     their Service, against the time until the kubelets report all 20 Ready.
 //
-//	go test -run '^$' -bench Service -benchtime 1x -timeout 30m ./test/cluster/
+//     go test -run '^$' -bench Service -benchtime 1x -timeout 30m ./test/cluster/
 //
 // The sockets of both ends are opened in the pods' network namespaces by this process
 // (test/lab's perf helpers), so both paths are measured the same way on the same CPUs.

@@ -32,7 +32,6 @@ import (
 	"text/template"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/podroute/podroute/test/kube"
@@ -268,7 +267,7 @@ func (c *Cluster) WaitReady(ctx context.Context) error {
 			return fmt.Errorf("%d Node objects, want %d", len(nodes.Items), len(c.Nodes))
 		}
 		for _, n := range nodes.Items {
-			if !nodeReady(&n) {
+			if !lab.NodeReady(&n) {
 				return fmt.Errorf("node %s not Ready", n.Name)
 			}
 		}
@@ -294,31 +293,13 @@ func (c *Cluster) WaitReady(ctx context.Context) error {
 				return err
 			}
 			for _, p := range pods.Items {
-				if !podReady(&p) {
+				if !lab.PodReady(&p) {
 					return fmt.Errorf("pod %s/%s on %s not ready: %s", ns, p.Name, p.Spec.NodeName, p.Status.Phase)
 				}
 			}
 		}
 		return nil
 	})
-}
-
-func nodeReady(n *corev1.Node) bool {
-	for _, c := range n.Status.Conditions {
-		if c.Type == corev1.NodeReady {
-			return c.Status == corev1.ConditionTrue
-		}
-	}
-	return false
-}
-
-func podReady(p *corev1.Pod) bool {
-	for _, c := range p.Status.Conditions {
-		if c.Type == corev1.PodReady {
-			return c.Status == corev1.ConditionTrue
-		}
-	}
-	return false
 }
 
 // dumpState logs what a failed start needs to be understood: nodes, pods, events, and the
@@ -347,20 +328,12 @@ func (c *Cluster) dumpState(t testing.TB) {
 				}
 				for _, ctr := range p.Spec.Containers {
 					if log, err := k.ContainerLog(p, ctr.Name); err == nil {
-						t.Logf("log of %s/%s %s on %s:\n%s", ns, p.Name, ctr.Name, k.Node.Name, lastLines(log, 40))
+						t.Logf("log of %s/%s %s on %s:\n%s", ns, p.Name, ctr.Name, k.Node.Name, lab.Tail(log, 40))
 					}
 				}
 			}
 		}
 	}
-}
-
-func lastLines(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }
 
 // orphanWorkloads deletes every namespace's controllers of pods (DaemonSets, Deployments,

@@ -47,6 +47,7 @@ import (
 
 	"github.com/podroute/podroute/test/cluster"
 	"github.com/podroute/podroute/test/kube"
+	"github.com/podroute/podroute/test/lab"
 )
 
 const (
@@ -254,7 +255,7 @@ func RunE2E(t *testing.T, c *cluster.Cluster, opts E2EOptions) E2EResult {
 		res.Summary += "\n" + last[0]
 	}
 	if res.Summary == "" {
-		t.Errorf("e2e.test printed no ginkgo summary; last lines:\n%s", lastLines(text, 40))
+		t.Errorf("e2e.test printed no ginkgo summary; last lines:\n%s", lab.Tail(text, 40))
 	}
 	if res.Failed > 0 || runErr != nil {
 		t.Logf("e2e: failures:\n%s", failures(text))
@@ -267,17 +268,9 @@ func RunE2E(t *testing.T, c *cluster.Cluster, opts E2EOptions) E2EResult {
 func failures(text string) string {
 	i := strings.Index(text, "Summarizing ")
 	if i < 0 {
-		return lastLines(text, 60)
+		return lab.Tail(text, 60)
 	}
 	return text[i:]
-}
-
-func lastLines(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }
 
 // specTable renders ginkgo's JSON report as a Markdown table of every spec the selection

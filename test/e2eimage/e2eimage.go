@@ -235,8 +235,8 @@ type builder struct {
 	mtime time.Time
 	// The inputs.
 	agnhost, kubeProxy, coredns, pause, regression string
-	porterDir                          string // agnhost's porter: localhost.crt, localhost.key
-	rootfs                             *rootfs
+	porterDir                                      string // agnhost's porter: localhost.crt, localhost.key
+	rootfs                                         *rootfs
 }
 
 func newBuilder(opts Options) (*builder, error) {

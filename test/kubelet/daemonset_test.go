@@ -214,7 +214,7 @@ func (d *install) testRestarts(t *testing.T) {
 				if p == nil || p.UID == old.UID {
 					return fmt.Errorf("old pod %s still there", old.Name)
 				}
-				if !podReady(p) {
+				if !lab.PodReady(p) {
 					return fmt.Errorf("%s not ready", p.Name)
 				}
 				return nil
@@ -378,7 +378,7 @@ func (d *install) rolloutStatus(ctx context.Context, t *testing.T) {
 			for i, n := range d.nodes {
 				if n.Name == node {
 					if log, err := d.kubelets[i].ContainerLog(p, "agent"); err == nil {
-						fmt.Fprintf(&b, "  agent log:\n%s\n", tail(log, 30))
+						fmt.Fprintf(&b, "  agent log:\n%s\n", lab.Tail(log, 30))
 					}
 				}
 			}
@@ -409,15 +409,6 @@ func (d *install) agentPods(t *testing.T) map[string]*corev1.Pod {
 		out[p.Spec.NodeName] = p
 	}
 	return out
-}
-
-func podReady(p *corev1.Pod) bool {
-	for _, c := range p.Status.Conditions {
-		if c.Type == corev1.PodReady {
-			return c.Status == corev1.ConditionTrue
-		}
-	}
-	return false
 }
 
 // waitAgentVersion waits until the agent on n answers on its socket (podroutectl, from the
@@ -464,12 +455,4 @@ func (d *install) adoptPodCIDRs(t *testing.T, n *lab.Node) {
 		n.PodCIDRs = cidrs
 		return nil
 	})
-}
-
-func tail(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }

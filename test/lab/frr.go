@@ -263,7 +263,7 @@ func (l *Lab) AddRouter(t testing.TB, name string, opts RouterOptions) *Router {
 			if s, err := r.Vtysh("show bgp summary"); err == nil {
 				t.Logf("lab: router %s: show bgp summary:\n%s", name, s)
 			}
-			t.Logf("lab: router %s: FRR log (%s):\n%s", name, r.LogPath, tail(r.Log(), 80))
+			t.Logf("lab: router %s: FRR log (%s):\n%s", name, r.LogPath, Tail(r.Log(), 80))
 		}
 		if err := r.Stop(); err != nil {
 			t.Errorf("lab: router %s: %v", name, err)
@@ -289,7 +289,7 @@ func (l *Lab) AddRouter(t testing.TB, name string, opts RouterOptions) *Router {
 	}
 	if !opts.NoStart {
 		if err := r.Start(); err != nil {
-			t.Fatalf("lab: router %s: %v\n%s", name, err, tail(r.Log(), 40))
+			t.Fatalf("lab: router %s: %v\n%s", name, err, Tail(r.Log(), 40))
 		}
 	}
 	t.Logf("lab: router %s: AS %d, router ID %s, namespace %s", name, r.ASN, r.RouterID, netns.Name)
@@ -573,7 +573,7 @@ func (r *Router) Start() error {
 				break
 			}
 			if exited(p.done) {
-				return fmt.Errorf("router %s: %s exited at start: %s", r.Name, d, tail(r.daemonOutput(d), 20))
+				return fmt.Errorf("router %s: %s exited at start: %s", r.Name, d, Tail(r.daemonOutput(d), 20))
 			}
 			if time.Now().After(deadline) {
 				return fmt.Errorf("router %s: no %s after 15s", r.Name, sock)

@@ -207,7 +207,7 @@ func (n *Node) startKubelet(t testing.TB, opts KubeletOptions) (*Kubelet, error)
 	// The kubelet has adopted the Node once it posts a condition of its own.
 	err = Poll(context.Background(), 60*time.Second, 200*time.Millisecond, func() error {
 		if !k.kubelet.running() {
-			return fmt.Errorf("kubelet exited: %s", tail(readFile(k.KubeletLog), 20))
+			return fmt.Errorf("kubelet exited: %s", Tail(readFile(k.KubeletLog), 20))
 		}
 		c, err := n.NodeCondition(corev1.NodeReady)
 		if err != nil {
@@ -219,7 +219,7 @@ func (n *Node) startKubelet(t testing.TB, opts KubeletOptions) (*Kubelet, error)
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("kubelet did not post the Node's status: %w\n%s", err, tail(readFile(k.KubeletLog), 30))
+		return nil, fmt.Errorf("kubelet did not post the Node's status: %w\n%s", err, Tail(readFile(k.KubeletLog), 30))
 	}
 	t.Logf("lab: %s: kubelet and containerd running (kubelet root %s, containerd %s)", n.Name, k.RootDir, k.ContainerdSocket)
 	return k, nil
@@ -525,7 +525,7 @@ func (k *Kubelet) StartContainerd() error {
 	k.containerd = d
 	err = Poll(context.Background(), 30*time.Second, 100*time.Millisecond, func() error {
 		if !d.running() {
-			return fmt.Errorf("containerd exited: %s", tail(readFile(k.ContainerdLog), 20))
+			return fmt.Errorf("containerd exited: %s", Tail(readFile(k.ContainerdLog), 20))
 		}
 		_, err := k.Ctr("version")
 		return err
@@ -636,8 +636,8 @@ func (k *Kubelet) ContainerdLogText() string { return readFile(k.ContainerdLog) 
 func (k *Kubelet) teardown(t testing.TB) {
 	n := k.Node
 	if t.Failed() {
-		t.Logf("lab: kubelet log of %s (%s):\n%s", n.Name, k.KubeletLog, tail(readFile(k.KubeletLog), 60))
-		t.Logf("lab: containerd log of %s (%s):\n%s", n.Name, k.ContainerdLog, tail(readFile(k.ContainerdLog), 40))
+		t.Logf("lab: kubelet log of %s (%s):\n%s", n.Name, k.KubeletLog, Tail(readFile(k.KubeletLog), 60))
+		t.Logf("lab: containerd log of %s (%s):\n%s", n.Name, k.ContainerdLog, Tail(readFile(k.ContainerdLog), 40))
 	}
 	if k.kubelet != nil && k.kubelet.running() && k.containerd != nil && k.containerd.running() {
 		if err := k.deletePods(); err != nil {
@@ -651,7 +651,7 @@ func (k *Kubelet) teardown(t testing.TB) {
 			return err
 		}); err != nil {
 			t.Logf("lab: %s: %v\nkubelet log:\n%s\ncontainerd log:\n%s", n.Name, err,
-				tail(readFile(k.KubeletLog), 40), tail(readFile(k.ContainerdLog), 20))
+				Tail(readFile(k.KubeletLog), 40), Tail(readFile(k.ContainerdLog), 20))
 		}
 	}
 	if k.kubelet != nil {

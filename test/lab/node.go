@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
@@ -83,7 +84,7 @@ func (l *Lab) AddNode(t testing.TB, name string, opts NodeOptions) *Node {
 	n.Agent = newAgent(n, opts.AgentArgs)
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("lab: agent log of %s (%s):\n%s", n.Name, n.AgentLog, tail(n.Agent.Log(), 60))
+			t.Logf("lab: agent log of %s (%s):\n%s", n.Name, n.AgentLog, Tail(n.Agent.Log(), 60))
 		}
 		_ = n.Agent.Stop()
 	})
@@ -527,10 +528,31 @@ func (n *Node) cniNode(pluginDirs []string) (*cniutil.Node, error) {
 	}, nil
 }
 
-func tail(s string, lines int) string {
+// Tail returns the last lines of s.
+func Tail(s string, lines int) string {
 	ls := strings.Split(strings.TrimRight(s, "\n"), "\n")
 	if len(ls) > lines {
 		ls = ls[len(ls)-lines:]
 	}
 	return strings.Join(ls, "\n")
+}
+
+// PodReady reports whether the pod's Ready condition is true.
+func PodReady(p *corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// NodeReady reports whether the Node's Ready condition is true.
+func NodeReady(n *corev1.Node) bool {
+	for _, c := range n.Status.Conditions {
+		if c.Type == corev1.NodeReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
 }

@@ -183,7 +183,7 @@ func (l *Lab) StartRogue(t testing.TB, opts RogueOptions) *Rogue {
 	r := &Rogue{Node: n, Announce: opts.Announce, Helper: h}
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("lab: rogue speaker log:\n%s", tail(r.Log(), 40))
+			t.Logf("lab: rogue speaker log:\n%s", Tail(r.Log(), 40))
 		}
 		r.Stop()
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
