@@ -49,7 +49,7 @@ func BenchmarkService(b *testing.B) {
 	u.waitRunning("client")
 	u.waitRunning("server")
 	const port = 5201
-	svc := u.serviceOn("bench", map[string]string{"app": "web"}, port)
+	svc := u.service("bench", corev1.ServiceTypeClusterIP, map[string]string{"app": "web"}, port)
 	client, server := u.podNetNS("client"), u.podNetNS("server")
 	serverIP := netip.MustParseAddr(u.podIP("server"))
 	direct := netip.AddrPortFrom(serverIP, port)
@@ -91,7 +91,7 @@ func BenchmarkService(b *testing.B) {
 
 	// 20 pods behind a Service: apply to answering.
 	const replicas = 20
-	svc20 := u.serviceOn("web20", map[string]string{"app": "web20"}, 8080)
+	svc20 := u.service("web20", corev1.ServiceTypeClusterIP, map[string]string{"app": "web20"}, 8080)
 	url := "http://" + net.JoinHostPort(svc20.Spec.ClusterIP, "8080") + "/hostname"
 	hc := &http.Client{
 		Timeout: time.Second,
@@ -145,23 +145,6 @@ func get(ctx context.Context, hc *http.Client, url string) (string, error) {
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 256))
 	return strings.TrimSpace(string(body)), err
-}
-
-// serviceOn creates a ClusterIP Service for the pods with labels, on port (TCP, same target).
-func (u *user) serviceOn(name string, labels map[string]string, port int32) *corev1.Service {
-	u.t.Helper()
-	s := &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: name},
-		Spec: corev1.ServiceSpec{
-			Selector: labels,
-			Ports:    []corev1.ServicePort{{Port: port, TargetPort: intstr.FromInt32(port), Protocol: corev1.ProtocolTCP}},
-		},
-	}
-	s, err := u.c.Lab.Kube.Client.CoreV1().Services(u.ns).Create(context.Background(), s, metav1.CreateOptions{})
-	if err != nil {
-		u.t.Fatal(err)
-	}
-	return s
 }
 
 // deployment creates a Deployment of agnhost netexec pods (HTTP on 8080), ready when they

@@ -117,9 +117,8 @@ func Start(t testing.TB, opts Options) *Cluster {
 		NodeKubeconfig: l.Kubeconfig,
 		ProxyMode:      opts.ProxyMode,
 	}
-	l.Kube.StartControllerManager(t, kube.ControllerManagerOptions{
-		ClusterCIDRs: []string{lab.DefaultClusterV4.String(), lab.DefaultClusterV6.String()},
-	})
+	clusterCIDRs := []string{lab.DefaultClusterV4.String(), lab.DefaultClusterV6.String()}
+	l.Kube.StartControllerManager(t, kube.ControllerManagerOptions{ClusterCIDRs: clusterCIDRs})
 	l.Kube.StartScheduler(t)
 
 	agentTar := lab.AgentImage(t, l.BinDir(), Release)
@@ -180,14 +179,14 @@ func Start(t testing.TB, opts Options) *Cluster {
 	// Service, as any pod does.
 	c.apply(ctx, t, dir, "kube-proxy.yaml", map[string]string{
 		"Mode":         opts.ProxyMode,
-		"ClusterCIDRs": lab.DefaultClusterV4.String() + "," + lab.DefaultClusterV6.String(),
+		"ClusterCIDRs": strings.Join(clusterCIDRs, ","),
 		"Server":       l.APIServerURL,
 		"Image":        imgs.KubeProxy,
 	})
 	deploy := filepath.Join(dir, "deploy")
 	lab.WriteDeploy(t, deploy, lab.DeployOptions{
 		Release:      Release,
-		ClusterCIDRs: lab.DefaultClusterV4.String() + "," + lab.DefaultClusterV6.String(),
+		ClusterCIDRs: strings.Join(clusterCIDRs, ","),
 		ServiceCIDRs: ServiceCIDRs,
 	})
 	c.kubectl(ctx, t, "apply", "-f", filepath.Join(deploy, "crds"))

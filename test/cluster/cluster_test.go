@@ -55,7 +55,7 @@ func TestCluster(t *testing.T) {
 	for _, p := range []string{"web-1", "web-2", "hostport", "client", "hostnet"} {
 		u.waitRunning(p)
 	}
-	svc := u.service("web", corev1.ServiceTypeNodePort)
+	svc := u.service("web", corev1.ServiceTypeNodePort, map[string]string{"app": "web"}, 8080)
 
 	t.Run("DNS", func(t *testing.T) {
 		u := u.with(t)
@@ -214,7 +214,19 @@ func (u *user) exec(pod string, cmd ...string) string {
 // pod creates an agnhost pod on node running agnhost's args.
 func (u *user) pod(name, node string, labels map[string]string, ports []corev1.ContainerPort, args ...string) {
 	u.t.Helper()
-	p := &corev1.Pod{
+	u.createPod(agnhostPod(name, node, labels, ports, args))
+}
+
+// hostNetworkPod creates an agnhost pod in node's network namespace.
+func (u *user) hostNetworkPod(name, node string, args ...string) {
+	u.t.Helper()
+	p := agnhostPod(name, node, nil, nil, args)
+	p.Spec.HostNetwork = true
+	u.createPod(p)
+}
+
+func agnhostPod(name, node string, labels map[string]string, ports []corev1.ContainerPort, args []string) *corev1.Pod {
+	return &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels},
 		Spec: corev1.PodSpec{
 			NodeName:                      node,
@@ -225,28 +237,13 @@ func (u *user) pod(name, node string, labels map[string]string, ports []corev1.C
 			}},
 		},
 	}
+}
+
+func (u *user) createPod(p *corev1.Pod) {
+	u.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if _, err := u.c.Lab.Kube.Client.CoreV1().Pods(u.ns).Create(ctx, p, metav1.CreateOptions{}); err != nil {
-		u.t.Fatal(err)
-	}
-}
-
-// hostNetworkPod creates an agnhost pod in node's network namespace.
-func (u *user) hostNetworkPod(name, node string, args ...string) {
-	u.t.Helper()
-	p := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: name},
-		Spec: corev1.PodSpec{
-			NodeName:                      node,
-			HostNetwork:                   true,
-			TerminationGracePeriodSeconds: new(int64),
-			Containers: []corev1.Container{{
-				Name: "agnhost", Image: cluster.AgnhostImage, ImagePullPolicy: corev1.PullNever, Args: args,
-			}},
-		},
-	}
-	if _, err := u.c.Lab.Kube.Client.CoreV1().Pods(u.ns).Create(context.Background(), p, metav1.CreateOptions{}); err != nil {
 		u.t.Fatal(err)
 	}
 }
@@ -273,16 +270,17 @@ func (u *user) podIP(name string) string {
 	return p.Status.PodIP
 }
 
-// service creates a Service of type typ in front of the app=web pods, port 8080 (http).
-func (u *user) service(name string, typ corev1.ServiceType) *corev1.Service {
+// service creates a Service of type typ for the pods with labels, with one TCP port named
+// http, same target port.
+func (u *user) service(name string, typ corev1.ServiceType, labels map[string]string, port int32) *corev1.Service {
 	u.t.Helper()
 	s := &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: name},
 		Spec: corev1.ServiceSpec{
 			Type:     typ,
-			Selector: map[string]string{"app": "web"},
+			Selector: labels,
 			Ports: []corev1.ServicePort{{
-				Name: "http", Port: 8080, TargetPort: intstr.FromInt32(8080), Protocol: corev1.ProtocolTCP,
+				Name: "http", Port: port, TargetPort: intstr.FromInt32(port), Protocol: corev1.ProtocolTCP,
 			}},
 		},
 	}

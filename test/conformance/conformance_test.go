@@ -211,12 +211,9 @@ func RunE2E(t *testing.T, c *cluster.Cluster, opts E2EOptions) E2EResult {
 		args = append(append(args, bin, "--"), e2eArgs...)
 		cmd = exec.CommandContext(ctx, ginkgo, args...)
 	} else {
+		// Alone, e2e.test writes its reports relative to its working directory, ReportDir.
 		args := e2eArgs
 		for _, a := range ginkgoArgs {
-			if strings.HasSuffix(a, "-report=report.json") || strings.HasSuffix(a, "-report=junit.xml") {
-				k, v, _ := strings.Cut(a, "=")
-				a = k + "=" + filepath.Join(opts.ReportDir, v)
-			}
 			args = append(args, "--ginkgo."+a)
 		}
 		cmd = exec.CommandContext(ctx, bin, args...)
