@@ -4,8 +4,6 @@ import (
 	"errors"
 	"net/netip"
 	"time"
-
-	api "github.com/osrg/gobgp/v3/api"
 )
 
 // Neighbor kinds; informational only (shown in logs and PeerState).
@@ -198,82 +196,6 @@ func (n Neighbor) port() uint16 {
 		return 179
 	}
 	return n.Port
-}
-
-var (
-	familyIPv4 = &api.Family{Afi: api.Family_AFI_IP, Safi: api.Family_SAFI_UNICAST}
-	familyIPv6 = &api.Family{Afi: api.Family_AFI_IP6, Safi: api.Family_SAFI_UNICAST}
-)
-
-// toAPI converts a validated neighbor into GoBGP's peer configuration.
-func (n Neighbor) toAPI(cfg *Config, localRestarting bool) *api.Peer {
-	secs := func(d time.Duration) uint64 { return uint64(d / time.Second) }
-	keepalive := n.KeepaliveTime
-	if keepalive == 0 {
-		keepalive = n.holdTime() / 3
-	}
-	retry := n.ConnectRetry
-	if retry == 0 {
-		retry = DefaultConnectRetry
-	}
-	p := &api.Peer{
-		Conf: &api.PeerConf{
-			NeighborAddress: n.Address.String(),
-			PeerAsn:         n.ASN,
-			LocalAsn:        cfg.ASN,
-			AuthPassword:    n.Password,
-			Description:     n.Kind,
-			AllowOwnAsn:     uint32(n.AllowOwnAS),
-		},
-		Timers: &api.Timers{Config: &api.TimersConfig{
-			HoldTime:          secs(n.holdTime()),
-			KeepaliveInterval: secs(keepalive),
-			ConnectRetry:      secs(retry),
-		}},
-		Transport: &api.Transport{RemotePort: uint32(n.port()), PassiveMode: n.passive()},
-	}
-	if n.LocalAddress.IsValid() {
-		p.Transport.LocalAddress = n.LocalAddress.String()
-	}
-	if n.EBGPMultihopTTL != 0 {
-		p.EbgpMultihop = &api.EbgpMultihop{Enabled: true, MultihopTtl: uint32(n.EBGPMultihopTTL)}
-	}
-	if n.TTLSecurityHops != 0 {
-		// GTSM: a packet from h hops away arrives with TTL 256-h.
-		p.TtlSecurity = &api.TtlSecurity{Enabled: true, TtlMin: uint32(256 - int(n.TTLSecurityHops))}
-	}
-	if n.RouteReflectorClient {
-		p.RouteReflector = &api.RouteReflector{RouteReflectorClient: true}
-		if n.RouteReflectorClusterID.IsValid() {
-			p.RouteReflector.RouteReflectorClusterId = n.RouteReflectorClusterID.String()
-		}
-	}
-	if n.GracefulRestart {
-		rt := n.RestartTime
-		if rt == 0 {
-			rt = DefaultRestartTime
-		}
-		deferral := cfg.DeferralTime
-		if deferral == 0 {
-			deferral = defaultDeferralTime
-		}
-		p.GracefulRestart = &api.GracefulRestart{
-			Enabled:      true,
-			RestartTime:  uint32(rt / time.Second),
-			DeferralTime: uint32(deferral / time.Second),
-			// With RFC 8538 a NOTIFICATION other than a Hard Reset (e.g. hold timer
-			// expiry) keeps routes too, while our deconfiguration still flushes them.
-			NotificationEnabled: true,
-			LocalRestarting:     localRestarting,
-		}
-	}
-	for _, f := range []*api.Family{familyIPv4, familyIPv6} {
-		p.AfiSafis = append(p.AfiSafis, &api.AfiSafi{
-			Config:            &api.AfiSafiConfig{Family: f, Enabled: true},
-			MpGracefulRestart: &api.MpGracefulRestart{Config: &api.MpGracefulRestartConfig{Enabled: n.GracefulRestart}},
-		})
-	}
-	return p
 }
 
 // shapesPolicy tells whether the neighbor appears in the export policy's neighbor sets, so

@@ -1,0 +1,361 @@
+// Neighbor operations (Add, Update, Remove) and their conversion to and from GoBGP's
+// peer configuration and state.
+
+package bgp
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"sort"
+	"time"
+
+	api "github.com/osrg/gobgp/v3/api"
+)
+
+func (r *router) localRestarting(n Neighbor) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return n.GracefulRestart && time.Now().Before(r.restartingUntil)
+}
+
+func normalizeNeighbor(n Neighbor) Neighbor {
+	n.Address = n.Address.Unmap()
+	if n.LocalAddress.IsValid() {
+		n.LocalAddress = n.LocalAddress.Unmap()
+	}
+	return n
+}
+
+// beginNeighborOp normalises and validates n and takes the lock that serialises neighbour
+// operations; the caller must call unlock.
+func (r *router) beginNeighborOp(n Neighbor) (_ Neighbor, unlock func(), err error) {
+	n = normalizeNeighbor(n)
+	if err := n.validateFor(&r.cfg); err != nil {
+		return n, nil, fmt.Errorf("bgp: neighbor %v: %w", n.Address, err)
+	}
+	r.opMu.Lock()
+	if err := r.running(); err != nil {
+		r.opMu.Unlock()
+		return n, nil, err
+	}
+	return n, r.opMu.Unlock, nil
+}
+
+func (r *router) AddNeighbor(ctx context.Context, n Neighbor) (err error) {
+	defer guard("add neighbor", &err)
+	n, unlock, err := r.beginNeighborOp(n)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	r.mu.Lock()
+	_, exists := r.neighbors[n.Address]
+	r.mu.Unlock()
+	if exists {
+		return fmt.Errorf("bgp: neighbor %s already configured", n.Address)
+	}
+	if n.shapesPolicy() {
+		// The export policy must allow reflection (or forbid export) before the session
+		// can come up.
+		r.mu.Lock()
+		r.neighbors[n.Address] = n
+		r.mu.Unlock()
+		if err := r.applyPoliciesLocked(ctx, false); err != nil {
+			r.mu.Lock()
+			delete(r.neighbors, n.Address)
+			r.mu.Unlock()
+			return err
+		}
+	}
+	if n.Password != "" {
+		if err := md5Supported(); err != nil {
+			return fmt.Errorf("bgp: neighbor %s: %w", n.Address, &FieldError{Field: "Neighbor.Password", Reason: err.Error()})
+		}
+	}
+	if err := r.srv.AddPeer(ctx, &api.AddPeerRequest{Peer: n.toAPI(&r.cfg, r.localRestarting(n))}); err != nil {
+		r.mu.Lock()
+		delete(r.neighbors, n.Address)
+		r.mu.Unlock()
+		if n.shapesPolicy() {
+			_ = r.applyPoliciesLocked(ctx, false)
+		}
+		return fmt.Errorf("bgp: add neighbor %s (AS %d): %w", n.Address, n.ASN, err)
+	}
+	r.mu.Lock()
+	r.neighbors[n.Address] = n
+	r.mu.Unlock()
+	r.log.Info("bgp: neighbor added", "peer", n.Address, "asn", n.ASN, "kind", n.Kind, "gracefulRestart", n.GracefulRestart)
+	return nil
+}
+
+func (r *router) UpdateNeighbor(ctx context.Context, n Neighbor) (err error) {
+	defer guard("update neighbor", &err)
+	n, unlock, err := r.beginNeighborOp(n)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	r.mu.Lock()
+	old, exists := r.neighbors[n.Address]
+	if exists {
+		r.neighbors[n.Address] = n
+	}
+	r.mu.Unlock()
+	if !exists {
+		return fmt.Errorf("bgp: neighbor %s not configured", n.Address)
+	}
+	rollback := func() {
+		r.mu.Lock()
+		r.neighbors[n.Address] = old
+		r.mu.Unlock()
+	}
+	rrChanged := old.RouteReflectorClient != n.RouteReflectorClient || old.NoExport != n.NoExport
+	// Hold and keepalive times are agreed in OPEN: a change takes effect only on a new session.
+	timersChanged := old.HoldTime != n.HoldTime || old.KeepaliveTime != n.KeepaliveTime
+	if rrChanged {
+		if err := r.applyPoliciesLocked(ctx, false); err != nil {
+			rollback()
+			return err
+		}
+	}
+	resp, err := r.srv.UpdatePeer(ctx, &api.UpdatePeerRequest{Peer: n.toAPI(&r.cfg, r.localRestarting(n))})
+	if err != nil {
+		rollback()
+		if rrChanged {
+			_ = r.applyPoliciesLocked(ctx, false)
+		}
+		return fmt.Errorf("bgp: update neighbor %s: %w", n.Address, err)
+	}
+	if resp.GetNeedsSoftResetIn() {
+		if err := r.srv.ResetPeer(ctx, &api.ResetPeerRequest{Address: n.Address.String(), Soft: true, Direction: api.ResetPeerRequest_IN}); err != nil {
+			return fmt.Errorf("bgp: update neighbor %s: soft reset: %w", n.Address, err)
+		}
+	}
+	if rrChanged {
+		if err := r.srv.ResetPeer(ctx, &api.ResetPeerRequest{Address: n.Address.String(), Soft: true, Direction: api.ResetPeerRequest_OUT}); err != nil {
+			return fmt.Errorf("bgp: update neighbor %s: soft reset: %w", n.Address, err)
+		}
+	}
+	if timersChanged {
+		// Cut the session without a NOTIFICATION: a graceful-restart peer keeps our routes
+		// while the session comes back with the new timers.
+		if _, err := abortSessions([]sessionKey{r.sessionKey(n)}); err != nil {
+			return fmt.Errorf("bgp: update neighbor %s: restart session for new timers: %w", n.Address, err)
+		}
+	}
+	r.log.Info("bgp: neighbor updated", "peer", n.Address, "asn", n.ASN, "kind", n.Kind, "sessionRestarted", timersChanged)
+	return nil
+}
+
+func (r *router) RemoveNeighbor(ctx context.Context, addr netip.Addr) (err error) {
+	defer guard("remove neighbor", &err)
+	addr = addr.Unmap()
+	r.opMu.Lock()
+	defer r.opMu.Unlock()
+	if err := r.running(); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	n, exists := r.neighbors[addr]
+	r.mu.Unlock()
+	if !exists {
+		return fmt.Errorf("bgp: neighbor %v not configured", addr)
+	}
+	if err := r.srv.DeletePeer(ctx, &api.DeletePeerRequest{Address: addr.String()}); err != nil {
+		return fmt.Errorf("bgp: remove neighbor %s: %w", addr, err)
+	}
+	r.mu.Lock()
+	delete(r.neighbors, addr)
+	delete(r.problems, addr)
+	r.mu.Unlock()
+	r.refusals.retain(func(_ netip.Prefix, peer netip.Addr) bool { return peer != addr })
+	if n.shapesPolicy() {
+		if err := r.applyPoliciesLocked(ctx, false); err != nil {
+			return err
+		}
+	}
+	r.log.Info("bgp: neighbor removed", "peer", addr)
+	return nil
+}
+
+func (r *router) Neighbors(ctx context.Context) (out []PeerState, err error) {
+	defer guard("neighbors", &err)
+	if err := r.running(); err != nil {
+		return nil, err
+	}
+	var peers []*api.Peer
+	if err := r.srv.ListPeer(ctx, &api.ListPeerRequest{EnableAdvertised: true}, func(p *api.Peer) { peers = append(peers, p) }); err != nil {
+		return nil, fmt.Errorf("bgp: list neighbors: %w", err)
+	}
+	byAddr := make(map[netip.Addr]*api.Peer, len(peers))
+	for _, p := range peers {
+		if p.GetConf() == nil {
+			continue
+		}
+		if a, err := netip.ParseAddr(p.Conf.NeighborAddress); err == nil {
+			byAddr[a.Unmap()] = p
+		}
+	}
+	accepted := r.acceptedCounts(ctx, byAddr)
+	r.mu.Lock()
+	for addr, n := range r.neighbors {
+		ps := PeerState{Neighbor: n, State: StateIdle}
+		ps.Password = ""
+		if pr, ok := r.problems[addr]; ok {
+			ps.LastError, ps.LastErrorTime = pr.msg, pr.at
+		}
+		if p, ok := byAddr[addr]; ok {
+			fillPeerState(&ps, p)
+			ps.Accepted = accepted[addr]
+		}
+		out = append(out, ps)
+	}
+	r.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].Address.Less(out[j].Address) })
+	return out, nil
+}
+
+// acceptedCounts counts, per peer, the received paths the import filter accepts.
+// GoBGP's own "accepted" counter ignores the (global) import policy.
+func (r *router) acceptedCounts(ctx context.Context, peers map[netip.Addr]*api.Peer) map[netip.Addr]uint64 {
+	r.mu.Lock()
+	f := r.filter
+	r.mu.Unlock()
+	out := make(map[netip.Addr]uint64, len(peers))
+	for a, p := range peers {
+		if p.GetState().GetSessionState() != api.PeerState_ESTABLISHED {
+			continue
+		}
+		for _, fam := range []*api.Family{familyIPv4, familyIPv6} {
+			_ = r.srv.ListPath(ctx, &api.ListPathRequest{TableType: api.TableType_ADJ_IN, Name: a.String(), Family: fam, EnableOnlyBinary: true},
+				func(d *api.Destination) {
+					for _, path := range d.Paths {
+						if pfx, ok := pathPrefix(path); ok && f.classify(a, pfx) == "" {
+							out[a]++
+						}
+					}
+				})
+		}
+	}
+	return out
+}
+
+var sessionStates = map[api.PeerState_SessionState]string{
+	api.PeerState_IDLE:        StateIdle,
+	api.PeerState_CONNECT:     StateConnect,
+	api.PeerState_ACTIVE:      StateActive,
+	api.PeerState_OPENSENT:    StateOpenSent,
+	api.PeerState_OPENCONFIRM: StateOpenConfirm,
+	api.PeerState_ESTABLISHED: StateEstablished,
+}
+
+func fillPeerState(ps *PeerState, p *api.Peer) {
+	if s, ok := sessionStates[p.GetState().GetSessionState()]; ok {
+		ps.State = s
+	}
+	ts := p.GetTimers().GetState()
+	if ps.State == StateEstablished {
+		if t := ts.GetUptime(); t != nil {
+			ps.Since = t.AsTime()
+		}
+	} else if t := ts.GetDowntime(); t != nil {
+		ps.Since = t.AsTime()
+	}
+	ps.PeerRestarting = p.GetGracefulRestart().GetPeerRestarting()
+	eor := ps.State == StateEstablished
+	gr := p.GetGracefulRestart().GetEnabled()
+	for _, af := range p.AfiSafis {
+		if st := af.GetState(); st != nil {
+			ps.Received += st.Received
+			adv := st.Advertised
+			// GoBGP counts the End-of-RIB marker it sends per family to a graceful-restart
+			// peer as an advertised path.
+			if gr && adv > 0 {
+				adv--
+			}
+			ps.Advertised += adv
+		}
+		// A peer that announced graceful restart for a family promises End-of-RIB.
+		if mp := af.GetMpGracefulRestart().GetState(); mp != nil && mp.Received && !mp.EndOfRibReceived {
+			eor = false
+		}
+	}
+	ps.EndOfRIB = eor
+}
+
+var (
+	familyIPv4 = &api.Family{Afi: api.Family_AFI_IP, Safi: api.Family_SAFI_UNICAST}
+	familyIPv6 = &api.Family{Afi: api.Family_AFI_IP6, Safi: api.Family_SAFI_UNICAST}
+)
+
+// toAPI converts a validated neighbor into GoBGP's peer configuration.
+func (n Neighbor) toAPI(cfg *Config, localRestarting bool) *api.Peer {
+	secs := func(d time.Duration) uint64 { return uint64(d / time.Second) }
+	keepalive := n.KeepaliveTime
+	if keepalive == 0 {
+		keepalive = n.holdTime() / 3
+	}
+	retry := n.ConnectRetry
+	if retry == 0 {
+		retry = DefaultConnectRetry
+	}
+	p := &api.Peer{
+		Conf: &api.PeerConf{
+			NeighborAddress: n.Address.String(),
+			PeerAsn:         n.ASN,
+			LocalAsn:        cfg.ASN,
+			AuthPassword:    n.Password,
+			Description:     n.Kind,
+			AllowOwnAsn:     uint32(n.AllowOwnAS),
+		},
+		Timers: &api.Timers{Config: &api.TimersConfig{
+			HoldTime:          secs(n.holdTime()),
+			KeepaliveInterval: secs(keepalive),
+			ConnectRetry:      secs(retry),
+		}},
+		Transport: &api.Transport{RemotePort: uint32(n.port()), PassiveMode: n.passive()},
+	}
+	if n.LocalAddress.IsValid() {
+		p.Transport.LocalAddress = n.LocalAddress.String()
+	}
+	if n.EBGPMultihopTTL != 0 {
+		p.EbgpMultihop = &api.EbgpMultihop{Enabled: true, MultihopTtl: uint32(n.EBGPMultihopTTL)}
+	}
+	if n.TTLSecurityHops != 0 {
+		// GTSM: a packet from h hops away arrives with TTL 256-h.
+		p.TtlSecurity = &api.TtlSecurity{Enabled: true, TtlMin: uint32(256 - int(n.TTLSecurityHops))}
+	}
+	if n.RouteReflectorClient {
+		p.RouteReflector = &api.RouteReflector{RouteReflectorClient: true}
+		if n.RouteReflectorClusterID.IsValid() {
+			p.RouteReflector.RouteReflectorClusterId = n.RouteReflectorClusterID.String()
+		}
+	}
+	if n.GracefulRestart {
+		rt := n.RestartTime
+		if rt == 0 {
+			rt = DefaultRestartTime
+		}
+		deferral := cfg.DeferralTime
+		if deferral == 0 {
+			deferral = defaultDeferralTime
+		}
+		p.GracefulRestart = &api.GracefulRestart{
+			Enabled:      true,
+			RestartTime:  uint32(rt / time.Second),
+			DeferralTime: uint32(deferral / time.Second),
+			// With RFC 8538 a NOTIFICATION other than a Hard Reset (e.g. hold timer
+			// expiry) keeps routes too, while our deconfiguration still flushes them.
+			NotificationEnabled: true,
+			LocalRestarting:     localRestarting,
+		}
+	}
+	for _, f := range []*api.Family{familyIPv4, familyIPv6} {
+		p.AfiSafis = append(p.AfiSafis, &api.AfiSafi{
+			Config:            &api.AfiSafiConfig{Family: f, Enabled: true},
+			MpGracefulRestart: &api.MpGracefulRestart{Config: &api.MpGracefulRestartConfig{Enabled: n.GracefulRestart}},
+		})
+	}
+	return p
+}

@@ -1,0 +1,290 @@
+// The import filter and export rules as GoBGP routing policy, and its application.
+
+package bgp
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+
+	api "github.com/osrg/gobgp/v3/api"
+)
+
+// applyPoliciesLocked installs the routing policy for the current filter and route
+// reflector clients. Needs opMu.
+func (r *router) applyPoliciesLocked(ctx context.Context, initial bool) error {
+	r.mu.Lock()
+	f := r.filter
+	var clients, noExport []netip.Addr
+	for a, n := range r.neighbors {
+		if n.RouteReflectorClient {
+			clients = append(clients, a)
+		}
+		if n.NoExport {
+			noExport = append(noExport, a)
+		}
+	}
+	r.mu.Unlock()
+	slices.SortFunc(clients, netip.Addr.Compare)
+	slices.SortFunc(noExport, netip.Addr.Compare)
+	if err := r.srv.SetPolicies(ctx, f.policies(clients, noExport)); err != nil {
+		return fmt.Errorf("bgp: set routing policy: %w", err)
+	}
+	if !initial {
+		return nil
+	}
+	// SetPolicies keeps existing assignments, so they are made once.
+	for _, a := range []struct {
+		name string
+		dir  api.PolicyDirection
+	}{{importPolicyName, api.PolicyDirection_IMPORT}, {exportPolicyName, api.PolicyDirection_EXPORT}} {
+		err := r.srv.SetPolicyAssignment(ctx, &api.SetPolicyAssignmentRequest{Assignment: &api.PolicyAssignment{
+			Name:          "global",
+			Direction:     a.dir,
+			Policies:      []*api.Policy{{Name: a.name}},
+			DefaultAction: api.RouteAction_REJECT,
+		}})
+		if err != nil {
+			return fmt.Errorf("bgp: assign policy %s: %w", a.name, err)
+		}
+	}
+	return nil
+}
+
+func (r *router) UpdateImportFilter(ctx context.Context, f ImportFilter) (err error) {
+	defer guard("update import filter", &err)
+	nf, err := f.normalize()
+	if err != nil {
+		return fmt.Errorf("bgp: %w", err)
+	}
+	r.opMu.Lock()
+	defer r.opMu.Unlock()
+	if err := r.running(); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	r.filter = nf
+	addrs := make([]netip.Addr, 0, len(r.neighbors))
+	for a := range r.neighbors {
+		addrs = append(addrs, a)
+	}
+	r.mu.Unlock()
+	if err := r.applyPoliciesLocked(ctx, false); err != nil {
+		return err
+	}
+	// Forget refusals the new filter allows, and account paths already held that it
+	// now refuses (they will not be announced again).
+	r.refusals.retain(func(p netip.Prefix, peer netip.Addr) bool { return nf.classify(peer, p) != "" })
+	for _, a := range addrs {
+		for _, fam := range []*api.Family{familyIPv4, familyIPv6} {
+			err := r.srv.ListPath(ctx, &api.ListPathRequest{TableType: api.TableType_ADJ_IN, Name: a.String(), Family: fam, EnableOnlyBinary: true},
+				func(d *api.Destination) {
+					for _, p := range d.Paths {
+						if prefix, ok := pathPrefix(p); ok {
+							if reason := nf.classify(a, prefix); reason != "" {
+								r.refusals.note(prefix, a, reason)
+							}
+						}
+					}
+				})
+			if err != nil {
+				r.log.Debug("bgp: list adj-rib-in", "peer", a, "err", err)
+			}
+		}
+	}
+	// Re-run the import policy over everything received so far.
+	if err := r.srv.ResetPeer(ctx, &api.ResetPeerRequest{Address: "all", Soft: true, Direction: api.ResetPeerRequest_IN}); err != nil {
+		return fmt.Errorf("bgp: re-apply import policy: %w", err)
+	}
+	return nil
+}
+
+func (r *router) Refusals() []Refusal { return r.refusals.list() }
+
+// Names of the GoBGP policy objects podroute owns.
+const (
+	importPolicyName = "podroute-import"
+	exportPolicyName = "podroute-export"
+	setDefault4      = "podroute-default-v4"
+	setDefault6      = "podroute-default-v6"
+	setAllow4        = "podroute-allow-v4"
+	setAllow6        = "podroute-allow-v6"
+	setDeny4         = "podroute-deny-v4"
+	setDeny6         = "podroute-deny-v6"
+	setValidated     = "podroute-validated-peers"
+	setPeerPrefix    = "podroute-peer-" // + neighbor address, and "-v4"/"-v6" for its prefixes
+	setRRClients     = "podroute-rr-clients"
+	setNoExport      = "podroute-no-export"
+)
+
+// policies builds the whole routing policy: the import policy (assigned globally with
+// default REJECT) and the export policy (default REJECT).
+//
+// Import, first match wins:
+//
+//  1. accept our own paths (GoBGP runs the global import policy on them too);
+//  2. reject default routes;
+//  3. reject anything overlapping Deny;
+//  4. for each neighbor with a PeerPrefixes entry, accept from that neighbor exactly its
+//     own prefixes (one statement per family with prefixes);
+//  5. reject anything else from those neighbors;
+//  6. accept cluster prefixes within the length range, from anyone left.
+//
+// GoBGP applies the global import policy to every peer's paths and matches a neighbor
+// set against the address of the peer the path came from, so steps 4 and 5 single out
+// the validated neighbors.
+//
+// Export: nothing to NoExport neighbors; accept our own paths; accept everything towards
+// route-reflector clients (GoBGP decides what to reflect). Without the default reject a node
+// would re-advertise other nodes' routes to its eBGP peers as if it were transit for them.
+func (f *ImportFilter) policies(rrClients, noExport []netip.Addr) *api.SetPoliciesRequest {
+	req := &api.SetPoliciesRequest{}
+	accept := &api.Actions{RouteAction: api.RouteAction_ACCEPT}
+	reject := &api.Actions{RouteAction: api.RouteAction_REJECT}
+	local := &api.Statement{
+		Name:       "allow-local",
+		Conditions: &api.Conditions{RouteType: api.Conditions_ROUTE_TYPE_LOCAL},
+		Actions:    accept,
+	}
+	imp := &api.Policy{Name: importPolicyName, Statements: []*api.Statement{local}}
+	// addPrefixSet defines a prefix set; GoBGP refuses an empty one, which would match
+	// nothing anyway, so the caller skips its statement then.
+	addPrefixSet := func(name string, prefixes []*api.Prefix) bool {
+		if len(prefixes) == 0 {
+			return false
+		}
+		req.DefinedSets = append(req.DefinedSets, &api.DefinedSet{DefinedType: api.DefinedType_PREFIX, Name: name, Prefixes: prefixes})
+		return true
+	}
+	// addNeighborSet defines a neighbor set. An empty one would match every neighbor,
+	// so it is never defined.
+	addNeighborSet := func(name string, addrs []netip.Addr) bool {
+		if len(addrs) == 0 {
+			return false
+		}
+		list := make([]string, 0, len(addrs))
+		for _, a := range addrs {
+			list = append(list, netip.PrefixFrom(a, a.BitLen()).String())
+		}
+		req.DefinedSets = append(req.DefinedSets, &api.DefinedSet{DefinedType: api.DefinedType_NEIGHBOR, Name: name, List: list})
+		return true
+	}
+	addStatement := func(name string, c *api.Conditions, actions *api.Actions) {
+		imp.Statements = append(imp.Statements, &api.Statement{Name: name, Conditions: c, Actions: actions})
+	}
+	matchPrefixes := func(name string, prefixes []*api.Prefix, actions *api.Actions) {
+		if addPrefixSet(name, prefixes) {
+			addStatement("match-"+name, &api.Conditions{PrefixSet: &api.MatchSet{Type: api.MatchSet_ANY, Name: name}}, actions)
+		}
+	}
+
+	// Each default-route set holds only /0 with length 0..0, so nothing else matches.
+	matchPrefixes(setDefault4, []*api.Prefix{apiPrefix(netip.MustParsePrefix("0.0.0.0/0"), 0, 0)}, reject)
+	matchPrefixes(setDefault6, []*api.Prefix{apiPrefix(netip.MustParsePrefix("::/0"), 0, 0)}, reject)
+	deny4, deny6 := denyEntries(f.Deny)
+	matchPrefixes(setDeny4, deny4, reject)
+	matchPrefixes(setDeny6, deny6, reject)
+
+	peers := slices.SortedFunc(maps.Keys(f.PeerPrefixes), netip.Addr.Compare)
+	for _, a := range peers {
+		// Exact-length entries are safe with GoBGP's longest-match lookup: a listed
+		// candidate finds itself (no longer stored prefix can contain it), and any
+		// other candidate finds a shorter entry whose single length it misses.
+		var own4, own6 []*api.Prefix
+		for _, p := range f.PeerPrefixes[a] {
+			if p.Addr().Is4() {
+				own4 = append(own4, apiPrefix(p, p.Bits(), p.Bits()))
+			} else {
+				own6 = append(own6, apiPrefix(p, p.Bits(), p.Bits()))
+			}
+		}
+		if len(own4)+len(own6) == 0 {
+			continue // rejected by the validated-peers statement
+		}
+		nset := setPeerPrefix + a.String()
+		addNeighborSet(nset, []netip.Addr{a})
+		for _, fam := range []struct {
+			suffix   string
+			prefixes []*api.Prefix
+		}{{"-v4", own4}, {"-v6", own6}} {
+			pset := nset + fam.suffix
+			if addPrefixSet(pset, fam.prefixes) {
+				addStatement("origin-"+pset, &api.Conditions{
+					NeighborSet: &api.MatchSet{Type: api.MatchSet_ANY, Name: nset},
+					PrefixSet:   &api.MatchSet{Type: api.MatchSet_ANY, Name: pset},
+				}, accept)
+			}
+		}
+	}
+	if addNeighborSet(setValidated, peers) {
+		addStatement("match-"+setValidated, &api.Conditions{NeighborSet: &api.MatchSet{Type: api.MatchSet_ANY, Name: setValidated}}, reject)
+	}
+
+	var allow4, allow6 []*api.Prefix
+	for _, c := range f.ClusterCIDRs {
+		if c.Addr().Is4() {
+			allow4 = append(allow4, apiPrefix(c, c.Bits(), f.MaxLenIPv4))
+		} else {
+			allow6 = append(allow6, apiPrefix(c, c.Bits(), f.MaxLenIPv6))
+		}
+	}
+	matchPrefixes(setAllow4, allow4, accept)
+	matchPrefixes(setAllow6, allow6, accept)
+
+	exp := &api.Policy{Name: exportPolicyName}
+	if addNeighborSet(setNoExport, noExport) {
+		exp.Statements = append(exp.Statements, &api.Statement{
+			Name:       "no-export",
+			Conditions: &api.Conditions{NeighborSet: &api.MatchSet{Type: api.MatchSet_ANY, Name: setNoExport}},
+			Actions:    reject,
+		})
+	}
+	exp.Statements = append(exp.Statements, &api.Statement{
+		Name:       "export-local",
+		Conditions: &api.Conditions{RouteType: api.Conditions_ROUTE_TYPE_LOCAL},
+		Actions:    accept,
+	})
+	// The statement only exists when there are clients (see addNeighborSet).
+	if addNeighborSet(setRRClients, rrClients) {
+		exp.Statements = append(exp.Statements, &api.Statement{
+			Name:       "reflect-to-clients",
+			Conditions: &api.Conditions{NeighborSet: &api.MatchSet{Type: api.MatchSet_ANY, Name: setRRClients}},
+			Actions:    accept,
+		})
+	}
+	req.Policies = []*api.Policy{imp, exp}
+	return req
+}
+
+// denyEntries turns non-nested deny prefixes into prefix-set entries matching every
+// overlapping prefix. GoBGP looks up only the longest stored prefix containing the
+// candidate, so each entry must be self-sufficient: D with lengths len(D)..max matches
+// everything inside D, and each shorter truncation T of D, with exactly len(T), matches
+// the supersets of D. Because the deny prefixes are not nested, a truncation never lies
+// inside another deny prefix and cannot shadow it.
+func denyEntries(deny []netip.Prefix) (v4, v6 []*api.Prefix) {
+	seen := map[netip.Prefix]bool{}
+	for _, d := range deny {
+		entries := []*api.Prefix{apiPrefix(d, d.Bits(), d.Addr().BitLen())}
+		for l := d.Bits() - 1; l >= 0; l-- {
+			t := netip.PrefixFrom(d.Addr(), l).Masked()
+			if seen[t] {
+				continue
+			}
+			seen[t] = true
+			entries = append(entries, apiPrefix(t, l, l))
+		}
+		if d.Addr().Is4() {
+			v4 = append(v4, entries...)
+		} else {
+			v6 = append(v6, entries...)
+		}
+	}
+	return v4, v6
+}
+
+func apiPrefix(p netip.Prefix, lo, hi int) *api.Prefix {
+	return &api.Prefix{IpPrefix: p.String(), MaskLengthMin: uint32(lo), MaskLengthMax: uint32(hi)}
+}

@@ -1,0 +1,386 @@
+// The speaker's lifecycle: New, Start and Stop of the embedded GoBGP server, its event
+// watchers and Subscribe.
+
+package bgp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+
+	api "github.com/osrg/gobgp/v3/api"
+	"github.com/osrg/gobgp/v3/pkg/config/oc"
+	gobgplog "github.com/osrg/gobgp/v3/pkg/log"
+	"github.com/osrg/gobgp/v3/pkg/server"
+)
+
+var startMu sync.Mutex
+
+type lifecycle int
+
+const (
+	stateNew lifecycle = iota
+	stateRunning
+	stateStopped
+)
+
+type advertisement struct {
+	communities []Community
+	path        *api.Path
+}
+
+type peerProblem struct {
+	msg string
+	at  time.Time
+}
+
+// router implements Router with an embedded GoBGP server.
+type router struct {
+	cfg      Config
+	log      *slog.Logger
+	refusals *refusals
+
+	// opMu serialises configuration changes so GoBGP's state and ours change together.
+	// It may be held while calling GoBGP; mu never is (GoBGP calls back into us).
+	opMu sync.Mutex
+	srv  *server.BgpServer
+
+	mu              sync.Mutex
+	state           lifecycle
+	done            chan struct{}
+	stopWatch       context.CancelFunc
+	neighbors       map[netip.Addr]Neighbor
+	problems        map[netip.Addr]peerProblem
+	advertised      map[netip.Prefix]advertisement
+	filter          ImportFilter
+	subs            map[chan struct{}]struct{}
+	restartingUntil time.Time
+}
+
+// New validates cfg and returns a Router backed by GoBGP. Nothing runs until Start.
+func New(cfg Config) (Router, error) {
+	if err := validateConfig(&cfg); err != nil {
+		return nil, fmt.Errorf("bgp: %w", err)
+	}
+	f, err := cfg.ImportFilter.normalize()
+	if err != nil {
+		return nil, fmt.Errorf("bgp: %w", err)
+	}
+	l := cfg.Logger
+	if l == nil {
+		l = slog.Default()
+	}
+	return &router{
+		cfg:        cfg,
+		log:        l,
+		refusals:   newRefusals(l),
+		done:       make(chan struct{}),
+		neighbors:  map[netip.Addr]Neighbor{},
+		problems:   map[netip.Addr]peerProblem{},
+		advertised: map[netip.Prefix]advertisement{},
+		filter:     f,
+		subs:       map[chan struct{}]struct{}{},
+	}, nil
+}
+
+func validateConfig(c *Config) error {
+	if c.ASN == 0 {
+		return fieldErr("Config.ASN", "required")
+	}
+	if !c.RouterID.IsValid() || !c.RouterID.Unmap().Is4() || c.RouterID.IsUnspecified() {
+		return fieldErr("Config.RouterID", "must be a non-zero IPv4 address, got %v", c.RouterID)
+	}
+	c.RouterID = c.RouterID.Unmap()
+	if c.ListenPort < -1 || c.ListenPort > 65535 {
+		return fieldErr("Config.ListenPort", "%d is outside -1..65535", c.ListenPort)
+	}
+	for i, a := range c.ListenAddresses {
+		if !a.IsValid() {
+			return fieldErr(fmt.Sprintf("Config.ListenAddresses[%d]", i), "invalid address")
+		}
+	}
+	if c.NextHopIPv4.IsValid() {
+		if !c.NextHopIPv4.Unmap().Is4() || c.NextHopIPv4.IsUnspecified() {
+			return fieldErr("Config.NextHopIPv4", "%s is not a usable IPv4 address", c.NextHopIPv4)
+		}
+		c.NextHopIPv4 = c.NextHopIPv4.Unmap()
+	}
+	if c.NextHopIPv6.IsValid() && (!c.NextHopIPv6.Is6() || c.NextHopIPv6.Is4In6() || c.NextHopIPv6.IsUnspecified() || c.NextHopIPv6.Zone() != "") {
+		return fieldErr("Config.NextHopIPv6", "%s is not a usable global IPv6 address", c.NextHopIPv6)
+	}
+	if err := wholeSeconds("Config.DeferralTime", c.DeferralTime, time.Second, 65535*time.Second); err != nil {
+		return err
+	}
+	return nil
+}
+
+// guard turns a panic escaping GoBGP into an error for the caller.
+func guard(op string, err *error) {
+	if v := recover(); v != nil {
+		*err = fmt.Errorf("bgp: %s: internal error: %v", op, v)
+	}
+}
+
+func (r *router) running() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	switch r.state {
+	case stateNew:
+		return errors.New("bgp: router not started")
+	case stateStopped:
+		return errors.New("bgp: router stopped")
+	}
+	return nil
+}
+
+func (r *router) Start(ctx context.Context) (err error) {
+	defer guard("start", &err)
+	r.opMu.Lock()
+	defer r.opMu.Unlock()
+	r.mu.Lock()
+	if r.state != stateNew {
+		r.mu.Unlock()
+		return errors.New("bgp: router already started")
+	}
+	r.mu.Unlock()
+
+	// No GrpcListenAddress option: GoBGP then opens no gRPC port at all.
+	srv := server.NewBgpServer(server.LoggerOption(&slogAdapter{l: r.log, onPeerProblem: r.notePeerProblem}))
+	// Serve runs GoBGP's event loop; every API call below waits on it.
+	go srv.Serve()
+
+	global := &api.Global{
+		Asn:        r.cfg.ASN,
+		RouterId:   r.cfg.RouterID.String(),
+		ListenPort: r.cfg.ListenPort,
+		Families: []uint32{
+			uint32(oc.AfiSafiTypeToIntMap[oc.AFI_SAFI_TYPE_IPV4_UNICAST]),
+			uint32(oc.AfiSafiTypeToIntMap[oc.AFI_SAFI_TYPE_IPV6_UNICAST]),
+		},
+		// Report every equal-cost path, not only the best one. GoBGP keeps this in a
+		// package variable, so it holds for every server in the process.
+		UseMultiplePaths: true,
+	}
+	for _, a := range r.cfg.ListenAddresses {
+		global.ListenAddresses = append(global.ListenAddresses, a.String())
+	}
+	// StartBgp writes GoBGP package variables (route selection options, multipath);
+	// serialise it in case a process runs several routers.
+	startMu.Lock()
+	err = srv.StartBgp(ctx, &api.StartBgpRequest{Global: global})
+	startMu.Unlock()
+	if err != nil {
+		srv.Stop()
+		return fmt.Errorf("bgp: start GoBGP (AS %d, router ID %s, port %d): %w", r.cfg.ASN, r.cfg.RouterID, r.cfg.ListenPort, err)
+	}
+	r.srv = srv
+	fail := func(err error) error {
+		srv.Stop()
+		r.srv = nil
+		return err
+	}
+	if err := r.applyPoliciesLocked(ctx, true); err != nil {
+		return fail(err)
+	}
+
+	wctx, cancel := context.WithCancel(context.Background())
+	// The callbacks only set flags and count refusals: GoBGP queues events for a slow
+	// watcher without bound.
+	err = srv.WatchEvent(wctx, &api.WatchEventRequest{
+		Peer: &api.WatchEventRequest_Peer{},
+		Table: &api.WatchEventRequest_Table{Filters: []*api.WatchEventRequest_Table_Filter{
+			{Type: api.WatchEventRequest_Table_Filter_BEST},
+			{Type: api.WatchEventRequest_Table_Filter_EOR},
+		}},
+	}, func(*api.WatchEventResponse) { r.notify() })
+	if err == nil {
+		err = srv.WatchEvent(wctx, &api.WatchEventRequest{
+			Table: &api.WatchEventRequest_Table{Filters: []*api.WatchEventRequest_Table_Filter{
+				{Type: api.WatchEventRequest_Table_Filter_ADJIN},
+			}},
+		}, r.onAdjIn)
+	}
+	if err != nil {
+		cancel()
+		return fail(fmt.Errorf("bgp: watch GoBGP events: %w", err))
+	}
+
+	r.mu.Lock()
+	r.state = stateRunning
+	r.stopWatch = cancel
+	if r.cfg.Restarting {
+		r.restartingUntil = time.Now().Add(r.deferralTime())
+	}
+	r.mu.Unlock()
+	r.log.Info("bgp: started", "asn", r.cfg.ASN, "routerID", r.cfg.RouterID, "port", r.cfg.ListenPort, "restarting", r.cfg.Restarting)
+	return nil
+}
+
+func (r *router) deferralTime() time.Duration {
+	if r.cfg.DeferralTime == 0 {
+		return defaultDeferralTime
+	}
+	return r.cfg.DeferralTime
+}
+
+func (r *router) Stop(graceful bool) (err error) {
+	defer guard("stop", &err)
+	r.mu.Lock()
+	if r.state == stateStopped {
+		r.mu.Unlock()
+		return nil
+	}
+	wasRunning := r.state == stateRunning
+	r.state = stateStopped
+	close(r.done)
+	if r.stopWatch != nil {
+		r.stopWatch()
+	}
+	for ch := range r.subs {
+		delete(r.subs, ch)
+		close(ch)
+	}
+	var keys []sessionKey
+	if graceful {
+		keys = r.sessionKeysLocked()
+	}
+	r.mu.Unlock()
+	if !wasRunning {
+		return nil
+	}
+
+	r.opMu.Lock()
+	defer r.opMu.Unlock()
+	if graceful {
+		// Cut the sessions before GoBGP gets a chance to send CEASE. Peers redial only
+		// after their connect-retry delay (at least a second), long after StopBgp below
+		// has closed the listeners and deconfigured the peers.
+		n, aerr := abortSessions(keys)
+		if aerr != nil {
+			err = fmt.Errorf("bgp: graceful stop: abort sessions: %w", aerr)
+		}
+		r.log.Info("bgp: stopping for restart, sessions cut without notification", "sessions", n)
+	} else {
+		r.log.Info("bgp: stopping, peers will withdraw our routes")
+	}
+	// StopBgp returns once every peer is deconfigured. GoBGP's Serve goroutine has no
+	// way to exit and stays parked on its channels.
+	if serr := r.srv.StopBgp(context.Background(), &api.StopBgpRequest{}); serr != nil {
+		err = errors.Join(err, fmt.Errorf("bgp: stop GoBGP: %w", serr))
+	}
+	return err
+}
+
+func (r *router) sessionKeysLocked() []sessionKey {
+	keys := make([]sessionKey, 0, len(r.neighbors))
+	for _, n := range r.neighbors {
+		keys = append(keys, r.sessionKey(n))
+	}
+	return keys
+}
+
+func (r *router) sessionKey(n Neighbor) sessionKey {
+	var listen uint16
+	switch {
+	case r.cfg.ListenPort == 0:
+		listen = 179
+	case r.cfg.ListenPort > 0:
+		listen = uint16(r.cfg.ListenPort)
+	}
+	return sessionKey{remote: n.Address, remotePort: n.port(), local: n.LocalAddress, listenPort: listen}
+}
+
+func (r *router) Subscribe(ctx context.Context) <-chan struct{} {
+	ch := make(chan struct{}, 1)
+	r.mu.Lock()
+	if r.state == stateStopped {
+		r.mu.Unlock()
+		close(ch)
+		return ch
+	}
+	r.subs[ch] = struct{}{}
+	done := r.done
+	r.mu.Unlock()
+	go func() {
+		select {
+		case <-ctx.Done():
+		case <-done:
+		}
+		r.mu.Lock()
+		if _, ok := r.subs[ch]; ok {
+			delete(r.subs, ch)
+			close(ch)
+		}
+		r.mu.Unlock()
+	}()
+	return ch
+}
+
+// notify wakes every subscriber without ever blocking: a pending signal already covers
+// this change.
+func (r *router) notify() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for ch := range r.subs {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// onAdjIn sees every path received from a peer before import policy, to account
+// refusals with a reason, and every withdrawal, which ends a refusal.
+func (r *router) onAdjIn(resp *api.WatchEventResponse) {
+	t := resp.GetTable()
+	if t == nil {
+		return
+	}
+	r.mu.Lock()
+	f := r.filter
+	r.mu.Unlock()
+	for _, p := range t.Paths {
+		prefix, ok := pathPrefix(p)
+		if !ok {
+			continue
+		}
+		peer, err := netip.ParseAddr(p.NeighborIp)
+		if err != nil {
+			continue
+		}
+		if p.IsWithdraw {
+			// The peer no longer announces it: a refusal of it is over, and is logged
+			// again if the peer announces it again.
+			r.refusals.forget(prefix, peer.Unmap())
+			continue
+		}
+		if reason := f.classify(peer, prefix); reason != "" {
+			r.refusals.record(prefix, peer.Unmap(), reason)
+		}
+	}
+}
+
+func (r *router) notePeerProblem(key, msg string, fields gobgplog.Fields) {
+	addr, err := netip.ParseAddr(key)
+	if err != nil {
+		return
+	}
+	addr = addr.Unmap()
+	var b strings.Builder
+	b.WriteString(msg)
+	for _, k := range []string{"Code", "Subcode", "Communicated-Reason", "Err", "Error", "Reason"} {
+		if v, ok := fields[k]; ok && v != nil {
+			fmt.Fprintf(&b, " %s=%v", k, v)
+		}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, ok := r.neighbors[addr]; ok {
+		r.problems[addr] = peerProblem{msg: b.String(), at: time.Now()}
+	}
+}
