@@ -55,6 +55,9 @@ func cmdCheck(args *skel.CmdArgs) error {
 	if host.Attrs().Flags&1 == 0 { // net.FlagUp
 		return fmt.Errorf("host interface %s: down", l.hostName)
 	}
+	if g := host.Attrs().Group; g != HostVethGroup {
+		return fmt.Errorf("host interface %s: group %d, want %d (NetworkPolicy holds only veths of that group)", l.hostName, g, HostVethGroup)
+	}
 	for _, ip := range ips {
 		if err := checkHostRoute(host, ip); err != nil {
 			return err

@@ -95,12 +95,15 @@ func (l *podLink) classify() (netlink.Link, ownership, error) {
 // create makes the veth pair with the pod end born in the pod's netns (never moved: a move
 // costs milliseconds and a window where the pod end sits in the host). The pod end's MAC is
 // chosen here so the host's neighbour entry and route can be made without entering the pod.
+// The host end is born in HostVethGroup (IFLA_GROUP in the same RTM_NEWLINK), so there is no
+// moment at which it exists outside the group the NetworkPolicy hold matches.
 func (l *podLink) create(podMAC net.HardwareAddr) (netlink.Link, error) {
 	veth := &netlink.Veth{
 		LinkAttrs: netlink.LinkAttrs{
 			Name:         l.hostName,
 			MTU:          l.mtu,
 			HardwareAddr: HostMAC,
+			Group:        HostVethGroup,
 		},
 		PeerName:         l.ifName,
 		PeerNamespace:    netlink.NsFd(int(l.podNS.Fd())),

@@ -9,6 +9,12 @@ import (
 const (
 	// HostVethPrefix starts every host-side interface podroute creates.
 	HostVethPrefix = "pr"
+	// HostVethGroup is the interface group (IFLA_GROUP, ip link set group) of every host veth
+	// podroute creates: 201, podroute's number, as for its routes. The NetworkPolicy table
+	// holds traffic of a veth in this group until the agent has judged its pod
+	// (policy.PodInterfaceGroup). It lives here, not in policy, so the plugin does not link
+	// the Kubernetes API types policy needs.
+	HostVethGroup = 201
 	// aliasPrefix starts the ifalias that records which attachment owns a host veth.
 	aliasPrefix = "podroute:"
 	// maxAlias keeps the alias within the kernel's IFALIASZ with room to spare.

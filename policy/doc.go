@@ -99,12 +99,12 @@
 //   - Held until judged. For an agent that is stopped or behind, the forward chain sends
 //     every packet to or from an interface of group PodInterfaceGroup (201, podroute's
 //     number, as for routes) that is not in judged-veths to the hold chain, which drops it
-//     (replies of established connections pass before it). The hook for the plugin: CNI ADD
-//     sets IFLA_GROUP 201 on the host veth in the same RTM_NEWLINK that creates it, so no
-//     packet ever crosses an unjudged podroute veth unheld. A held pod in a namespace
-//     without policies is wrongly denied until the agent is back; a held pod is never
-//     wrongly allowed. Until the plugin sets the group the hold is inert (the first layer
-//     alone covers a running agent).
+//     (replies of established connections pass before it). CNI ADD creates the host veth
+//     in that group (IFLA_GROUP in the same RTM_NEWLINK that creates it, cni.HostVethGroup)
+//     and CHECK verifies it, so no packet ever crosses an unjudged podroute veth unheld. A
+//     held pod in a namespace without policies is wrongly denied until the agent is back; a
+//     held pod is never wrongly allowed. Veths made by an older plugin, without the group,
+//     are not held; they are judged like any other once the agent lists their pod.
 //
 // The hold is in force only while the table exists, that is while some NetworkPolicy exists
 // in the cluster: without one, every pod is open and the table is deleted
@@ -133,9 +133,8 @@
 //
 // # Not supported yet
 //
-// The plugin does not set PodInterfaceGroup yet and the agent does not call this package
-// yet (see docs/architecture.md for the wiring). A pod's second interface (CNI_IFNAME other
-// than eth0) is not policed. AdminNetworkPolicy and BaselineAdminNetworkPolicy are not
-// implemented. ICMP is not special-cased: a rule without ports allows it, a rule with
+// The agent does not call this package yet (see docs/architecture.md for the wiring). A
+// pod's second interface (CNI_IFNAME other than eth0) is not policed. AdminNetworkPolicy and
+// BaselineAdminNetworkPolicy are not implemented. ICMP is not special-cased: a rule without ports allows it, a rule with
 // ports does not, as upstream. SCTP needs the kernel's SCTP conntrack, as for kube-proxy.
 package policy

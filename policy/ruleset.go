@@ -4,6 +4,8 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"strings"
+
+	"github.com/podroute/podroute/cni"
 )
 
 // The table and its fixed objects. Every other chain and set is named after a digest of its
@@ -26,8 +28,9 @@ const (
 	SelfSet = "self-veths"
 
 	// PodInterfaceGroup is the interface group (ip link set group) that marks a podroute
-	// host veth. A veth in this group that the agent has not judged is held: see doc.go.
-	PodInterfaceGroup = 201
+	// host veth: the plugin's cni.HostVethGroup, set as it creates the veth. A veth in this
+	// group that the agent has not judged is held: see doc.go.
+	PodInterfaceGroup = cni.HostVethGroup
 
 	// layoutVersion is part of every digest: a change to how rules or elements are written
 	// changes every name, so an agent never trusts an object an older one wrote differently.

@@ -11,6 +11,9 @@ import (
 
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/podroute/podroute/cni"
 	"github.com/podroute/podroute/test/cniutil"
@@ -289,4 +292,48 @@ func TestHostVethNaming(t *testing.T) {
 	e.del(t, second)
 	e.assertGone(t, second, podIPs(res1))
 	e.assertHostSide(t, p, podIPs(res0), false)
+}
+
+// TestHostVethBornInGroup: the kernel announces the host veth in its interface group from
+// its very first RTM_NEWLINK, so there is no moment at which it exists outside the group the
+// NetworkPolicy hold matches (a group set after creation would show a first message with
+// group 0).
+func TestHostVethBornInGroup(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, [][]cniutil.Range{cniutil.V4})
+	h, err := netns.GetFromPath(e.node.NS.Path())
+	if err != nil {
+		t.Fatalf("node netns handle: %v", err)
+	}
+	defer h.Close()
+	updates := make(chan netlink.LinkUpdate, 64)
+	done := make(chan struct{})
+	defer close(done)
+	if err := netlink.LinkSubscribeAt(h, updates, done); err != nil {
+		t.Fatalf("subscribe to the node's link updates: %v", err)
+	}
+	p := e.node.NewPod(t)
+	e.add(t, p)
+
+	var seen []string
+	timeout := time.After(5 * time.Second)
+	for {
+		select {
+		case u := <-updates:
+			a := u.Attrs()
+			if a.Name != p.HostVeth() {
+				continue
+			}
+			seen = append(seen, fmt.Sprintf("type %d group %d", u.Header.Type, a.Group))
+			if u.Header.Type != unix.RTM_NEWLINK {
+				t.Fatalf("first message about host veth %s: %v, want an RTM_NEWLINK", p.HostVeth(), seen)
+			}
+			if a.Group != hostGroup {
+				t.Fatalf("host veth %s first announced in group %d, want %d (messages: %v)", p.HostVeth(), a.Group, hostGroup, seen)
+			}
+			return
+		case <-timeout:
+			t.Fatalf("no RTM_NEWLINK for host veth %s within 5s", p.HostVeth())
+		}
+	}
 }

@@ -31,6 +31,10 @@ var (
 	hostMAC   = "ee:ee:ee:ee:ee:ee"
 )
 
+// hostGroup is the interface group of every host veth (IFLA_GROUP): the NetworkPolicy table
+// holds the traffic of a veth in it until the agent has judged its pod.
+const hostGroup = 201
+
 const pingTimeout = 2 * time.Second
 
 // env is one podroute network on its own node.
@@ -236,6 +240,9 @@ func (e *env) assertHostSide(t *testing.T, p *cniutil.Pod, ips []net.IP, wantV6 
 	}
 	if host.Attrs().Flags&net.FlagUp == 0 {
 		t.Errorf("host veth %s is down", hostName)
+	}
+	if host.Attrs().Group != hostGroup {
+		t.Errorf("host veth %s: group %d, want %d", hostName, host.Attrs().Group, hostGroup)
 	}
 	hostAddrs, err := cniutil.Addrs(e.node.NS, hostName, netlink.FAMILY_ALL)
 	if err != nil {

@@ -19,8 +19,9 @@ import (
 	"github.com/podroute/podroute/test/cniutil"
 )
 
-// TestCheck: CHECK passes on a freshly added pod and, once the host route to the pod is
-// deleted by hand, fails with a message that names the host route.
+// TestCheck: CHECK passes on a freshly added pod; it fails with a message that names the
+// group once the host veth leaves its interface group, and names the host route once the
+// host route to the pod is deleted by hand.
 func TestCheck(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, [][]cniutil.Range{cniutil.V4, cniutil.V6})
@@ -29,6 +30,32 @@ func TestCheck(t *testing.T) {
 	ctx := context.Background()
 	if err := e.node.Check(ctx, e.list, p.RuntimeConf()); err != nil {
 		t.Fatalf("CHECK of a good pod: %v", err)
+	}
+
+	setGroup := func(group uint32) {
+		t.Helper()
+		err := e.node.Do(func() error {
+			l, err := netlink.LinkByName(p.HostVeth())
+			if err != nil {
+				return err
+			}
+			return netlink.LinkSetGroup(l, int(group))
+		})
+		if err != nil {
+			t.Fatalf("set group %d on %s: %v", group, p.HostVeth(), err)
+		}
+	}
+	setGroup(0)
+	err := e.node.Check(ctx, e.list, p.RuntimeConf())
+	if err == nil {
+		t.Fatalf("CHECK passed with host veth %s out of group %d", p.HostVeth(), hostGroup)
+	}
+	if msg := err.Error(); !strings.Contains(msg, "group 0") || !strings.Contains(msg, p.HostVeth()) {
+		t.Errorf("CHECK error %q does not name the host veth %s and its group", msg, p.HostVeth())
+	}
+	setGroup(hostGroup)
+	if err := e.node.Check(ctx, e.list, p.RuntimeConf()); err != nil {
+		t.Fatalf("CHECK with the group restored: %v", err)
 	}
 
 	var v4 net.IP
