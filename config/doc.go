@@ -16,6 +16,16 @@
 // agent's flags, Options.Defaults); it keeps retrying and picks the CRDs up once
 // installed.
 //
+// # Service advertisement
+//
+// spec.serviceClusterIPs, spec.serviceExternalIPs and spec.serviceLoadBalancerIPs say which
+// Service addresses the nodes advertise (package services decides which node advertises
+// what); spec.advertisements gives each class of prefix (Class: pod CIDRs, cluster IPs,
+// external IPs, LoadBalancer IPs) its communities and AS-path prepending. The older
+// spec.communities still sets the pod CIDRs' communities; setting it and
+// spec.advertisements.podCIDRs.communities together is refused. A list with one bad entry
+// is dropped whole (nothing of it advertised), never applied in part.
+//
 // # RBAC
 //
 // The Watcher and StatusWriter need exactly:

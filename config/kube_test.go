@@ -141,7 +141,7 @@ func TestKube(t *testing.T) {
 
 func installCRDs(ctx context.Context, t *testing.T, client dynamic.Interface) {
 	files, err := filepath.Glob("../deploy/crds/*.yaml")
-	if err != nil || len(files) != 2 {
+	if err != nil || len(files) < 2 {
 		t.Fatalf("CRD manifests: %v %v", files, err)
 	}
 	for _, f := range files {
@@ -253,6 +253,31 @@ func testSchema(ctx context.Context, t *testing.T, client dynamic.Interface) {
 	}
 
 	configs := client.Resource(BGPConfigurationGVR)
+	t.Run("BGPConfiguration/services", func(t *testing.T) {
+		spec := BGPConfigurationSpec{
+			ServiceClusterIPs: []string{"10.96.0.0/12", "fd00:10:96::/108"}, ServiceExternalIPs: []string{"198.51.100.0/24"},
+			ServiceLoadBalancerIPs: []string{"203.0.113.0/24"}, Communities: []string{"64512:100"},
+			Advertisements: &AdvertisementsSpec{
+				ClusterIPs:      &AdvertisementSpec{Communities: []string{"64512:200"}},
+				LoadBalancerIPs: &AdvertisementSpec{Communities: []string{"64512:400"}, ASPathPrepend: ptr[int64](2)},
+				PodCIDRs:        &AdvertisementSpec{ASPathPrepend: ptr[int64](1)},
+			},
+		}
+		got, err := configs.Create(ctx, configObject(t, ConfigurationName, spec), metav1.CreateOptions{})
+		if err != nil {
+			t.Fatalf("BGPConfiguration with Service advertisement refused: %v", err)
+		}
+		defer func() { _ = configs.Delete(ctx, ConfigurationName, metav1.DeleteOptions{}) }()
+		back, err := BGPConfigurationFromUnstructured(got)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg, errs := back.Parse(DefaultConfiguration())
+		if len(errs) != 0 || len(cfg.ServiceClusterIPs) != 2 || cfg.Advertisements.LoadBalancerIPs.ASPathPrepend != 2 ||
+			cfg.Advertisements.PodCIDRs.Communities[0].String() != "64512:100" || cfg.Advertisements.PodCIDRs.ASPathPrepend != 1 {
+			t.Errorf("stored and parsed back: %+v %v", cfg, errs)
+		}
+	})
 	t.Run("BGPConfiguration/defaults", func(t *testing.T) {
 		u := configObject(t, ConfigurationName, BGPConfigurationSpec{})
 		unstructured.RemoveNestedField(u.Object, "spec")
@@ -280,6 +305,15 @@ func testSchema(ctx context.Context, t *testing.T, client dynamic.Interface) {
 		{"cluster-id", ConfigurationName, BGPConfigurationSpec{RouteReflectorClusterID: "2001:db8::1"}, []string{"spec.routeReflectorClusterID"}},
 		{"cidr", ConfigurationName, BGPConfigurationSpec{ClusterCIDRs: []string{"10.244.0.0/33"}}, []string{"spec.clusterCIDRs[0]", "must be a CIDR"}},
 		{"cidr-host-bits", ConfigurationName, BGPConfigurationSpec{ServiceCIDRs: []string{"10.96.0.1/12"}}, []string{"spec.serviceCIDRs[0]", "host bits"}},
+		{"service-cluster-ips", ConfigurationName, BGPConfigurationSpec{ServiceClusterIPs: []string{"10.96.0.0/33"}}, []string{"spec.serviceClusterIPs[0]", "must be a CIDR"}},
+		{"service-external-ips", ConfigurationName, BGPConfigurationSpec{ServiceExternalIPs: []string{"198.51.100.1/24"}}, []string{"spec.serviceExternalIPs[0]", "host bits"}},
+		{"service-lb-ips", ConfigurationName, BGPConfigurationSpec{ServiceLoadBalancerIPs: []string{"lb"}}, []string{"spec.serviceLoadBalancerIPs[0]", "must be a CIDR"}},
+		{"prepend", ConfigurationName, BGPConfigurationSpec{Advertisements: &AdvertisementsSpec{LoadBalancerIPs: &AdvertisementSpec{ASPathPrepend: ptr[int64](11)}}},
+			[]string{"spec.advertisements.loadBalancerIPs.asPathPrepend", "less than or equal to 10"}},
+		{"class-community", ConfigurationName, BGPConfigurationSpec{Advertisements: &AdvertisementsSpec{ExternalIPs: &AdvertisementSpec{Communities: []string{"1:70000"}}}},
+			[]string{"spec.advertisements.externalIPs.communities[0]", "0..65535"}},
+		{"communities-twice", ConfigurationName, BGPConfigurationSpec{Communities: []string{"1:1"}, Advertisements: &AdvertisementsSpec{PodCIDRs: &AdvertisementSpec{Communities: []string{"1:2"}}}},
+			[]string{"spec.communities or spec.advertisements.podCIDRs.communities"}},
 	} {
 		t.Run("BGPConfiguration/"+tc.name, func(t *testing.T) {
 			_, err := configs.Create(ctx, configObject(t, tc.objName, tc.spec), metav1.CreateOptions{})

@@ -116,6 +116,55 @@ type Configuration struct {
 	// ClusterCIDRs and ServiceCIDRs feed the import filter; empty means the agent's flags.
 	ClusterCIDRs []netip.Prefix
 	ServiceCIDRs []netip.Prefix
+	// ServiceClusterIPs are advertised as a whole; ServiceExternalIPs and
+	// ServiceLoadBalancerIPs are the allow-lists of per-Service addresses. Empty means none.
+	ServiceClusterIPs      []netip.Prefix
+	ServiceExternalIPs     []netip.Prefix
+	ServiceLoadBalancerIPs []netip.Prefix
+	// Advertisements are the path attributes per class. PodCIDRs.Communities always equals
+	// Communities, whichever field set them.
+	Advertisements Advertisements
+}
+
+// Class is a class of advertised prefix; each has its own communities and prepending.
+type Class string
+
+// The classes, named as the fields of spec.advertisements.
+const (
+	ClassPodCIDR        Class = "podCIDRs"
+	ClassClusterIP      Class = "clusterIPs"
+	ClassExternalIP     Class = "externalIPs"
+	ClassLoadBalancerIP Class = "loadBalancerIPs"
+)
+
+// MaxASPathPrepend bounds spec.advertisements.*.asPathPrepend: more only lengthens paths
+// past what any router's policy distinguishes.
+const MaxASPathPrepend = 10
+
+// Attributes are the path attributes attached to one class of prefixes.
+type Attributes struct {
+	Communities   []bgp.Community
+	ASPathPrepend uint8
+}
+
+// Advertisements are the Attributes of each class.
+type Advertisements struct {
+	PodCIDRs, ClusterIPs, ExternalIPs, LoadBalancerIPs Attributes
+}
+
+// For returns the attributes of class c (zero for an unknown class).
+func (a Advertisements) For(c Class) Attributes {
+	switch c {
+	case ClassPodCIDR:
+		return a.PodCIDRs
+	case ClassClusterIP:
+		return a.ClusterIPs
+	case ClassExternalIP:
+		return a.ExternalIPs
+	case ClassLoadBalancerIP:
+		return a.LoadBalancerIPs
+	}
+	return Attributes{}
 }
 
 // DefaultConfiguration is the configuration without a BGPConfiguration and without flags.
@@ -313,6 +362,9 @@ func (c *BGPConfiguration) Parse(defaults Configuration) (Configuration, field.E
 	cfg.Communities = append([]bgp.Community(nil), defaults.Communities...)
 	cfg.ClusterCIDRs = append([]netip.Prefix(nil), defaults.ClusterCIDRs...)
 	cfg.ServiceCIDRs = append([]netip.Prefix(nil), defaults.ServiceCIDRs...)
+	cfg.ServiceClusterIPs = append([]netip.Prefix(nil), defaults.ServiceClusterIPs...)
+	cfg.ServiceExternalIPs = append([]netip.Prefix(nil), defaults.ServiceExternalIPs...)
+	cfg.ServiceLoadBalancerIPs = append([]netip.Prefix(nil), defaults.ServiceLoadBalancerIPs...)
 	if cfg.RouteReflectorNodeSelector == nil {
 		cfg.RouteReflectorNodeSelector = labels.Nothing()
 	}
@@ -351,18 +403,7 @@ func (c *BGPConfiguration) Parse(defaults Configuration) (Configuration, field.E
 		}
 	}
 	if s.Communities != nil {
-		var comms []bgp.Community
-		bad := false
-		for i, v := range s.Communities {
-			cm, err := ParseCommunity(v)
-			if err != nil {
-				errs = append(errs, field.Invalid(path.Child("communities").Index(i), v, err.Error()))
-				bad = true
-				continue
-			}
-			comms = append(comms, cm)
-		}
-		if !bad {
+		if comms, ok := parseCommunities(path.Child("communities"), s.Communities, &errs); ok {
 			cfg.Communities = comms
 		}
 	}
@@ -379,7 +420,87 @@ func (c *BGPConfiguration) Parse(defaults Configuration) (Configuration, field.E
 			cfg.ServiceCIDRs = ps
 		}
 	}
+	for _, f := range []struct {
+		name string
+		in   []string
+		out  *[]netip.Prefix
+	}{
+		{"serviceClusterIPs", s.ServiceClusterIPs, &cfg.ServiceClusterIPs},
+		{"serviceExternalIPs", s.ServiceExternalIPs, &cfg.ServiceExternalIPs},
+		{"serviceLoadBalancerIPs", s.ServiceLoadBalancerIPs, &cfg.ServiceLoadBalancerIPs},
+	} {
+		if f.in == nil {
+			continue
+		}
+		// A bad entry drops the whole list to the default (nothing advertised) rather than
+		// advertising a partial list the operator did not write.
+		if ps, ok := parsePrefixes(path.Child(f.name), f.in, &errs); ok {
+			*f.out = ps
+		} else {
+			*f.out = nil
+		}
+	}
+	cfg.parseAdvertisements(path, s, &errs)
 	return cfg, errs
+}
+
+// parseAdvertisements fills cfg.Advertisements. spec.communities stays the pod CIDRs'
+// communities (it predates spec.advertisements); setting both is ambiguous and refused.
+func (cfg *Configuration) parseAdvertisements(path *field.Path, s *BGPConfigurationSpec, errs *field.ErrorList) {
+	cfg.Advertisements.PodCIDRs.Communities = cfg.Communities
+	a := s.Advertisements
+	if a == nil {
+		return
+	}
+	ap := path.Child("advertisements")
+	for _, f := range []struct {
+		class Class
+		in    *AdvertisementSpec
+		out   *Attributes
+	}{
+		{ClassPodCIDR, a.PodCIDRs, &cfg.Advertisements.PodCIDRs},
+		{ClassClusterIP, a.ClusterIPs, &cfg.Advertisements.ClusterIPs},
+		{ClassExternalIP, a.ExternalIPs, &cfg.Advertisements.ExternalIPs},
+		{ClassLoadBalancerIP, a.LoadBalancerIPs, &cfg.Advertisements.LoadBalancerIPs},
+	} {
+		if f.in == nil {
+			continue
+		}
+		fp := ap.Child(string(f.class))
+		if f.in.Communities != nil {
+			if f.class == ClassPodCIDR && s.Communities != nil {
+				*errs = append(*errs, field.Forbidden(fp.Child("communities"),
+					"spec.communities already sets the pod CIDRs' communities; set one of the two"))
+			} else if comms, ok := parseCommunities(fp.Child("communities"), f.in.Communities, errs); ok {
+				f.out.Communities = comms
+				if f.class == ClassPodCIDR {
+					cfg.Communities = comms
+				}
+			}
+		}
+		if v := f.in.ASPathPrepend; v != nil {
+			if *v < 0 || *v > MaxASPathPrepend {
+				*errs = append(*errs, field.Invalid(fp.Child("asPathPrepend"), *v, fmt.Sprintf("must be 0..%d", MaxASPathPrepend)))
+			} else {
+				f.out.ASPathPrepend = uint8(*v)
+			}
+		}
+	}
+}
+
+func parseCommunities(path *field.Path, in []string, errs *field.ErrorList) ([]bgp.Community, bool) {
+	comms := make([]bgp.Community, 0, len(in))
+	ok := true
+	for i, v := range in {
+		cm, err := ParseCommunity(v)
+		if err != nil {
+			*errs = append(*errs, field.Invalid(path.Index(i), v, err.Error()))
+			ok = false
+			continue
+		}
+		comms = append(comms, cm)
+	}
+	return comms, ok
 }
 
 // ParseCommunity parses a standard community "asn:value" (each half 0..65535).

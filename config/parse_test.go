@@ -313,3 +313,97 @@ func TestParseCommunity(t *testing.T) {
 		}
 	}
 }
+
+func TestConfigurationParseServices(t *testing.T) {
+	defaults := DefaultConfiguration()
+	c := &BGPConfiguration{ObjectMeta: metav1.ObjectMeta{Name: "default"}, Spec: BGPConfigurationSpec{
+		ServiceClusterIPs:      []string{"10.96.0.0/12", "fd00:10:96::/108"},
+		ServiceExternalIPs:     []string{"198.51.100.0/24"},
+		ServiceLoadBalancerIPs: []string{"203.0.113.0/24", "2001:db8:1b::/64"},
+		Advertisements: &AdvertisementsSpec{
+			PodCIDRs:        &AdvertisementSpec{Communities: []string{"64512:100"}},
+			ClusterIPs:      &AdvertisementSpec{Communities: []string{"64512:200"}},
+			ExternalIPs:     &AdvertisementSpec{Communities: []string{"64512:300", "65535:65281"}, ASPathPrepend: ptr[int64](1)},
+			LoadBalancerIPs: &AdvertisementSpec{Communities: []string{"64512:400"}, ASPathPrepend: ptr[int64](3)},
+		},
+	}}
+	cfg, errs := c.Parse(defaults)
+	if len(errs) != 0 {
+		t.Fatal(errs)
+	}
+	pfx := func(ss ...string) []netip.Prefix {
+		var out []netip.Prefix
+		for _, s := range ss {
+			out = append(out, netip.MustParsePrefix(s))
+		}
+		return out
+	}
+	if !slices.Equal(cfg.ServiceClusterIPs, pfx("10.96.0.0/12", "fd00:10:96::/108")) ||
+		!slices.Equal(cfg.ServiceExternalIPs, pfx("198.51.100.0/24")) ||
+		!slices.Equal(cfg.ServiceLoadBalancerIPs, pfx("203.0.113.0/24", "2001:db8:1b::/64")) {
+		t.Errorf("allow-lists %v %v %v", cfg.ServiceClusterIPs, cfg.ServiceExternalIPs, cfg.ServiceLoadBalancerIPs)
+	}
+	c1 := func(a, v uint16) []bgp.Community { return []bgp.Community{bgp.NewCommunity(a, v)} }
+	if got := cfg.Advertisements.For(ClassPodCIDR); !slices.Equal(got.Communities, c1(64512, 100)) || got.ASPathPrepend != 0 {
+		t.Errorf("pod CIDRs %+v", got)
+	}
+	// spec.advertisements.podCIDRs.communities is what the agent reads through Communities too.
+	if !slices.Equal(cfg.Communities, c1(64512, 100)) {
+		t.Errorf("Communities %v, want the pod CIDR class's", cfg.Communities)
+	}
+	if got := cfg.Advertisements.For(ClassClusterIP); !slices.Equal(got.Communities, c1(64512, 200)) {
+		t.Errorf("cluster IPs %+v", got)
+	}
+	if got := cfg.Advertisements.For(ClassExternalIP); len(got.Communities) != 2 || got.ASPathPrepend != 1 {
+		t.Errorf("external IPs %+v", got)
+	}
+	if got := cfg.Advertisements.For(ClassLoadBalancerIP); !slices.Equal(got.Communities, c1(64512, 400)) || got.ASPathPrepend != 3 {
+		t.Errorf("LoadBalancer IPs %+v", got)
+	}
+	if got := cfg.Advertisements.For("other"); got.Communities != nil || got.ASPathPrepend != 0 {
+		t.Errorf("unknown class %+v", got)
+	}
+
+	// The older spec.communities still sets the pod CIDRs' communities.
+	old := &BGPConfiguration{ObjectMeta: metav1.ObjectMeta{Name: "default"}, Spec: BGPConfigurationSpec{Communities: []string{"64512:7"}}}
+	cfg, errs = old.Parse(defaults)
+	if len(errs) != 0 || !slices.Equal(cfg.Advertisements.PodCIDRs.Communities, c1(64512, 7)) || !slices.Equal(cfg.Communities, c1(64512, 7)) {
+		t.Errorf("spec.communities: %+v %v", cfg.Advertisements, errs)
+	}
+	if len(cfg.ServiceClusterIPs)+len(cfg.ServiceExternalIPs)+len(cfg.ServiceLoadBalancerIPs) != 0 {
+		t.Errorf("Service advertisement on by default: %+v", cfg)
+	}
+
+	// Errors name the field; a bad list advertises nothing rather than part of it.
+	bad := &BGPConfiguration{ObjectMeta: metav1.ObjectMeta{Name: "default"}, Spec: BGPConfigurationSpec{
+		Communities:            []string{"64512:7"},
+		ServiceClusterIPs:      []string{"10.96.0.0/12", "10.97.0.1/16"},
+		ServiceExternalIPs:     []string{"x"},
+		ServiceLoadBalancerIPs: []string{"203.0.113.0/24"},
+		Advertisements: &AdvertisementsSpec{
+			PodCIDRs:        &AdvertisementSpec{Communities: []string{"64512:8"}},
+			ExternalIPs:     &AdvertisementSpec{Communities: []string{"64512:300", "1:2:3"}},
+			LoadBalancerIPs: &AdvertisementSpec{ASPathPrepend: ptr[int64](11)},
+			ClusterIPs:      &AdvertisementSpec{ASPathPrepend: ptr[int64](-1)},
+		},
+	}}
+	cfg, errs = bad.Parse(defaults)
+	got := errs.ToAggregate().Error()
+	for _, want := range []string{
+		`spec.serviceClusterIPs[1]: Invalid value: "10.97.0.1/16": has host bits set (did you mean 10.97.0.0/16?)`,
+		`spec.serviceExternalIPs[0]: Invalid value: "x": must be a CIDR`,
+		`spec.advertisements.podCIDRs.communities: Forbidden: spec.communities already sets the pod CIDRs' communities`,
+		`spec.advertisements.externalIPs.communities[1]: Invalid value: "1:2:3"`,
+		`spec.advertisements.loadBalancerIPs.asPathPrepend: Invalid value: 11: must be 0..10`,
+		`spec.advertisements.clusterIPs.asPathPrepend: Invalid value: -1: must be 0..10`,
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("errors %q lack %q", got, want)
+		}
+	}
+	if len(cfg.ServiceClusterIPs) != 0 || len(cfg.ServiceExternalIPs) != 0 || len(cfg.ServiceLoadBalancerIPs) != 1 ||
+		!slices.Equal(cfg.Communities, c1(64512, 7)) || len(cfg.Advertisements.ExternalIPs.Communities) != 0 ||
+		cfg.Advertisements.LoadBalancerIPs.ASPathPrepend != 0 {
+		t.Errorf("fallbacks: %+v", cfg)
+	}
+}

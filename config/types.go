@@ -120,6 +120,32 @@ type BGPConfigurationSpec struct {
 	ExportPodCIDRs             *bool                 `json:"exportPodCIDRs,omitempty"`
 	ClusterCIDRs               []string              `json:"clusterCIDRs,omitempty"`
 	ServiceCIDRs               []string              `json:"serviceCIDRs,omitempty"`
+	// ServiceClusterIPs are the Service CIDRs advertised as a whole to external peers.
+	ServiceClusterIPs []string `json:"serviceClusterIPs,omitempty"`
+	// ServiceExternalIPs and ServiceLoadBalancerIPs are allow-lists: a Service's
+	// spec.externalIPs and status.loadBalancer.ingress IPs inside them are advertised as /32
+	// or /128 to external peers.
+	ServiceExternalIPs     []string `json:"serviceExternalIPs,omitempty"`
+	ServiceLoadBalancerIPs []string `json:"serviceLoadBalancerIPs,omitempty"`
+	// Advertisements sets communities and AS-path prepending per class of prefix.
+	Advertisements *AdvertisementsSpec `json:"advertisements,omitempty"`
+}
+
+// AdvertisementsSpec holds the path attributes of each class of advertised prefix, so
+// routers can tell pod CIDRs from Service addresses.
+type AdvertisementsSpec struct {
+	PodCIDRs        *AdvertisementSpec `json:"podCIDRs,omitempty"`
+	ClusterIPs      *AdvertisementSpec `json:"clusterIPs,omitempty"`
+	ExternalIPs     *AdvertisementSpec `json:"externalIPs,omitempty"`
+	LoadBalancerIPs *AdvertisementSpec `json:"loadBalancerIPs,omitempty"`
+}
+
+// AdvertisementSpec is what is attached to one class of prefixes.
+type AdvertisementSpec struct {
+	// Communities are standard communities "asn:value".
+	Communities []string `json:"communities,omitempty"`
+	// ASPathPrepend is how many extra times the node's AS is prepended, 0..MaxASPathPrepend.
+	ASPathPrepend *int64 `json:"asPathPrepend,omitempty"`
 }
 
 // Status is the status of both resources.

@@ -133,6 +133,10 @@ func NewWatcher(client dynamic.Interface, opts Options) *Watcher {
 	}
 	if opts.Defaults != nil {
 		w.defaults = *opts.Defaults
+		// Flags set Communities only; the pod CIDR class carries the same ones.
+		if w.defaults.Advertisements.PodCIDRs.Communities == nil {
+			w.defaults.Advertisements.PodCIDRs.Communities = w.defaults.Communities
+		}
 	}
 	if w.defaults.RouteReflectorNodeSelector == nil {
 		w.defaults.RouteReflectorNodeSelector = labels.Nothing()
