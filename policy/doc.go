@@ -134,7 +134,9 @@
 // # Not supported yet
 //
 // The agent does not call this package yet (see docs/architecture.md for the wiring);
-// cluster.PolicyWatcher is the informer side that builds its Input. A pod's second interface (CNI_IFNAME other than eth0) is not policed. AdminNetworkPolicy and
-// BaselineAdminNetworkPolicy are not implemented. ICMP is not special-cased: a rule without ports allows it, a rule with
-// ports does not, as upstream. SCTP needs the kernel's SCTP conntrack, as for kube-proxy.
+// cluster.PolicyWatcher is the informer side that builds its Input. A pod's second
+// interface (CNI_IFNAME other than eth0) is not policed. AdminNetworkPolicy and
+// BaselineAdminNetworkPolicy are not implemented. ICMP is not special-cased: a rule without
+// ports allows it, a rule with ports does not, as upstream. SCTP needs the kernel's SCTP
+// conntrack, as for kube-proxy.
 package policy
