@@ -10,6 +10,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,6 +23,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	authzv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -416,8 +418,12 @@ func TestApply(t *testing.T) {
 		forbidden("patch a peer's spec", err)
 		_, err = saDyn.Resource(config.BGPConfigurationGVR).List(ctx, metav1.ListOptions{})
 		forbidden("list every BGPConfiguration", err)
-		_, err = saClient.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
-		forbidden("list pods", err)
+		_, err = saClient.CoreV1().Pods(metav1.NamespaceDefault).Get(ctx, "web", metav1.GetOptions{})
+		forbidden("get a pod", err)
+		forbidden("delete pods", saClient.CoreV1().Pods(metav1.NamespaceDefault).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{}))
+		_, err = saClient.CoreV1().Namespaces().Patch(ctx, metav1.NamespaceDefault, types.MergePatchType, []byte(`{"metadata":{"labels":{"x":"y"}}}`), metav1.PatchOptions{})
+		forbidden("label a namespace", err)
+		forbidden("delete a network policy", saClient.NetworkingV1().NetworkPolicies(metav1.NamespaceDefault).Delete(ctx, "deny", metav1.DeleteOptions{}))
 	})
 }
 
@@ -447,7 +453,10 @@ func (a access) String() string {
 
 // testAccess asks the API server, as the agent's ServiceAccount, what it may do.
 func testAccess(ctx context.Context, t *testing.T, cs kubernetes.Interface) {
-	const pr = "podroute.io"
+	const (
+		pr    = "podroute.io"
+		netv1 = "networking.k8s.io"
+	)
 	allowed := []access{
 		{verb: "list", resource: "nodes"},
 		{verb: "watch", resource: "nodes"},
@@ -461,6 +470,12 @@ func testAccess(ctx context.Context, t *testing.T, cs kubernetes.Interface) {
 		{verb: "watch", resource: "secrets", namespace: namespace},
 		{verb: "create", resource: "events", namespace: "default"},
 		{verb: "patch", resource: "events", namespace: "default"},
+		{verb: "list", resource: "pods"},
+		{verb: "watch", resource: "pods"},
+		{verb: "list", resource: "namespaces"},
+		{verb: "watch", resource: "namespaces"},
+		{verb: "list", group: netv1, resource: "networkpolicies"},
+		{verb: "watch", group: netv1, resource: "networkpolicies"},
 	}
 	denied := []access{
 		{verb: "get", resource: "nodes", name: "node-1"},
@@ -488,7 +503,25 @@ func testAccess(ctx context.Context, t *testing.T, cs kubernetes.Interface) {
 		{verb: "delete", resource: "secrets", namespace: namespace, name: "tor-rack1"},
 		{verb: "create", resource: "events", namespace: "kube-system"},
 		{verb: "delete", resource: "events", namespace: "default", name: "x"},
-		{verb: "list", resource: "pods"},
+		{verb: "get", resource: "pods", namespace: "default", name: "web"},
+		{verb: "create", resource: "pods", namespace: "default"},
+		{verb: "update", resource: "pods", namespace: "default", name: "web"},
+		{verb: "patch", resource: "pods", namespace: "default", name: "web"},
+		{verb: "delete", resource: "pods", namespace: "default", name: "web"},
+		{verb: "update", resource: "pods", sub: "status", namespace: "default", name: "web"},
+		{verb: "create", resource: "pods", sub: "exec", namespace: "default", name: "web"},
+		{verb: "create", resource: "pods", sub: "eviction", namespace: "default", name: "web"},
+		{verb: "get", resource: "namespaces", name: "default"},
+		{verb: "create", resource: "namespaces"},
+		{verb: "update", resource: "namespaces", name: "default"},
+		{verb: "patch", resource: "namespaces", name: "default"},
+		{verb: "delete", resource: "namespaces", name: "default"},
+		{verb: "get", group: netv1, resource: "networkpolicies", namespace: "default", name: "deny"},
+		{verb: "create", group: netv1, resource: "networkpolicies", namespace: "default"},
+		{verb: "update", group: netv1, resource: "networkpolicies", namespace: "default", name: "deny"},
+		{verb: "patch", group: netv1, resource: "networkpolicies", namespace: "default", name: "deny"},
+		{verb: "delete", group: netv1, resource: "networkpolicies", namespace: "default", name: "deny"},
+		{verb: "list", group: "policy.networking.k8s.io", resource: "adminnetworkpolicies"},
 		{verb: "get", resource: "configmaps", namespace: namespace, name: "podroute-config"},
 		{verb: "delete", group: "apps", resource: "daemonsets", namespace: namespace, name: "podroute-agent"},
 		{verb: "escalate", group: "rbac.authorization.k8s.io", resource: "clusterroles"},
@@ -529,9 +562,9 @@ func testAccess(ctx context.Context, t *testing.T, cs kubernetes.Interface) {
 	}
 }
 
-// testAgentAsSA runs the agent's Kubernetes side (the Node watcher, the BGPPeer and
-// BGPConfiguration watcher with the peers' Secrets, the status writer and its Events) as the
-// ServiceAccount: it syncs without a single permission problem.
+// testAgentAsSA runs the agent's Kubernetes side (the Node watcher, the NetworkPolicy
+// informers, the BGPPeer and BGPConfiguration watcher with the peers' Secrets, the status
+// writer and its Events) as the ServiceAccount: it syncs without a single permission problem.
 func testAgentAsSA(ctx context.Context, t *testing.T, c *kube.Cluster, admin dynamic.Interface, cs kubernetes.Interface, dyn dynamic.Interface) {
 	for i, ip := range []string{"192.0.2.1", "192.0.2.2"} {
 		if _, err := c.CreateNode(ctx, fmt.Sprintf("node-%d", i+1), []string{fmt.Sprintf("10.244.%d.0/24", i+1)}, []string{ip}, map[string]string{"rack": "rack1"}); err != nil {
@@ -552,6 +585,33 @@ func testAgentAsSA(ctx context.Context, t *testing.T, c *kube.Cluster, admin dyn
 	}
 	if ok, last, _ := nodes.Health(); !ok || len(nodes.Nodes()) != 2 {
 		t.Fatalf("Node watcher: ok %v (%s), %d nodes", ok, last, len(nodes.Nodes()))
+	}
+
+	// The NetworkPolicy informers: a pod bound to node-1 and a policy, read as the
+	// ServiceAccount.
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: metav1.NamespaceDefault, Name: "web", Labels: map[string]string{"app": "web"}},
+		Spec:       corev1.PodSpec{NodeName: "node-1", Containers: []corev1.Container{{Name: "web", Image: "registry.example/web:1"}}},
+	}
+	if _, err := c.Client.CoreV1().Pods(metav1.NamespaceDefault).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	deny := &networkingv1.NetworkPolicy{
+		ObjectMeta: metav1.ObjectMeta{Namespace: metav1.NamespaceDefault, Name: "deny"},
+		Spec:       networkingv1.NetworkPolicySpec{PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}},
+	}
+	if _, err := c.Client.NetworkingV1().NetworkPolicies(metav1.NamespaceDefault).Create(ctx, deny, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	policies := cluster.NewPolicyWatcher(cs, "node-1", log.With("component", "policy"))
+	go policies.Run(wctx)
+	if !policies.WaitForSync(sync) {
+		t.Fatal("NetworkPolicy informers (pods, namespaces, networkpolicies) did not sync as the ServiceAccount")
+	}
+	in := policies.Input()
+	if !policies.Active() || len(in.Policies) != 1 || len(in.Local) != 1 || in.Local[0].Name != "web" || in.Namespaces[namespace] == nil {
+		t.Fatalf("policy input as the ServiceAccount: active %v, %d policies, local %+v, namespaces %v",
+			policies.Active(), len(in.Policies), in.Local, slices.Collect(maps.Keys(in.Namespaces)))
 	}
 
 	defaults := config.DefaultConfiguration()
