@@ -19,6 +19,7 @@
 //
 // # RBAC
 //
+//	# ClusterRole
 //	- apiGroups: [""]
 //	  resources: [services]
 //	  verbs: [list, watch]
