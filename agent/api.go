@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"maps"
 	"net/http"
 	"net/netip"
 	"slices"
@@ -30,68 +29,74 @@ var errNoSpeaker = errors.New("BGP speaker not started yet")
 // Status implements agentapi.Source.
 func (a *Agent) Status() agentapi.Status {
 	watchOK, watchErr, _ := a.nodes.Health()
-	a.mu.Lock()
-	defer a.mu.Unlock()
+	snap := a.snap.Load()
+	kp := a.kubeProxy.Load()
 	s := agentapi.Status{
 		Node:             a.cfg.NodeName,
-		ASN:              a.me.ASN,
-		CNIConfig:        a.cniPath,
-		CNIConfigWritten: a.cniWritten,
+		ASN:              snap.Me.ASN,
+		CNIConfig:        snap.CNIConfig,
+		CNIConfigWritten: snap.CNIWritten,
 		APIWatchHealthy:  watchOK,
-		BGPStarted:       a.router != nil,
-		LastReconcile:    a.lastRun,
+		BGPStarted:       snap.router != nil,
+		LastReconcile:    snap.LastRun,
 		Version:          Version,
 		Routes: agentapi.Counts{
-			Learned:    a.learned,
-			Installed:  len(a.installed),
-			Advertised: len(a.advertised),
-			Failed:     len(a.installErr),
+			Learned:    snap.Learned,
+			Installed:  len(snap.Installed),
+			Advertised: len(snap.Advertised),
+			Failed:     len(snap.InstallErrors),
 		},
 	}
-	if a.me.RouterID.IsValid() {
-		s.RouterID = a.me.RouterID.String()
+	if snap.Me.RouterID.IsValid() {
+		s.RouterID = snap.Me.RouterID.String()
 	}
 	if !watchOK {
 		s.APIWatchError = watchErr
 	}
-	for _, p := range a.me.PodCIDRs {
+	for _, p := range snap.Me.PodCIDRs {
 		s.PodCIDRs = append(s.PodCIDRs, p.String())
 	}
-	if a.meErr != nil {
-		s.NodeProblem = a.meErr.Error()
+	if snap.MeErr != nil {
+		s.NodeProblem = snap.MeErr.Error()
 	}
-	if a.lastErr != nil {
-		s.LastReconcileErr = a.lastErr.Error()
+	if snap.LastErr != nil {
+		s.LastReconcileErr = snap.LastErr.Error()
 	}
-	s.Problems = append(slices.Clone(a.problems), a.topologyProblems...)
-	if a.kubeProxy.Problem != "" {
-		s.Problems = append(s.Problems, a.kubeProxy.Problem)
+	s.Problems = slices.Clone(snap.Problems)
+	if kp.Problem != "" {
+		s.Problems = append(s.Problems, kp.Problem)
 	}
-	s.KubeProxyMode = a.kubeProxy.Mode
-	if a.router != nil {
-		s.Routes.Refused = len(a.router.Refusals())
+	s.KubeProxyMode = kp.Mode
+	if a.policy != nil {
+		var problems []string
+		s.NetworkPolicy, problems = a.policy.report()
+		s.Problems = append(s.Problems, problems...)
 	}
-	s.NotReadyReasons = a.notReadyLocked(watchOK)
+	s.StatusWriter = a.status != nil && (a.election == nil || a.election.Leading())
+	if snap.router != nil {
+		s.Routes.Refused = len(snap.router.Refusals())
+	}
+	s.NotReadyReasons = a.notReady(snap, watchOK)
 	s.Ready = len(s.NotReadyReasons) == 0
 	return s
 }
 
-func (a *Agent) notReadyLocked(watchOK bool) []string {
+func (a *Agent) notReady(snap *snapshot, watchOK bool) []string {
 	var why []string
 	if !watchOK {
 		why = append(why, "Kubernetes API watch not healthy")
 	}
-	if len(a.me.PodCIDRs) == 0 {
+	if len(snap.Me.PodCIDRs) == 0 {
 		reason := "no pod CIDR for this node yet"
-		if a.meErr != nil {
-			reason = a.meErr.Error()
+		if snap.MeErr != nil {
+			reason = snap.MeErr.Error()
 		}
 		why = append(why, reason)
 	}
-	if a.router == nil {
+	if snap.router == nil {
 		why = append(why, "BGP speaker not started")
 	}
-	if a.cfg.InstallCNI && !a.cniWritten {
+	if a.cfg.InstallCNI && !snap.CNIWritten {
 		why = append(why, "CNI config not written")
 	}
 	return why
@@ -99,13 +104,12 @@ func (a *Agent) notReadyLocked(watchOK bool) []string {
 
 // Neighbors implements agentapi.Source.
 func (a *Agent) Neighbors() ([]agentapi.Neighbor, error) {
-	a.mu.Lock()
-	r, peers := a.router, maps.Clone(a.peers)
+	snap := a.snap.Load()
+	r, peers := snap.router, snap.Peers
 	nodeOf := make(map[netip.Addr]string, len(peers))
 	for addr, p := range peers {
 		nodeOf[addr] = p.Node
 	}
-	a.mu.Unlock()
 	if r == nil {
 		return nil, errNoSpeaker
 	}
@@ -152,15 +156,13 @@ func silentPeerHint(n bgp.Neighbor) string {
 
 // Routes implements agentapi.Source.
 func (a *Agent) Routes() (agentapi.Routes, error) {
-	a.mu.Lock()
-	r := a.router
-	installed, failed := a.installed, a.installErr
+	snap := a.snap.Load()
+	r := snap.router
+	installed, failed := snap.Installed, snap.InstallErrors
 	var adv []string
-	for p := range a.advertised {
+	for _, p := range snap.Advertised {
 		adv = append(adv, p.String())
 	}
-	a.mu.Unlock()
-	slices.Sort(adv)
 	out := agentapi.Routes{Advertised: adv}
 	if r == nil {
 		return out, errNoSpeaker
@@ -202,9 +204,7 @@ func (a *Agent) Mount(handle func(pattern string, h http.Handler)) {
 
 // healthz fails when the reconcile loop has stopped turning: a wedged agent must be restarted.
 func (a *Agent) healthz(w http.ResponseWriter, _ *http.Request) {
-	a.mu.Lock()
-	last := a.lastRun
-	a.mu.Unlock()
+	last := a.snap.Load().LastRun
 	limit := 3*a.cfg.ResyncInterval + 30*time.Second
 	if !last.IsZero() && time.Since(last) > limit {
 		writeProbe(w, http.StatusServiceUnavailable, []string{"no reconcile for " + time.Since(last).Round(time.Second).String()})
@@ -233,20 +233,16 @@ func writeProbe(w http.ResponseWriter, code int, reasons []string) {
 }
 
 // updatePeerMetrics refreshes the peer and refusal gauges after each reconcile.
-func (a *Agent) updatePeerMetrics(ctx context.Context) {
-	r := a.currentRouter()
+func (a *Agent) updatePeerMetrics(ctx context.Context, r bgp.Router) {
 	if r == nil {
 		return
 	}
 	// Listing neighbours counts every peer's accepted prefixes: with hundreds of peers that
 	// is hundreds of speaker calls, too many for every pass.
-	a.mu.Lock()
 	if time.Since(a.metricsAt) < peerMetricsEvery {
-		a.mu.Unlock()
 		return
 	}
 	a.metricsAt = time.Now()
-	a.mu.Unlock()
 	states, err := r.Neighbors(ctx)
 	if err != nil {
 		return

@@ -54,6 +54,15 @@ type Config struct {
 	// there in a supported mode and reports it when not. Empty: no check.
 	KubeProxyMetricsAddress string
 
+	// NetworkPolicy enforces NetworkPolicy for this node's pods (nftables table inet
+	// podroute-policy).
+	NetworkPolicy bool
+
+	// LeaseNamespace holds the Lease that elects the one agent writing the status of the
+	// cluster-wide podroute objects (BGPPeers, the BGPConfiguration). Empty: every agent
+	// writes (without the CRDs' client there is nothing to write).
+	LeaseNamespace string
+
 	// ResyncInterval is the period of the safety-net reconcile.
 	ResyncInterval time.Duration
 	// StaleTimeout bounds how long routes left by a previous run are kept while the BGP

@@ -129,6 +129,7 @@ type peerSpec struct {
 
 // importFilter accepts other nodes' pod CIDRs and nothing else: inside the cluster CIDRs, no
 // more specific than a node CIDR, never this node's own CIDRs, node addresses or services.
+// Its shared part (everything but PeerPrefixes) does not change when Nodes come and go.
 // origin restricts node peers to their own Node's pod CIDRs (both families over the one
 // session), so a node cannot draw another node's pod traffic; a node without pod CIDRs yet
 // gets an empty entry, accepting nothing from it.
@@ -164,13 +165,21 @@ func importFilter(cfg *Config, me self, nodes []cluster.Node, origin map[netip.A
 	}
 	f.Deny = append(f.Deny, me.PodCIDRs...)
 	f.Deny = append(f.Deny, cfg.ServiceCIDRs...)
+	// Node addresses outside the cluster CIDRs are refused by the cluster rule already;
+	// listing them too would change the filter's shared part on every Node event and make
+	// the speaker re-judge every peer's routes, not just the joining node's.
+	inCluster := func(a netip.Addr) bool {
+		return slices.ContainsFunc(cfg.ClusterCIDRs, func(c netip.Prefix) bool { return c.Contains(a) })
+	}
 	for i := range nodes {
 		for _, a := range nodes[i].Addresses {
-			f.Deny = append(f.Deny, netip.PrefixFrom(a, a.BitLen()))
+			if inCluster(a) {
+				f.Deny = append(f.Deny, netip.PrefixFrom(a, a.BitLen()))
+			}
 		}
 	}
 	for _, a := range []netip.Addr{me.V4, me.V6} {
-		if a.IsValid() {
+		if a.IsValid() && inCluster(a) {
 			f.Deny = append(f.Deny, netip.PrefixFrom(a, a.BitLen()))
 		}
 	}
@@ -179,9 +188,9 @@ func importFilter(cfg *Config, me self, nodes []cluster.Node, origin map[netip.A
 	return f
 }
 
-// kernelRoutes turns learned best paths into kernel routes, plus a blackhole for each own pod
+// routesFor turns learned best paths into kernel routes, plus a blackhole for each own pod
 // CIDR so traffic to a free pod address is dropped instead of leaving by the default route.
-func kernelRoutes(me self, learned []bgp.Route) []routes.Route {
+func routesFor(me self, learned []bgp.Route) []routes.Route {
 	out := make([]routes.Route, 0, len(learned)+len(me.PodCIDRs))
 	for _, p := range me.PodCIDRs {
 		out = append(out, routes.Route{Prefix: p, Blackhole: true})

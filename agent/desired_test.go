@@ -90,10 +90,22 @@ func TestImportFilter(t *testing.T) {
 	if f.MaxLenIPv4 != 24 || f.MaxLenIPv6 != 64 {
 		t.Fatalf("max lengths %d/%d, want the node CIDR sizes", f.MaxLenIPv4, f.MaxLenIPv6)
 	}
-	for _, want := range []netip.Prefix{pfx("10.244.1.0/24"), pfx("fd00:10:244:1::/64"), pfx("10.96.0.0/12"), pfx("192.0.2.2/32"), pfx("2001:db8::3/128")} {
+	for _, want := range []netip.Prefix{pfx("10.244.1.0/24"), pfx("fd00:10:244:1::/64"), pfx("10.96.0.0/12")} {
 		if !slices.Contains(f.Deny, want) {
 			t.Errorf("deny list %v lacks %v", f.Deny, want)
 		}
+	}
+	// Node addresses outside the cluster CIDRs are refused by the cluster rule: listed,
+	// they would change the shared part of the filter with every Node.
+	for _, notWant := range []netip.Prefix{pfx("192.0.2.2/32"), pfx("2001:db8::3/128")} {
+		if slices.Contains(f.Deny, notWant) {
+			t.Errorf("deny list %v holds %v, outside the cluster CIDRs", f.Deny, notWant)
+		}
+	}
+	// A node address inside a cluster CIDR is denied, with its /32.
+	inside := append(testNodes(), cluster.Node{Name: "odd", PodCIDRs: []netip.Prefix{pfx("10.244.9.0/24")}, Addresses: []netip.Addr{addr("10.244.200.1")}})
+	if f := filterFor(&cfg, me, inside); !slices.Contains(f.Deny, pfx("10.244.200.1/32")) {
+		t.Errorf("deny list %v lacks the node address inside the cluster CIDR", f.Deny)
 	}
 	// Each mesh peer may originate its own Node's CIDRs only, keyed by session address.
 	wantPeers := map[netip.Addr][]netip.Prefix{
@@ -149,7 +161,7 @@ func TestKernelRoutes(t *testing.T) {
 		{Prefix: pfx("10.244.9.0/24"), NextHops: []netip.Addr{addr("192.0.2.1")}},   // via ourselves: never
 		{Prefix: pfx("10.244.8.0/24"), NextHops: []netip.Addr{addr("2001:db8::8")}}, // family mismatch
 	}
-	got := kernelRoutes(me, learned)
+	got := routesFor(me, learned)
 	want := []routes.Route{
 		{Prefix: pfx("10.244.1.0/24"), Blackhole: true},
 		{Prefix: pfx("fd00:10:244:1::/64"), Blackhole: true},

@@ -127,10 +127,7 @@ func (a *Agent) watchKubeProxy(ctx context.Context) {
 // setKubeProxy records a check for the API and logs when its outcome changes: a problem is
 // said once, not every check, and said to be over when it is.
 func (a *Agent) setKubeProxy(st kubeProxyState) {
-	a.mu.Lock()
-	prev := a.kubeProxy
-	a.kubeProxy = st
-	a.mu.Unlock()
+	prev := *a.kubeProxy.Swap(&st)
 	if st.key == prev.key {
 		return
 	}

@@ -41,6 +41,26 @@ type Status struct {
 	// missing or in a mode podroute does not support.
 	Problems []string `json:"problems,omitempty"`
 	Version  string   `json:"version"`
+	// NetworkPolicy is enforcement on this node; nil when the agent does not enforce it
+	// (--network-policy=false).
+	NetworkPolicy *PolicyStatus `json:"networkPolicy,omitempty"`
+	// StatusWriter is true on the one agent (the Lease holder) that writes the status of the
+	// cluster-wide podroute objects.
+	StatusWriter bool `json:"statusWriter,omitempty"`
+}
+
+// PolicyStatus is NetworkPolicy enforcement on this node.
+type PolicyStatus struct {
+	// Synced: the Pods, Namespaces and NetworkPolicies were listed and the last pass applied
+	// them to the kernel.
+	Synced bool `json:"synced"`
+	// Active: some NetworkPolicy exists in the cluster, so podroute's table is in the kernel.
+	Active bool `json:"active"`
+	// PolicedPods are this node's pods that some policy selects, in either direction.
+	PolicedPods int       `json:"policedPods"`
+	Chains      int       `json:"chains"`
+	LastSync    time.Time `json:"lastSync"`
+	LastError   string    `json:"lastError,omitempty"`
 }
 
 // Counts are route counts for Status.

@@ -2,8 +2,8 @@
 // podroute was installed: the CNI configuration (first, so the runtime stops sending pods to
 // podroute), the plugin binaries, the host veths of pods (with their routes and neighbour
 // entries), every route with podroute's protocol number (the agent's learned and blackhole
-// routes and the plugin's pod routes), the nftables table inet podroute, the IPAM
-// reservations and the agent's socket.
+// routes and the plugin's pod routes), the nftables tables inet podroute and inet
+// podroute-policy, the IPAM reservations and the agent's socket.
 //
 // Nothing else is touched: a route with another protocol, an interface whose name or alias
 // is not podroute's, another nftables table, other files in the CNI directories. The
@@ -42,6 +42,7 @@ import (
 	"github.com/podroute/podroute/cni"
 	"github.com/podroute/podroute/cniconf"
 	"github.com/podroute/podroute/egress"
+	"github.com/podroute/podroute/policy"
 	"github.com/podroute/podroute/routes"
 )
 
@@ -389,15 +390,35 @@ func routeKey(r *netlink.Route) string {
 	return fmt.Sprintf("%d|%d|%v|%v|%d|%d|%d", r.Table, r.Type, r.Dst, r.Gw, r.LinkIndex, r.Priority, len(r.MultiPath))
 }
 
-// nftables removes table inet podroute, the egress masquerade.
+// nftables removes podroute's nftables tables: inet podroute (the egress masquerade) and
+// inet podroute-policy (NetworkPolicy). Removing the policy table opens every pod of the node:
+// uninstalling podroute leaves the node without NetworkPolicy enforcement, as without its CNI.
 func (u *run) nftables(ctx context.Context) {
-	name := "inet " + egress.TableName
 	if _, err := exec.LookPath("nft"); err != nil {
-		// The agent's masquerade cannot have run without nft either.
-		u.log.Warn("nft not found: table "+name+" not checked", "err", err)
+		// The agent's rules cannot have been written without nft either.
+		u.log.Warn("nft not found: tables inet "+egress.TableName+" and inet "+policy.TableName+" not checked", "err", err)
 		return
 	}
-	nft, err := knftables.New(knftables.InetFamily, egress.TableName)
+	u.nftTable(ctx, egress.TableName, func() error {
+		m, err := egress.New(u.log)
+		if err != nil {
+			return err
+		}
+		return m.Remove(ctx)
+	})
+	u.nftTable(ctx, policy.TableName, func() error {
+		r, err := policy.New(u.log)
+		if err != nil {
+			return err
+		}
+		return r.Remove(ctx)
+	})
+}
+
+// nftTable removes one table with remove, when it exists.
+func (u *run) nftTable(ctx context.Context, table string, remove func() error) {
+	name := "inet " + table
+	nft, err := knftables.New(knftables.InetFamily, table)
 	if err != nil {
 		u.fail(KindNFTable, name, fmt.Errorf("nftables is not usable (set SkipNFTables on a node without nft): %w", err))
 		return
@@ -410,13 +431,7 @@ func (u *run) nftables(ctx context.Context) {
 		u.fail(KindNFTable, name, err)
 		return
 	}
-	u.do(KindNFTable, name, func() error {
-		m, err := egress.New(u.log)
-		if err != nil {
-			return err
-		}
-		return m.Remove(ctx)
-	})
+	u.do(KindNFTable, name, remove)
 }
 
 // dataDir removes the IPAM reservations, the whole data directory.

@@ -37,9 +37,10 @@ type options struct {
 
 // environment is what the defaults of the flags come from.
 type environment struct {
-	hostname string
-	nodeName string // $NODE_NAME
-	exeDir   string // the directory of the agent's executable
+	hostname  string
+	nodeName  string // $NODE_NAME
+	namespace string // $POD_NAMESPACE: the agent's own namespace, in a cluster
+	exeDir    string // the directory of the agent's executable
 }
 
 const usageHead = `podroute-agent is podroute's node agent: it watches the cluster's Nodes, runs the node's
@@ -95,11 +96,13 @@ func newFlagSet(o *options, env environment) *pflag.FlagSet {
 	fs.StringVar(&c.CNI.DataDir, "data-dir", cniconf.DefaultDataDir, "IPAM data directory written into the CNI config")
 	fs.StringVar(&o.socket, "socket", agentapi.DefaultSocket, "unix socket of the local API (podroutectl)")
 	fs.StringVar(&o.healthAddr, "health-address", "", "also serve /healthz, /readyz and /metrics on this TCP address, e.g. 127.0.0.1:9649 (default: off)")
+	fs.BoolVar(&c.NetworkPolicy, "network-policy", true, "enforce NetworkPolicy for this node's pods (nftables table inet podroute-policy)")
+	fs.StringVar(&c.LeaseNamespace, "lease-namespace", env.namespace, "namespace of the Lease (podroute-agent) electing the one agent that writes the status of BGPPeers and the BGPConfiguration (env POD_NAMESPACE; empty: every agent writes)")
 	fs.DurationVar(&c.ResyncInterval, "resync-interval", 30*time.Second, "period of the safety-net reconcile")
 	fs.DurationVar(&c.StaleTimeout, "stale-timeout", 0, "after a restart, keep the previous run's routes at most this long while BGP resynchronises (default: --restart-time)")
 	fs.Var(levelValue{&o.logLevel}, "log-level", "debug, info, warn or error")
 	fs.Lookup("log-level").DefValue = "info"
-	fs.BoolVar(&o.uninstall, "uninstall", false, "remove everything podroute put on this node (CNI config and plugin, portmap when identical to --cni-portmap-plugin, pod veths, protocol 201 routes, nftables table inet podroute, IPAM data, socket) and exit; for a drained node or a cluster leaving podroute")
+	fs.BoolVar(&o.uninstall, "uninstall", false, "remove everything podroute put on this node (CNI config and plugin, portmap when identical to --cni-portmap-plugin, pod veths, protocol 201 routes, nftables tables inet podroute and inet podroute-policy, IPAM data, socket) and exit; for a drained node or a cluster leaving podroute")
 	fs.BoolVar(&o.dryRun, "dry-run", false, "with --uninstall: list what would be removed, change nothing")
 	fs.BoolVar(&o.force, "force", false, "with --uninstall: run even though an agent answers on --socket")
 	fs.BoolVar(&o.wait, "wait", false, "with --uninstall: after success, block until SIGTERM (for a clean-up DaemonSet)")

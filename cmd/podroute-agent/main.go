@@ -30,7 +30,7 @@ import (
 func main() {
 	host, _ := os.Hostname()
 	exe, _ := os.Executable()
-	env := environment{hostname: host, nodeName: os.Getenv("NODE_NAME"), exeDir: filepath.Dir(exe)}
+	env := environment{hostname: host, nodeName: os.Getenv("NODE_NAME"), namespace: os.Getenv("POD_NAMESPACE"), exeDir: filepath.Dir(exe)}
 	o, err := parseFlags(os.Args[1:], env)
 	switch {
 	case errors.Is(err, pflag.ErrHelp):

@@ -358,9 +358,7 @@ func expectedReason(n *lab.Node, p netip.Prefix) string {
 	case p == netip.MustParsePrefix("10.244.0.0/16"):
 		return "overlaps denied prefix"
 	case !lab.DefaultClusterV4.Contains(p.Addr()) && !lab.DefaultClusterV6.Contains(p.Addr()):
-		if lab.FabricPrefixV4.Contains(p.Addr()) || lab.FabricPrefixV6.Contains(p.Addr()) {
-			return "overlaps denied prefix " + p.String()
-		}
+		// Node addresses too: outside the cluster CIDRs, the cluster rule refuses them.
 		return "outside cluster CIDRs"
 	case (p.Addr().Is4() && p.Bits() > 24) || (p.Addr().Is6() && p.Bits() > 64):
 		return "longer than node CIDR size"

@@ -1,0 +1,66 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+)
+
+// advertisements originates this node's pod CIDRs, with the communities the BGPConfiguration
+// asks for. An unchanged advertisement is never resent.
+type advertisements struct {
+	speaker *speaker
+	log     *slog.Logger
+
+	generation int
+	applied    map[netip.Prefix]string // prefix -> the communities it went out with
+}
+
+func (a *advertisements) name() string { return "advertisements" }
+
+func (a *advertisements) reconcile(ctx context.Context, d *desired) error {
+	r, gen := a.speaker.current()
+	if r == nil {
+		return nil
+	}
+	if gen != a.generation || a.applied == nil {
+		a.generation, a.applied = gen, map[netip.Prefix]string{}
+	}
+	comms := d.settings.Configuration.Communities
+	key := fmt.Sprint(comms)
+	var errs []error
+	for _, p := range d.me.PodCIDRs {
+		if k, ok := a.applied[p]; ok && k == key {
+			continue
+		}
+		// Advertise replaces an earlier advertisement, so a change of communities is one call.
+		if err := r.Advertise(ctx, p, comms...); err != nil {
+			errs = append(errs, fmt.Errorf("advertise %s: %w", p, err))
+			continue
+		}
+		a.log.Info("advertising pod CIDR", "prefix", p, "communities", key)
+		a.applied[p] = key
+	}
+	for p := range a.applied {
+		if slices.Contains(d.me.PodCIDRs, p) {
+			continue
+		}
+		if err := r.Withdraw(ctx, p); err != nil {
+			errs = append(errs, fmt.Errorf("withdraw %s: %w", p, err))
+			continue
+		}
+		a.log.Info("withdrew pod CIDR", "prefix", p)
+		delete(a.applied, p)
+	}
+	return errors.Join(errs...)
+}
+
+func (a *advertisements) report(s *snapshot) {
+	for p := range a.applied {
+		s.Advertised = append(s.Advertised, p)
+	}
+	slices.SortFunc(s.Advertised, netip.Prefix.Compare)
+}
