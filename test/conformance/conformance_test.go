@@ -2,17 +2,21 @@
 // from k8s.io/kubernetes (hack/kube/build.sh), against a complete cluster with podroute as its
 // network (package test/cluster): real kubelets and containerd, kube-proxy, CoreDNS.
 //
-// Two suites run against each cluster, one after the other:
+// The suites, run against each cluster one after the other:
 //
 //   - conformance: the 41 `[sig-network] ... [Conformance]` specs, all of which must run
 //     and pass;
 //   - network: the other sig-network specs a routed CNI is judged by that can run on this
 //     kind of cluster (NetworkFocus, NetworkSkip: Networking, Services, DNS, Conntrack,
 //     EndpointSlice, Proxy and the dual-stack specs; not [Serial], [Disruptive], [Flaky],
-//     [Slow], SCTP or other [Feature:...] specs).
+//     [Slow], SCTP or other [Feature:...] specs);
+//   - netpol: the 48 `[Feature:NetworkPolicy]` specs (NetpolFocus), less the three that
+//     send SCTP when the kernel has no SCTP;
+//   - netpol-ci: a representative subset of netpol (NetpolCISpecs).
 //
 // By default it runs the conformance suite, with kube-proxy in iptables mode, as `make test`
-// does on every change; `make conformance` runs both suites in both modes:
+// does on every change; `make conformance` runs conformance, network and netpol in both
+// modes:
 //
 //	go test -count=1 -timeout 90m ./test/conformance/
 //
@@ -21,7 +25,7 @@
 //	PODROUTE_E2E_MODES   kube-proxy modes, comma-separated, one cluster each (default
 //	                     "iptables"; `make conformance` runs "iptables,nftables")
 //	PODROUTE_E2E_SUITES  the suites to run, comma-separated (default "conformance";
-//	                     `make conformance` runs "conformance,network")
+//	                     `make conformance` runs "conformance,network,netpol")
 //	PODROUTE_E2E_FOCUS   run this ginkgo focus instead of the suites (with
 //	                     PODROUTE_E2E_SKIP), e.g. to run one spec against the cluster
 //	PODROUTE_E2E_PROCS   parallel ginkgo processes (default 4; 1 runs e2e.test alone, serially)
@@ -45,6 +49,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/podroute/podroute/test/cluster"
 	"github.com/podroute/podroute/test/kube"
 	"github.com/podroute/podroute/test/lab"
@@ -58,7 +64,63 @@ const (
 	// NetworkFocus and NetworkSkip select the network suite (86 specs in v1.32.4).
 	NetworkFocus = `\[sig-network\] (Networking|Services|DNS|HostPort|Conntrack|EndpointSlice|Proxy|\[Feature:IPv6DualStack\])`
 	NetworkSkip  = `\[Conformance\]|\[Serial\]|\[Disruptive\]|\[Flaky\]|\[Slow\]|SCTP|\[Feature:[^I]`
+
+	// NetpolFocus selects the NetworkPolicy specs of test/e2e/network/netpol: 48 in v1.32.4,
+	// none of them [Serial], [Slow], [Disruptive] or [Flaky], so they run in parallel like
+	// the others. Three of them are also [Feature:SCTPConnectivity]: they send SCTP, which
+	// needs SCTP in the kernel (the nodes share this machine's); without it they are
+	// skipped (NetpolSCTPSkip). The two specs about SCTP policies "even if the plugin
+	// doesn't support SCTP" send TCP only and always run.
+	NetpolFocus    = `\[Feature:NetworkPolicy\]`
+	NetpolSCTPSkip = `\[Feature:SCTPConnectivity\]`
+	netpolSpecs    = 48
+	netpolSCTP     = 3
 )
+
+// NetpolCISpecs are the netpol-ci suite: one or two specs of each thing NetworkPolicy
+// enforcement must get right, about a fifth of the netpol suite's time. Each is the leaf
+// text of a spec of "[sig-network] Netpol NetworkPolicy between server and client" (TCP).
+var NetpolCISpecs = []string{
+	"should support a 'default-deny-ingress' policy",                                                     // ingress default deny
+	"should support a 'default-deny-all' policy",                                                         // ingress and egress default deny
+	"should enforce policy to allow traffic from pods within server namespace based on PodSelector",      // ingress allow, podSelector
+	"should enforce policy to allow traffic only from a different namespace, based on NamespaceSelector", // namespaceSelector
+	"should enforce policy based on PodSelector and NamespaceSelector",                                   // both in one peer
+	"should allow ingress access on one named port",                                                      // named port, ingress
+	"should allow egress access on one named port",                                                       // named port, egress
+	"should deny egress from pods based on PodSelector",                                                  // egress deny
+	"should enforce except clause while egress access to server in CIDR block",                           // ipBlock with except
+	"should enforce updated policy",                                                                      // a policy changed in place
+	"should stop enforcing policies after they are deleted",                                              // the last policy deleted
+}
+
+// netpolCIFocus is one regular expression that selects exactly NetpolCISpecs.
+func netpolCIFocus() string {
+	alts := make([]string, len(NetpolCISpecs))
+	for i, s := range NetpolCISpecs {
+		alts[i] = regexp.QuoteMeta(s)
+	}
+	return `Netpol NetworkPolicy between server and client (` + strings.Join(alts, "|") + `) \[Feature:NetworkPolicy\]`
+}
+
+// kernelHasSCTP tells whether this kernel speaks SCTP: the nodes are network namespaces of
+// this machine and share its kernel.
+func kernelHasSCTP() bool {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, unix.IPPROTO_SCTP)
+	if err != nil {
+		return false
+	}
+	unix.Close(fd)
+	return true
+}
+
+// netpolSuite is the netpol suite as this kernel can run it.
+func netpolSuite() suite {
+	if kernelHasSCTP() {
+		return suite{"netpol", NetpolFocus, "", netpolSpecs}
+	}
+	return suite{"netpol", NetpolFocus, NetpolSCTPSkip, netpolSpecs - netpolSCTP}
+}
 
 // suite is a named ginkgo selection; want is the number of specs it must run (0: any).
 type suite struct {
@@ -69,6 +131,8 @@ type suite struct {
 var suites = map[string]suite{
 	"conformance": {"conformance", ConformanceFocus, "", conformanceSpecs},
 	"network":     {"network", NetworkFocus, NetworkSkip, 0},
+	"netpol":      netpolSuite(),
+	"netpol-ci":   {"netpol-ci", netpolCIFocus(), "", len(NetpolCISpecs)},
 }
 
 func env(name, def string) string {
@@ -86,7 +150,7 @@ func TestConformance(t *testing.T) {
 		for _, name := range strings.Split(env("PODROUTE_E2E_SUITES", "conformance"), ",") {
 			s, ok := suites[strings.TrimSpace(name)]
 			if !ok {
-				t.Fatalf("PODROUTE_E2E_SUITES: no suite %q (conformance, network)", name)
+				t.Fatalf("PODROUTE_E2E_SUITES: no suite %q (conformance, network, netpol, netpol-ci)", name)
 			}
 			run = append(run, s)
 		}
@@ -311,4 +375,82 @@ func specTable(path string) (string, error) {
 	}
 	sort.Strings(rows)
 	return "| spec | result | time | note |\n|---|---|---:|---|\n" + strings.Join(rows, "\n") + "\n", nil
+}
+
+// TestSuiteSelection dry-runs e2e.test (no cluster: ginkgo only walks its specs) with each
+// suite's focus and skip and checks that it selects the specs it claims: the counts of
+// conformance and netpol, and for netpol-ci exactly NetpolCISpecs, once each.
+func TestSuiteSelection(t *testing.T) {
+	bin := filepath.Join(kube.DefaultBinDir, "e2e.test")
+	if d := os.Getenv(kube.BinDirEnv); d != "" {
+		bin = filepath.Join(d, "e2e.test")
+	}
+	if _, err := os.Stat(bin); err != nil {
+		t.Fatalf("e2e.test %s missing (%v): run hack/kube/build.sh", kube.KubeVersion, err)
+	}
+	for _, name := range []string{"conformance", "netpol", "netpol-ci"} {
+		s := suites[name]
+		t.Run(name, func(t *testing.T) {
+			specs := dryRun(t, bin, s.focus, s.skip)
+			if len(specs) != s.want {
+				t.Errorf("focus %q skip %q selects %d specs, want %d:\n%s", s.focus, s.skip, len(specs), s.want, strings.Join(specs, "\n"))
+			}
+			if name != "netpol-ci" {
+				return
+			}
+			for _, leaf := range NetpolCISpecs {
+				n := 0
+				for _, sp := range specs {
+					if strings.HasSuffix(sp, " "+leaf+" [Feature:NetworkPolicy]") {
+						n++
+					}
+				}
+				if n != 1 {
+					t.Errorf("netpol-ci: %q selects %d specs, want 1", leaf, n)
+				}
+			}
+			t.Logf("netpol-ci:\n%s", strings.Join(specs, "\n"))
+		})
+	}
+}
+
+// dryRun lists the full texts of the specs e2e.test selects with focus and skip.
+func dryRun(t *testing.T, bin, focus, skip string) []string {
+	t.Helper()
+	dir := t.TempDir()
+	args := []string{"--provider=skeleton", "--kubeconfig=/dev/null", "--ginkgo.dry-run", "--ginkgo.no-color",
+		"--ginkgo.focus=" + focus, "--ginkgo.json-report=report.json"}
+	if skip != "" {
+		args = append(args, "--ginkgo.skip="+skip)
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Dir = dir
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("e2e.test dry run: %v\n%s", err, lab.Tail(string(out), 20))
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "report.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep []struct {
+		SpecReports []struct {
+			ContainerHierarchyTexts []string
+			LeafNodeText            string
+			LeafNodeType            string
+			State                   string
+		}
+	}
+	if err := json.Unmarshal(b, &rep); err != nil {
+		t.Fatal(err)
+	}
+	var specs []string
+	for _, s := range rep {
+		for _, r := range s.SpecReports {
+			if r.LeafNodeType == "It" && r.State == "passed" {
+				specs = append(specs, strings.Join(append(append([]string(nil), r.ContainerHierarchyTexts...), r.LeafNodeText), " "))
+			}
+		}
+	}
+	sort.Strings(specs)
+	return specs
 }
