@@ -110,6 +110,7 @@ func TestManifests(t *testing.T) {
 		"ServiceAccount/podroute-agent", "ClusterRole/podroute-agent", "ClusterRoleBinding/podroute-agent",
 		"Role/podroute-agent-secrets", "RoleBinding/podroute-agent-secrets",
 		"Role/podroute-agent-events", "RoleBinding/podroute-agent-events",
+		"Role/podroute-agent-lease", "RoleBinding/podroute-agent-lease",
 		"ConfigMap/podroute-config",
 		"DaemonSet/podroute-agent",
 		"BGPConfiguration/default",
@@ -456,6 +457,7 @@ func testAccess(ctx context.Context, t *testing.T, cs kubernetes.Interface) {
 	const (
 		pr    = "podroute.io"
 		netv1 = "networking.k8s.io"
+		coord = "coordination.k8s.io"
 	)
 	allowed := []access{
 		{verb: "list", resource: "nodes"},
@@ -476,8 +478,17 @@ func testAccess(ctx context.Context, t *testing.T, cs kubernetes.Interface) {
 		{verb: "watch", resource: "namespaces"},
 		{verb: "list", group: netv1, resource: "networkpolicies"},
 		{verb: "watch", group: netv1, resource: "networkpolicies"},
+		{verb: "get", group: coord, resource: "leases", namespace: namespace, name: "podroute-agent"},
+		{verb: "update", group: coord, resource: "leases", namespace: namespace, name: "podroute-agent"},
+		{verb: "create", group: coord, resource: "leases", namespace: namespace},
 	}
 	denied := []access{
+		{verb: "get", group: coord, resource: "leases", namespace: namespace, name: "other"},
+		{verb: "update", group: coord, resource: "leases", namespace: namespace, name: "other"},
+		{verb: "delete", group: coord, resource: "leases", namespace: namespace, name: "podroute-agent"},
+		{verb: "list", group: coord, resource: "leases", namespace: namespace},
+		{verb: "get", group: coord, resource: "leases", namespace: "kube-system", name: "podroute-agent"},
+		{verb: "create", group: coord, resource: "leases", namespace: "kube-system"},
 		{verb: "get", resource: "nodes", name: "node-1"},
 		{verb: "update", resource: "nodes", name: "node-1"},
 		{verb: "patch", resource: "nodes", name: "node-1"},
