@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -46,6 +47,9 @@ func NewWatcher(client kubernetes.Interface, log *slog.Logger) *Watcher {
 		},
 	}
 	w.informer = cache.NewSharedIndexInformer(lw, &corev1.Node{}, 0, cache.Indexers{})
+	// Each agent caches every Node: keep only what routing reads, so a thousand Nodes cost
+	// kilobytes each, not the tens a Node carries in images, conditions and managed fields.
+	_ = w.informer.SetTransform(slimNode)
 	_ = w.informer.SetWatchErrorHandler(func(_ *cache.Reflector, err error) {
 		w.observe("watch nodes", err)
 	})
@@ -122,6 +126,35 @@ func (w *Watcher) poke() {
 	case w.changed <- struct{}{}:
 	default:
 	}
+}
+
+// slimNode is the informer's transform: a new Node with only what FromObject and
+// sameForRouting read (name, labels, podroute.io/ annotations, pod CIDRs, addresses). It
+// builds a new object, so it is idempotent and never shares memory with the one decoded.
+func slimNode(obj any) (any, error) {
+	n, ok := obj.(*corev1.Node)
+	if !ok {
+		return obj, nil // a tombstone (cache.DeletedFinalStateUnknown) passes as it is
+	}
+	out := &corev1.Node{
+		ObjectMeta: metav1.ObjectMeta{
+			Name:            n.Name,
+			UID:             n.UID,
+			ResourceVersion: n.ResourceVersion,
+			Labels:          n.Labels,
+		},
+		Spec:   corev1.NodeSpec{PodCIDR: n.Spec.PodCIDR, PodCIDRs: n.Spec.PodCIDRs},
+		Status: corev1.NodeStatus{Addresses: n.Status.Addresses},
+	}
+	for k, v := range n.Annotations {
+		if strings.HasPrefix(k, AnnotationPrefix) {
+			if out.Annotations == nil {
+				out.Annotations = map[string]string{}
+			}
+			out.Annotations[k] = v
+		}
+	}
+	return out, nil
 }
 
 func sameForRouting(a, b *corev1.Node) bool {
