@@ -25,7 +25,8 @@ import (
 // agents' default BGP timers (hold 9 s, keepalive 3 s). In order, in one lab:
 //
 //  1. the baseline: three nodes, meshed; AGENTBENCH_MESH_ROUNDS (default 5) joins and leaves
-//     of a fourth node; the steady state of the three agents;
+//     of a fourth node in each of the two ways a node joins (meshModes); the steady state
+//     of the three agents;
 //  2. the mesh: the other nodes' namespaces made, their Node objects created in bulk and
 //     their agents started with some parallelism; time until every node routes every other
 //     node's pod CIDRs (the kernel's route notifications) and until the last session is up
@@ -34,8 +35,7 @@ import (
 //  4. the steady state of the N agents: CPU (utime+stime from /proc/PID/stat) over
 //     AGENTBENCH_STEADY_SECONDS (default 60) and VmRSS, per agent.
 //
-// A join is a node whose agent already runs (and waits for its Node object) when its Node
-// object is created; a leave is the deletion of that object. Per join and leave, besides the
+// A leave is the deletion of the joined node's Node object. Per join and leave, besides the
 // times: what it cost, as far as it shows from outside the agents: the reconcile passes of
 // every agent (podroute_reconcile_duration_seconds), the route changes the kernel announced
 // in every node, and the BGP messages on the wire, counted from the frames crossing the
@@ -46,11 +46,12 @@ func BenchmarkMeshScale(b *testing.B) {
 	total := envInt("AGENTBENCH_MESH_NODES", 50)
 	rounds := envInt("AGENTBENCH_MESH_ROUNDS", 5)
 	steady := time.Duration(envInt("AGENTBENCH_STEADY_SECONDS", 60)) * time.Second
+	startDelay := time.Duration(envInt("AGENTBENCH_MESH_START_DELAY_MS", 3000)) * time.Millisecond
 	const baseNodes = 3
 	// Joining nodes take the indexes after the mesh's, so that (like the mesh's own last
 	// node) the new node has the greatest address and its neighbors dial it.
-	if total <= baseNodes || total+2*rounds > 200 {
-		b.Fatalf("AGENTBENCH_MESH_NODES=%d, AGENTBENCH_MESH_ROUNDS=%d: want %d < nodes and nodes + 2*rounds <= 200 (lab node indexes)", total, rounds, baseNodes)
+	if total <= baseNodes || total+4*rounds > 200 {
+		b.Fatalf("AGENTBENCH_MESH_NODES=%d, AGENTBENCH_MESH_ROUNDS=%d: want %d < nodes and nodes + 4*rounds <= 200 (lab node indexes)", total, rounds, baseNodes)
 	}
 	headroom := meshHeadroom(b, total)
 	load := header(b, fmt.Sprintf("Mesh scale: a full iBGP mesh of %d podroute-agents, against %d", total, baseNodes))
@@ -74,9 +75,12 @@ func BenchmarkMeshScale(b *testing.B) {
 	next := total + 1
 	small := &meshPhase{nodes: baseNodes}
 	for r := range rounds {
-		small.joins = append(small.joins, meshJoinOnce(b, l, nodes, watches, wire, fmt.Sprintf("join-%d", next), next))
-		fmt.Printf("%d nodes, round %d: %s\n", baseNodes, r+1, small.joins[r])
-		next++
+		for m := range meshModes {
+			j := meshJoinOnce(b, l, nodes, watches, wire, fmt.Sprintf("join-%d", next), next, m == 0, startDelay)
+			small.modes[m] = append(small.modes[m], j)
+			fmt.Printf("%d nodes, round %d, %s: %s\n", baseNodes, r+1, meshModes[m], j)
+			next++
+		}
 	}
 	small.steady = meshSteady(b, nodes, steady)
 	fmt.Printf("%d nodes, steady: %s\n", baseNodes, small.steady)
@@ -85,20 +89,26 @@ func BenchmarkMeshScale(b *testing.B) {
 	big.up = meshBringUp(b, l, &nodes, &watches, total)
 	fmt.Printf("%d nodes up: %s\n", total, big.up)
 	for r := range rounds {
-		big.joins = append(big.joins, meshJoinOnce(b, l, nodes, watches, wire, fmt.Sprintf("join-%d", next), next))
-		fmt.Printf("%d nodes, round %d: %s\n", total, r+1, big.joins[r])
-		next++
+		for m := range meshModes {
+			j := meshJoinOnce(b, l, nodes, watches, wire, fmt.Sprintf("join-%d", next), next, m == 0, startDelay)
+			big.modes[m] = append(big.modes[m], j)
+			fmt.Printf("%d nodes, round %d, %s: %s\n", total, r+1, meshModes[m], j)
+			next++
+		}
 	}
 	big.steady = meshSteady(b, nodes, steady)
 	fmt.Printf("%d nodes, steady: %s\n", total, big.steady)
 	loadEnd := loadavg()
 
-	fmt.Printf("\n%d joins and leaves per mesh size; hold time 9 s, keepalive 3 s, connect retry 5 s; steady window %v; load average %s at start, %s at end\n\n",
-		rounds, steady, load, loadEnd)
+	fmt.Printf("\n%d joins and leaves per mesh size and mode; agent start delay %v; hold time 9 s, keepalive 3 s, connect retry 5 s; steady window %v; load average %s at start, %s at end\n",
+		rounds, startDelay, steady, load, loadEnd)
 	meshTable(small, big)
 
+	big.joins = big.modes[0]
 	b.ReportMetric(median(big.durs(func(j meshJoin) time.Duration { return j.add })).Seconds(), "join-median-s")
 	b.ReportMetric(pct(big.durs(func(j meshJoin) time.Duration { return j.add }), 100).Seconds(), "join-worst-s")
+	big.joins = big.modes[1]
+	b.ReportMetric(median(big.durs(func(j meshJoin) time.Duration { return j.add })).Seconds(), "start-join-median-s")
 	b.ReportMetric(big.up.routes.Seconds(), "mesh-up-s")
 	b.ReportMetric(median(big.steady.cpu), "cpu-median-pct")
 	b.ReportMetric(float64(median(big.steady.rss))/1024, "rss-median-MiB")
@@ -137,8 +147,53 @@ func meshHeadroom(b *testing.B, n int) string {
 	if lim.Cur < need {
 		b.Fatalf("RLIMIT_NOFILE %d (hard %d) is below the %d that %d agents need: raise it (ulimit -n)", lim.Cur, lim.Max, need, n)
 	}
-	return fmt.Sprintf("Headroom: %s MiB available (%d agents at up to %s MiB each need %s), RLIMIT_NOFILE %d (%d needed).",
-		mib(avail), n, mib(perAgentKiB), mib(n*perAgentKiB+apiServerKiB), lim.Cur, need)
+	neigh := raiseNeighbourTables(b, n)
+	return fmt.Sprintf("Headroom: %s MiB available (%d agents at up to %s MiB each need %s), RLIMIT_NOFILE %d (%d needed); %s.",
+		mib(avail), n, mib(perAgentKiB), mib(n*perAgentKiB+apiServerKiB), lim.Cur, need, neigh)
+}
+
+// raiseNeighbourTables makes room in the kernel's ARP and NDP tables for a mesh of n nodes.
+// The tables are shared by every network namespace on the machine, and their limit
+// (gc_thresh3, 1024 entries by default, settable only from the initial namespace) would
+// hold about 30 fully meshed nodes: each node has an entry for each other node. Beyond it
+// the kernel refuses new neighbours ("neighbor table overflow", ENOBUFS), and sessions and
+// API connections stall: a limit of the lab, not of podroute, where every node is a
+// machine with its own table. The thresholds are only raised, and restored at cleanup.
+func raiseNeighbourTables(b *testing.B, n int) string {
+	b.Helper()
+	need := (n + 10) * (n + 10) // every node, the joining ones and the fabric, to every other
+	want := map[string]int{"gc_thresh1": need, "gc_thresh2": 2 * need, "gc_thresh3": 4 * need}
+	var raised []string
+	for _, fam := range []string{"ipv4", "ipv6"} {
+		// gc_thresh3 first when raising: the kernel wants thresh1 <= thresh2 <= thresh3.
+		for _, k := range []string{"gc_thresh3", "gc_thresh2", "gc_thresh1"} {
+			path := fmt.Sprintf("/proc/sys/net/%s/neigh/default/%s", fam, k)
+			raw, err := os.ReadFile(path)
+			if err != nil {
+				b.Fatalf("neighbour table limit: %v", err)
+			}
+			cur, err := strconv.Atoi(strings.TrimSpace(string(raw)))
+			if err != nil {
+				b.Fatalf("neighbour table limit %s: %q: %v", path, raw, err)
+			}
+			if cur >= want[k] {
+				continue
+			}
+			if err := os.WriteFile(path, []byte(strconv.Itoa(want[k])), 0o644); err != nil {
+				b.Fatalf("raise the neighbour table limit %s from %d to %d: %v", path, cur, want[k], err)
+			}
+			raised = append(raised, fmt.Sprintf("%s.%s %d->%d", fam, k, cur, want[k]))
+			b.Cleanup(func() {
+				if err := os.WriteFile(path, []byte(strconv.Itoa(cur)), 0o644); err != nil {
+					b.Errorf("restore %s to %d: %v", path, cur, err)
+				}
+			})
+		}
+	}
+	if len(raised) == 0 {
+		return fmt.Sprintf("neighbour tables hold %d entries or more already", need)
+	}
+	return "neighbour tables raised for the run (shared by every namespace): " + strings.Join(raised, ", ")
 }
 
 // meshCounted waits until every node has a route to each other node's pod CIDRs and no
@@ -166,11 +221,21 @@ func meshCounted(b *testing.B, nodes []*lab.Node) {
 
 // meshPhase is one mesh size's figures.
 type meshPhase struct {
-	nodes  int
-	up     meshUp
+	nodes int
+	up    meshUp
+	// joins is the current mode's rounds (see meshTable); modes holds each mode's.
 	joins  []meshJoin
+	modes  [2][]meshJoin
 	steady meshSteadyState
 }
+
+// meshModes are the two ways a node joins: its agent runs (and waits for its Node object)
+// when the Node object is created; or the Node object exists, every running agent has
+// added the new neighbor (and dials it), and its agent starts AGENTBENCH_MESH_START_DELAY_MS
+// (default 3000) later, as when a kubelet registers its node and the agent's DaemonSet pod
+// starts a few seconds after. Times are taken from the Node create call, or from the agent
+// start.
+var meshModes = [2]string{"agent running, then Node object", "Node object, then agent start"}
 
 func (p *meshPhase) durs(get func(meshJoin) time.Duration) []time.Duration {
 	var out []time.Duration
@@ -198,13 +263,17 @@ type meshJoin struct {
 	learn     time.Duration // Node created -> the new node routes every other node
 	del       time.Duration // Node deleted -> its routes gone from the last other node
 	delMedian time.Duration
-	// From the agents' logs, since the Node was created: each running agent's "BGP neighbor
-	// added" for the new node; the new agent's last "BGP neighbor added"; its first and last
-	// "Peer Up".
+	// From the agents' logs: each running agent's "BGP neighbor added" for the new node,
+	// since the Node create call; since t0 (the create call, or the agent start): the new
+	// agent's last "BGP neighbor added", its first and last "Peer Up", and how often it
+	// turned a neighbor's connection away for want of its configuration ("Can't find
+	// configuration for a new passive connection").
 	neighborAdded           []time.Duration
 	newAdded                time.Duration
 	firstPeerUp, lastPeerUp time.Duration
 	peersUp                 int
+	refusedConns            int
+	startLead               time.Duration // Node created -> agent started (agent-start mode)
 	// Work: per running agent, reconcile passes and the time they took, from the create call
 	// to 3 s after the join converged (join) and from the delete call to 3 s after the
 	// routes were gone (leave); the new agent's passes during the join.
@@ -218,19 +287,24 @@ type meshJoin struct {
 }
 
 func (j meshJoin) String() string {
-	return fmt.Sprintf("routed everywhere %s ms (median node %s), new node routes the others %s ms, removed everywhere %s ms; neighbor added by the others %s..%s ms, by the new agent (last) %s ms; sessions up %s..%s ms (%d); passes per agent (join) %d..%d; updates: new->others %d, others->new %d, among the others %d",
-		ms(j.add), ms(j.addMedian), ms(j.learn), ms(j.del), ms(slices.Min(j.neighborAdded)), ms(slices.Max(j.neighborAdded)), ms(j.newAdded),
-		ms(j.firstPeerUp), ms(j.lastPeerUp), j.peersUp, slices.Min(j.joinPasses), slices.Max(j.joinPasses),
+	return fmt.Sprintf("(agent started %s ms after the Node) routed everywhere %s ms (median node %s), new node routes the others %s ms, removed everywhere %s ms; neighbor added by the others %s..%s ms, by the new agent (last) %s ms; sessions up %s..%s ms (%d), connections refused by the new agent %d; passes per agent (join) %d..%d; updates: new->others %d, others->new %d, among the others %d",
+		ms(j.startLead), ms(j.add), ms(j.addMedian), ms(j.learn), ms(j.del), ms(slices.Min(j.neighborAdded)), ms(slices.Max(j.neighborAdded)), ms(j.newAdded),
+		ms(j.firstPeerUp), ms(j.lastPeerUp), j.peersUp, j.refusedConns, slices.Min(j.joinPasses), slices.Max(j.joinPasses),
 		j.joinWire.fromNew[bgpUpdate], j.joinWire.toNew[bgpUpdate], j.joinWire.among[bgpUpdate])
 }
 
-// meshJoinOnce: a new node whose agent runs joins the mesh of nodes (its Node object
-// created), then leaves (its Node object deleted) and is removed.
-func meshJoinOnce(b *testing.B, l *lab.Lab, nodes []*lab.Node, watches []*routeWatch, wire *bgpWire, name string, index int) meshJoin {
+// meshJoinOnce: a new node joins the mesh of nodes (meshModes: agentFirst, its agent runs
+// when its Node object is created; else its Node object is created, and its agent started
+// once every running agent has added it), then leaves (its Node object deleted) and is
+// removed.
+func meshJoinOnce(b *testing.B, l *lab.Lab, nodes []*lab.Node, watches []*routeWatch, wire *bgpWire, name string, index int, agentFirst bool, startDelay time.Duration) meshJoin {
 	b.Helper()
-	n := l.AddNode(b, name, lab.NodeOptions{Index: index, NoNodeObject: true})
+	n := l.AddNode(b, name, lab.NodeOptions{Index: index, NoNodeObject: true, NoAgent: !agentFirst})
 	own := watchRoutes(b, n.NetNS)
 	lab.Eventually(b, converge, name+" agent waiting for its Node", func() error {
+		if !agentFirst {
+			return nil
+		}
 		st, err := n.Status()
 		if err != nil {
 			return err
@@ -251,16 +325,35 @@ func meshJoinOnce(b *testing.B, l *lab.Lab, nodes []*lab.Node, watches []*routeW
 	offs := logOffsets(nodes)
 	newOff := n.Agent.LogSize()
 	m0 := allReconcileMetrics(b, nodes)
-	new0 := reconcileMetrics(b, n)
+	var new0 reconcileSums // an agent not started yet has made no passes
+	if agentFirst {
+		new0 = reconcileMetrics(b, n)
+	}
 	w0 := wire.snapshot()
 	ctx, cancel := context.WithTimeout(context.Background(), converge)
 	defer cancel()
 
 	var res meshJoin
-	t0 := time.Now()
+	created := time.Now()
 	if err := n.CreateNodeObject(); err != nil {
 		b.Fatal(err)
 	}
+	if !agentFirst {
+		lab.Eventually(b, converge, "every running agent adding neighbor "+n.IPv4.String(), func() error {
+			for i, o := range nodes {
+				if logLineWith(o.Agent.LogSince(offs[i]), "BGP neighbor added", "peer", n.IPv4.String()).IsZero() {
+					return fmt.Errorf("%s has not added neighbor %s", o.Name, n.IPv4)
+				}
+			}
+			return nil
+		})
+		time.Sleep(startDelay)
+		res.startLead = time.Since(created)
+		if err := n.Agent.Start(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	t0 := created.Add(res.startLead)
 	var ats []time.Duration
 	for i, w := range watches {
 		_, last, err := w.countAfter(ctx, t0, len(via), func(e routeEvent) bool { return e.add && via[e.prefix] == e.via })
@@ -302,7 +395,7 @@ func meshJoinOnce(b *testing.B, l *lab.Lab, nodes []*lab.Node, watches []*routeW
 		if at.IsZero() {
 			b.Fatalf("%s never logged adding neighbor %s (%s)", o.Name, n.IPv4, name)
 		}
-		res.neighborAdded = append(res.neighborAdded, at.Sub(t0))
+		res.neighborAdded = append(res.neighborAdded, at.Sub(created))
 	}
 	newLog := n.Agent.LogSince(newOff)
 	res.newAdded = lastLogLine(newLog, "BGP neighbor added").Sub(t0)
@@ -315,6 +408,7 @@ func meshJoinOnce(b *testing.B, l *lab.Lab, nodes []*lab.Node, watches []*routeW
 		res.lastPeerUp = max(res.lastPeerUp, d)
 		res.peersUp++
 	}
+	res.refusedConns = strings.Count(newLog, `"msg":"Can't find configuration for a new passive connection"`)
 	if res.peersUp != len(nodes) {
 		b.Fatalf("%s: %d sessions came up (Peer Up in its log), want %d", name, res.peersUp, len(nodes))
 	}
@@ -827,57 +921,68 @@ func meshTable(small, big *meshPhase) {
 		fmt.Printf("| %s | %d / %d | %d / %d | %s |\n", what, median(s), slices.Max(s), median(g), slices.Max(g), ratio(float64(median(g)), float64(median(s))))
 	}
 
-	fmt.Printf("| per join or leave (median / worst of the rounds; ms unless said) | %d nodes (baseline) | %d nodes | ratio of medians |\n", small.nodes, big.nodes)
-	fmt.Println("| --- | ---: | ---: | ---: |")
-	durRow("Node created -> its routes in every other node's kernel", func(j meshJoin) time.Duration { return j.add }, true)
-	durRow("Node created -> its routes in the median other node's kernel", func(j meshJoin) time.Duration { return j.addMedian }, false)
-	durRow("Node created -> the new node routes every other node", func(j meshJoin) time.Duration { return j.learn }, true)
-	durRow("Node deleted -> its routes gone from every other node", func(j meshJoin) time.Duration { return j.del }, true)
-	durRow("Node deleted -> its routes gone from the median other node", func(j meshJoin) time.Duration { return j.delMedian }, false)
-	{
-		s := allDurs(small, func(j meshJoin) []time.Duration { return j.neighborAdded })
-		g := allDurs(big, func(j meshJoin) []time.Duration { return j.neighborAdded })
-		fmt.Printf("| Node created -> a running agent logs \"BGP neighbor added\" for it (every agent, every round) | %s / %s | %s / %s | %s |\n",
-			ms(median(s)), ms(pct(s, 100)), ms(median(g)), ms(pct(g, 100)), ratio(float64(median(g)), float64(median(s))))
-	}
-	durRow("Node created -> the new agent's last \"BGP neighbor added\"", func(j meshJoin) time.Duration { return j.newAdded }, false)
-	durRow("Node created -> the new agent's first session up (\"Peer Up\")", func(j meshJoin) time.Duration { return j.firstPeerUp }, false)
-	durRow("Node created -> the new agent's last session up", func(j meshJoin) time.Duration { return j.lastPeerUp }, false)
-	intRow("join: reconcile passes per running agent", func(j meshJoin) []int { return j.joinPasses })
-	{
-		mean := func(p *meshPhase) time.Duration {
-			var sum time.Duration
-			n := 0
-			for _, j := range p.joins {
-				sum += j.joinPassTime
-				for _, c := range j.joinPasses {
-					n += c
-				}
-			}
-			if n == 0 {
-				return 0
-			}
-			return sum / time.Duration(n)
+	for m, mode := range meshModes {
+		small.joins, big.joins = small.modes[m], big.modes[m]
+		from := "Node created"
+		if m == 1 {
+			from = "agent started"
 		}
-		fmt.Printf("| join: mean reconcile pass of a running agent | %s | %s | %s |\n", ms(mean(small)), ms(mean(big)), ratio(float64(mean(big)), float64(mean(small))))
+		fmt.Printf("\n%s:\n\n| per join or leave (median / worst of the rounds; ms unless said) | %d nodes (baseline) | %d nodes | ratio of medians |\n", mode, small.nodes, big.nodes)
+		fmt.Println("| --- | ---: | ---: | ---: |")
+		if m == 1 {
+			durRow("Node created -> agent started (every running agent has added the neighbor, then the start delay)", func(j meshJoin) time.Duration { return j.startLead }, false)
+		}
+		durRow(from+" -> its routes in every other node's kernel", func(j meshJoin) time.Duration { return j.add }, true)
+		durRow(from+" -> its routes in the median other node's kernel", func(j meshJoin) time.Duration { return j.addMedian }, false)
+		durRow(from+" -> the new node routes every other node", func(j meshJoin) time.Duration { return j.learn }, true)
+		durRow("Node deleted -> its routes gone from every other node", func(j meshJoin) time.Duration { return j.del }, true)
+		durRow("Node deleted -> its routes gone from the median other node", func(j meshJoin) time.Duration { return j.delMedian }, false)
+		{
+			s := allDurs(small, func(j meshJoin) []time.Duration { return j.neighborAdded })
+			g := allDurs(big, func(j meshJoin) []time.Duration { return j.neighborAdded })
+			fmt.Printf("| Node created -> a running agent logs \"BGP neighbor added\" for it (every agent, every round) | %s / %s | %s / %s | %s |\n",
+				ms(median(s)), ms(pct(s, 100)), ms(median(g)), ms(pct(g, 100)), ratio(float64(median(g)), float64(median(s))))
+		}
+		durRow(from+" -> the new agent's last \"BGP neighbor added\"", func(j meshJoin) time.Duration { return j.newAdded }, false)
+		durRow(from+" -> the new agent's first session up (\"Peer Up\")", func(j meshJoin) time.Duration { return j.firstPeerUp }, false)
+		durRow(from+" -> the new agent's last session up", func(j meshJoin) time.Duration { return j.lastPeerUp }, false)
+		wireRow("connections the new agent turned away (\"Can't find configuration for a new passive connection\")", func(j meshJoin) int { return j.refusedConns })
+		intRow("join: reconcile passes per running agent", func(j meshJoin) []int { return j.joinPasses })
+		{
+			mean := func(p *meshPhase) time.Duration {
+				var sum time.Duration
+				n := 0
+				for _, j := range p.joins {
+					sum += j.joinPassTime
+					for _, c := range j.joinPasses {
+						n += c
+					}
+				}
+				if n == 0 {
+					return 0
+				}
+				return sum / time.Duration(n)
+			}
+			fmt.Printf("| join: mean reconcile pass of a running agent | %s | %s | %s |\n", ms(mean(small)), ms(mean(big)), ratio(float64(mean(big)), float64(mean(small))))
+		}
+		wireRow("join: reconcile passes of the new agent", func(j meshJoin) int { return j.newPasses })
+		intRow("leave: reconcile passes per running agent", func(j meshJoin) []int { return j.leavePasses })
+		intRow("join: kernel route changes per running node", func(j meshJoin) []int { return j.joinRoutes })
+		intRow("leave: kernel route changes per running node", func(j meshJoin) []int { return j.leaveRoutes })
+		wireRow("join: BGP UPDATEs sent by the new node (all peers)", func(j meshJoin) int { return j.joinWire.fromNew[bgpUpdate] })
+		wireRow("join: BGP UPDATEs sent to the new node (all peers)", func(j meshJoin) int { return j.joinWire.toNew[bgpUpdate] })
+		wireRow("join: BGP UPDATEs among the running nodes", func(j meshJoin) int { return j.joinWire.among[bgpUpdate] })
+		wireRow("join: BGP OPENs on the wire (all)", func(j meshJoin) int {
+			return j.joinWire.fromNew[bgpOpen] + j.joinWire.toNew[bgpOpen] + j.joinWire.among[bgpOpen]
+		})
+		wireRow("join: BGP ROUTE-REFRESHes on the wire (all)", func(j meshJoin) int {
+			return j.joinWire.fromNew[bgpRouteRefresh] + j.joinWire.toNew[bgpRouteRefresh] + j.joinWire.among[bgpRouteRefresh]
+		})
+		wireRow("leave: BGP UPDATEs among the remaining nodes", func(j meshJoin) int { return j.leaveWire.among[bgpUpdate] })
+		wireRow("leave: BGP NOTIFICATIONs on the wire (all)", func(j meshJoin) int {
+			return j.leaveWire.fromNew[bgpNotification] + j.leaveWire.toNew[bgpNotification] + j.leaveWire.among[bgpNotification]
+		})
 	}
-	wireRow("join: reconcile passes of the new agent", func(j meshJoin) int { return j.newPasses })
-	intRow("leave: reconcile passes per running agent", func(j meshJoin) []int { return j.leavePasses })
-	intRow("join: kernel route changes per running node", func(j meshJoin) []int { return j.joinRoutes })
-	intRow("leave: kernel route changes per running node", func(j meshJoin) []int { return j.leaveRoutes })
-	wireRow("join: BGP UPDATEs sent by the new node (all peers)", func(j meshJoin) int { return j.joinWire.fromNew[bgpUpdate] })
-	wireRow("join: BGP UPDATEs sent to the new node (all peers)", func(j meshJoin) int { return j.joinWire.toNew[bgpUpdate] })
-	wireRow("join: BGP UPDATEs among the running nodes", func(j meshJoin) int { return j.joinWire.among[bgpUpdate] })
-	wireRow("join: BGP OPENs on the wire (all)", func(j meshJoin) int {
-		return j.joinWire.fromNew[bgpOpen] + j.joinWire.toNew[bgpOpen] + j.joinWire.among[bgpOpen]
-	})
-	wireRow("join: BGP ROUTE-REFRESHes on the wire (all)", func(j meshJoin) int {
-		return j.joinWire.fromNew[bgpRouteRefresh] + j.joinWire.toNew[bgpRouteRefresh] + j.joinWire.among[bgpRouteRefresh]
-	})
-	wireRow("leave: BGP UPDATEs among the remaining nodes", func(j meshJoin) int { return j.leaveWire.among[bgpUpdate] })
-	wireRow("leave: BGP NOTIFICATIONs on the wire (all)", func(j meshJoin) int {
-		return j.leaveWire.fromNew[bgpNotification] + j.leaveWire.toNew[bgpNotification] + j.leaveWire.among[bgpNotification]
-	})
 
 	fmt.Println()
 	fmt.Printf("| steady state, every agent over %v | %d nodes (baseline) | %d nodes | ratio |\n", big.steady.window.Round(time.Second), small.nodes, big.nodes)
