@@ -203,18 +203,7 @@ func (c *compiler) run() *Ruleset {
 		veths[lp.HostVeth] = key
 		judged.Elements = append(judged.Elements, []string{lp.HostVeth})
 
-		var in, out []*policyInfo
-		for _, p := range c.byNS[pod.Namespace] {
-			if p.sel == nil || !p.sel.Matches(labels.Set(pod.Labels)) {
-				continue
-			}
-			if p.ingress {
-				in = append(in, p)
-			}
-			if p.egress {
-				out = append(out, p)
-			}
-		}
+		in, out := c.selecting(pod)
 		if len(in) > 0 {
 			rs.Ingress[lp.HostVeth] = c.chain(ingressPrefix, in, dirIngress, pod)
 		}
@@ -233,6 +222,23 @@ func (c *compiler) run() *Ruleset {
 	}
 	slices.Sort(rs.Problems)
 	return rs
+}
+
+// selecting returns the policies that select a pod, by direction, ordered by key. A policy
+// with an invalid podSelector selects nothing.
+func (c *compiler) selecting(pod *Pod) (in, out []*policyInfo) {
+	for _, p := range c.byNS[pod.Namespace] {
+		if p.sel == nil || !p.sel.Matches(labels.Set(pod.Labels)) {
+			continue
+		}
+		if p.ingress {
+			in = append(in, p)
+		}
+		if p.egress {
+			out = append(out, p)
+		}
+	}
+	return in, out
 }
 
 // validVeth: an interface name nft can hold in an ifname key and a rule can quote.
