@@ -90,6 +90,16 @@ func (a *Allocator) SetPools(pools []Pool) {
 	slices.SortFunc(a.pools, func(x, y Pool) int { return cmp.Compare(x.Name, y.Name) })
 }
 
+// Keys returns every Service holding addresses, sorted.
+func (a *Allocator) Keys() []string {
+	out := make([]string, 0, len(a.byKey))
+	for k := range a.byKey {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
+}
+
 // Assigned returns the addresses held by key.
 func (a *Allocator) Assigned(key string) []netip.Addr { return slices.Clone(a.byKey[key]) }
 
@@ -114,17 +124,28 @@ func (a *Allocator) Release(key string) {
 	delete(a.byKey, key)
 }
 
-// Restore claims ips for r, as read from the Service's status after a restart. It fails,
-// claiming nothing, when an address is in no pool serving r or is held by a Service it
-// may not share with: the controller restores the oldest Services first, so the younger of
-// two claimants loses and is given another address.
+// Restore claims ips for r, as read from the Service's status after a restart, and
+// returns the addresses it could not claim with the reason of the first: an address in no
+// pool serving r, or held by a Service r may not share with. The controller restores the
+// oldest Services first, so the younger of two claimants loses and its next Assign gives
+// it another address.
 func (a *Allocator) Restore(r Request, ips []netip.Addr) error {
-	if err := a.valid(r, ips); err != nil {
-		return err
-	}
 	a.Release(r.Key)
-	a.claim(r, ips)
-	return nil
+	var keep []netip.Addr
+	var first error
+	for _, ip := range ips {
+		if err := a.valid(r, append(slices.Clone(keep), ip)); err != nil {
+			if first == nil {
+				first = err
+			}
+			continue
+		}
+		keep = append(keep, ip)
+	}
+	if len(keep) > 0 {
+		a.claim(r, keep)
+	}
+	return first
 }
 
 // Assign returns r's addresses: the ones it holds while they still fit the request and
@@ -206,9 +227,6 @@ func (a *Allocator) valid(r Request, ips []netip.Addr) error {
 		if other := a.conflict(r, ip); other != "" {
 			return errorf(ReasonAlreadyInUse, "%s is already used by Service %s%s", ip, other, a.whyNotShared(r, ip))
 		}
-	}
-	if len(r.Requested) > 0 && !sameSet(ips, r.Requested) {
-		return errorf(ReasonInvalidRequest, "not the requested addresses")
 	}
 	return nil
 }
