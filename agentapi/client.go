@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"strings"
 	"syscall"
@@ -68,6 +69,21 @@ func (c *Client) Routes(ctx context.Context) (Routes, error) {
 	return rs, err
 }
 
+// PodPolicies are the NetworkPolicies that select a pod and what they allow.
+func (c *Client) PodPolicies(ctx context.Context, namespace, pod string) (PodPolicies, error) {
+	var pp PodPolicies
+	q := url.Values{"namespace": {namespace}, "pod": {pod}}
+	err := c.get(ctx, PathPolicy+"?"+q.Encode(), &pp)
+	return pp, err
+}
+
+// CheckPolicy tells whether a new connection would be allowed, and by which rule.
+func (c *Client) CheckPolicy(ctx context.Context, q PolicyCheck) (PolicyVerdict, error) {
+	var v PolicyVerdict
+	err := c.get(ctx, PathPolicyCheck+"?"+q.Query().Encode(), &v)
+	return v, err
+}
+
 func (c *Client) get(ctx context.Context, path string, into any) error {
 	var budget time.Duration
 	if dl, ok := ctx.Deadline(); ok {
@@ -103,8 +119,13 @@ func (c *Client) get(ctx context.Context, path string, into any) error {
 // httpError carries the server's own error message, which says what went wrong on its side.
 func httpError(path string, resp *http.Response, body []byte) error {
 	var eb ErrorBody
+	kind := kindOf(resp.StatusCode)
 	if err := json.Unmarshal(body, &eb); err == nil && eb.Error != "" {
-		return fmt.Errorf("podroute agent: %s (HTTP %d on %s)", eb.Error, resp.StatusCode, path)
+		err := fmt.Errorf("podroute agent: %s (HTTP %d on %s)", eb.Error, resp.StatusCode, path)
+		if kind != nil {
+			return MarkError(kind, err)
+		}
+		return err
 	}
 	text := strings.Join(strings.Fields(string(body)), " ")
 	if len(text) > 200 {

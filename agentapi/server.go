@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -50,6 +51,8 @@ func NewServer(src Source, log *slog.Logger) *Server {
 	s.mux.Handle(PathStatus, s.readOnly(s.status))
 	s.mux.Handle(PathNeighbors, s.readOnly(s.neighbors))
 	s.mux.Handle(PathRoutes, s.readOnly(s.routes))
+	s.mux.Handle(PathPolicy, s.readOnly(s.podPolicies))
+	s.mux.Handle(PathPolicyCheck, s.readOnly(s.checkPolicy))
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no such path %s in the podroute agent API", r.URL.Path))
 	})
@@ -223,6 +226,73 @@ func (s *Server) routes(*http.Request) (any, error) {
 	return rs, nil
 }
 
+// policySource is the Source's PolicySource, or an error for an agent without one.
+func (s *Server) policySource() (PolicySource, error) {
+	ps, ok := s.src.(PolicySource)
+	if !ok {
+		return nil, MarkError(ErrNotFound, errors.New("this podroute agent does not answer NetworkPolicy questions"))
+	}
+	return ps, nil
+}
+
+func (s *Server) podPolicies(r *http.Request) (any, error) {
+	q := r.URL.Query()
+	ns, pod := strings.TrimSpace(q.Get("namespace")), strings.TrimSpace(q.Get("pod"))
+	if ns == "" {
+		return nil, MarkError(ErrBadRequest, errors.New("namespace: missing (the pod's namespace)"))
+	}
+	if pod == "" {
+		return nil, MarkError(ErrBadRequest, errors.New("pod: missing (the pod's name)"))
+	}
+	ps, err := s.policySource()
+	if err != nil {
+		return nil, err
+	}
+	pp, err := ps.PodPolicies(ns, pod)
+	if err != nil {
+		return nil, fmt.Errorf("NetworkPolicies of pod %s/%s: %w", ns, pod, err)
+	}
+	if pp.IPs == nil {
+		pp.IPs = []string{}
+	}
+	for _, l := range []*[]PolicyRules{&pp.Ingress, &pp.Egress} {
+		if *l == nil {
+			*l = []PolicyRules{}
+		}
+		for i := range *l {
+			pr := &(*l)[i]
+			if pr.Rules == nil {
+				pr.Rules = []PolicyRule{}
+			}
+			for j := range pr.Rules {
+				if pr.Rules[j].Peers == nil {
+					pr.Rules[j].Peers = []string{}
+				}
+				if pr.Rules[j].Ports == nil {
+					pr.Rules[j].Ports = []string{}
+				}
+			}
+		}
+	}
+	return pp, nil
+}
+
+func (s *Server) checkPolicy(r *http.Request) (any, error) {
+	pc, err := ParsePolicyCheck(r.URL.Query())
+	if err != nil {
+		return nil, MarkError(ErrBadRequest, err)
+	}
+	ps, err := s.policySource()
+	if err != nil {
+		return nil, err
+	}
+	v, err := ps.CheckPolicy(pc)
+	if err != nil {
+		return nil, fmt.Errorf("checking a connection against NetworkPolicy: %w", err)
+	}
+	return v, nil
+}
+
 // readOnly adapts a getter to an http.Handler that answers GET and HEAD with JSON.
 func (s *Server) readOnly(get func(*http.Request) (any, error)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -234,8 +304,13 @@ func (s *Server) readOnly(get func(*http.Request) (any, error)) http.Handler {
 		}
 		v, err := get(r)
 		if err != nil {
-			s.log.Warn("agent API request failed", "path", r.URL.Path, "err", err)
-			writeError(w, http.StatusInternalServerError, err.Error())
+			code := statusOf(err)
+			if code == http.StatusInternalServerError {
+				s.log.Warn("agent API request failed", "path", r.URL.Path, "err", err)
+			} else {
+				s.log.Debug("agent API request refused", "path", r.URL.Path, "status", code, "err", err)
+			}
+			writeError(w, code, err.Error())
 			return
 		}
 		writeJSON(w, http.StatusOK, v)

@@ -9,6 +9,10 @@ const (
 	PathStatus    = "/v1/status"
 	PathNeighbors = "/v1/bgp/neighbors"
 	PathRoutes    = "/v1/bgp/routes"
+	// PathPolicy takes namespace= and pod=; PathPolicyCheck takes from= (namespace/name or
+	// an address), to= (namespace/name), port= and protocol= (tcp, udp, sctp).
+	PathPolicy      = "/v1/policy"
+	PathPolicyCheck = "/v1/policy/check"
 )
 
 // DefaultSocket is where the agent listens unless told otherwise.
@@ -120,4 +124,88 @@ type Source interface {
 	Status() Status
 	Neighbors() ([]Neighbor, error)
 	Routes() (Routes, error)
+}
+
+// PodPolicies is the answer on PathPolicy: the NetworkPolicies that select a pod, in each
+// direction, and what they allow.
+type PodPolicies struct {
+	Namespace string `json:"namespace"`
+	Pod       string `json:"pod"`
+	// Local: the pod is on this node, so this node polices its traffic.
+	Local bool `json:"local"`
+	// HostNetwork pods are never policed.
+	HostNetwork bool     `json:"hostNetwork,omitempty"`
+	IPs         []string `json:"ips"`
+	// Ingress and Egress are the policies selecting the pod in each direction, ordered by
+	// namespace/name; none: that direction is open.
+	Ingress []PolicyRules `json:"ingress"`
+	Egress  []PolicyRules `json:"egress"`
+	// Problems are what the API server would have refused in these policies: the parts
+	// concerned allow nothing.
+	Problems []string `json:"problems,omitempty"`
+}
+
+// PolicyRules is one policy's rules of one direction; none: it allows nothing (a default
+// deny) unless another policy selecting the pod does.
+type PolicyRules struct {
+	Policy string       `json:"policy"` // namespace/name
+	Rules  []PolicyRule `json:"rules"`
+}
+
+// PolicyRule is what one rule allows.
+type PolicyRule struct {
+	Index int `json:"index"`
+	// Peers are the sources (ingress) or destinations (egress) it allows; none: every address.
+	Peers []string `json:"peers"`
+	// Ports are the ports it allows; none: every port of every protocol.
+	Ports []string `json:"ports"`
+}
+
+// PolicyCheck is the question on PathPolicyCheck: would a new connection be allowed?
+type PolicyCheck struct {
+	// From is the source: a pod (FromNamespace and FromPod) or an address (FromIP).
+	FromNamespace string `json:"fromNamespace,omitempty"`
+	FromPod       string `json:"fromPod,omitempty"`
+	FromIP        string `json:"fromIP,omitempty"`
+	// To is the destination pod.
+	ToNamespace string `json:"toNamespace"`
+	ToPod       string `json:"toPod"`
+	Port        int    `json:"port"`
+	Protocol    string `json:"protocol"` // tcp, udp or sctp
+}
+
+// PolicyVerdict is the answer on PathPolicyCheck. The connection is allowed when both the
+// sender's egress and the receiver's ingress allow it.
+type PolicyVerdict struct {
+	From string `json:"from"`
+	To   string `json:"to"`
+	// FromIP and ToIP are the addresses judged: the source's family when the source is an
+	// address, else the first family both pods have.
+	FromIP   string          `json:"fromIP"`
+	ToIP     string          `json:"toIP"`
+	Port     int             `json:"port"`
+	Protocol string          `json:"protocol"`
+	Allowed  bool            `json:"allowed"`
+	Egress   PolicyJudgement `json:"egress"`
+	Ingress  PolicyJudgement `json:"ingress"`
+}
+
+// PolicyJudgement is one direction of a PolicyVerdict.
+type PolicyJudgement struct {
+	// Pod is the pod whose policies judge this direction; empty when the source is not a pod.
+	Pod     string `json:"pod,omitempty"`
+	Allowed bool   `json:"allowed"`
+	// Policed: some policy selects the pod in this direction.
+	Policed  bool     `json:"policed"`
+	Policies []string `json:"policies,omitempty"`
+	// Rule is the rule that allows the connection: "shop/allow-web ingress rule 0".
+	Rule   string `json:"rule,omitempty"`
+	Reason string `json:"reason"`
+}
+
+// PolicySource is what an agent adds to Source to answer NetworkPolicy questions. A Source
+// without it answers PathPolicy and PathPolicyCheck with 404.
+type PolicySource interface {
+	PodPolicies(namespace, pod string) (PodPolicies, error)
+	CheckPolicy(q PolicyCheck) (PolicyVerdict, error)
 }
