@@ -274,12 +274,16 @@ type meshJoin struct {
 	peersUp                 int
 	refusedConns            int
 	startLead               time.Duration // Node created -> agent started (agent-start mode)
+	created                 time.Time     // the create call, to read the agents' logs by
 	// Work: per running agent, reconcile passes and the time they took, from the create call
 	// to 3 s after the join converged (join) and from the delete call to 3 s after the
 	// routes were gone (leave); the new agent's passes during the join.
 	joinPasses, leavePasses []int
 	joinPassTime            time.Duration // every running agent's, summed
 	newPasses               int
+	// CPU time (utime+stime) of each running agent over the same windows, ms: a Node event's
+	// cost where every node has its own CPU, plus the few ms of keepalives in the window.
+	joinCPU, leaveCPU []int
 	// Route changes the kernel announced in each running node over the same windows.
 	joinRoutes, leaveRoutes []int
 	// BGP messages on the fabric over the same windows.
@@ -287,10 +291,18 @@ type meshJoin struct {
 }
 
 func (j meshJoin) String() string {
-	return fmt.Sprintf("(agent started %s ms after the Node) routed everywhere %s ms (median node %s), new node routes the others %s ms, removed everywhere %s ms; neighbor added by the others %s..%s ms, by the new agent (last) %s ms; sessions up %s..%s ms (%d), connections refused by the new agent %d; passes per agent (join) %d..%d; updates: new->others %d, others->new %d, among the others %d",
-		ms(j.startLead), ms(j.add), ms(j.addMedian), ms(j.learn), ms(j.del), ms(slices.Min(j.neighborAdded)), ms(slices.Max(j.neighborAdded)), ms(j.newAdded),
-		ms(j.firstPeerUp), ms(j.lastPeerUp), j.peersUp, j.refusedConns, slices.Min(j.joinPasses), slices.Max(j.joinPasses),
+	return fmt.Sprintf("(Node created at %s, agent started %s ms after) routed everywhere %s ms (median node %s), new node routes the others %s ms, removed everywhere %s ms; neighbor added by the others %s..%s ms, by the new agent (last) %s ms; sessions up %s..%s ms (%d), connections refused by the new agent %d; passes per agent (join) %d..%d, CPU per agent (join) median %d ms; updates: new->others %d, others->new %d, among the others %d",
+		j.created.UTC().Format("15:04:05.000"), ms(j.startLead), ms(j.add), ms(j.addMedian), ms(j.learn), ms(j.del), ms(slices.Min(j.neighborAdded)), ms(slices.Max(j.neighborAdded)), ms(j.newAdded),
+		ms(j.firstPeerUp), ms(j.lastPeerUp), j.peersUp, j.refusedConns, slices.Min(j.joinPasses), slices.Max(j.joinPasses), median(toInt64(j.joinCPU)),
 		j.joinWire.fromNew[bgpUpdate], j.joinWire.toNew[bgpUpdate], j.joinWire.among[bgpUpdate])
+}
+
+func toInt64(xs []int) []int64 {
+	out := make([]int64, len(xs))
+	for i, x := range xs {
+		out[i] = int64(x)
+	}
+	return out
 }
 
 // meshJoinOnce: a new node joins the mesh of nodes (meshModes: agentFirst, its agent runs
@@ -325,6 +337,7 @@ func meshJoinOnce(b *testing.B, l *lab.Lab, nodes []*lab.Node, watches []*routeW
 	offs := logOffsets(nodes)
 	newOff := n.Agent.LogSize()
 	m0 := allReconcileMetrics(b, nodes)
+	c0 := allCPU(b, nodes)
 	var new0 reconcileSums // an agent not started yet has made no passes
 	if agentFirst {
 		new0 = reconcileMetrics(b, n)
@@ -335,6 +348,7 @@ func meshJoinOnce(b *testing.B, l *lab.Lab, nodes []*lab.Node, watches []*routeW
 
 	var res meshJoin
 	created := time.Now()
+	res.created = created
 	if err := n.CreateNodeObject(); err != nil {
 		b.Fatal(err)
 	}
@@ -380,6 +394,7 @@ func meshJoinOnce(b *testing.B, l *lab.Lab, nodes []*lab.Node, watches []*routeW
 	done := t0.Add(max(res.add, res.learn))
 	time.Sleep(3 * time.Second)
 	m1 := allReconcileMetrics(b, nodes)
+	c1 := allCPU(b, nodes)
 	new1 := reconcileMetrics(b, n)
 	w1 := wire.snapshot()
 	res.joinWire = w1.delta(w0, n)
@@ -388,6 +403,7 @@ func meshJoinOnce(b *testing.B, l *lab.Lab, nodes []*lab.Node, watches []*routeW
 		res.joinPasses = append(res.joinPasses, m1[i].count-m0[i].count)
 		res.joinPassTime += m1[i].sum - m0[i].sum
 		res.joinRoutes = append(res.joinRoutes, watches[i].count(t0, done.Add(3*time.Second)))
+		res.joinCPU = append(res.joinCPU, int(c1[i]-c0[i])*1000/clkTck)
 	}
 	// The join taken apart, from the logs.
 	for i, o := range nodes {
@@ -414,6 +430,7 @@ func meshJoinOnce(b *testing.B, l *lab.Lab, nodes []*lab.Node, watches []*routeW
 	}
 
 	m1 = allReconcileMetrics(b, nodes)
+	c1 = allCPU(b, nodes)
 	w1 = wire.snapshot()
 	t1 := time.Now()
 	if err := n.DeleteNodeObject(); err != nil {
@@ -430,10 +447,12 @@ func meshJoinOnce(b *testing.B, l *lab.Lab, nodes []*lab.Node, watches []*routeW
 	res.del, res.delMedian = pct(ats, 100), median(ats)
 	time.Sleep(3 * time.Second)
 	m2 := allReconcileMetrics(b, nodes)
+	c2 := allCPU(b, nodes)
 	res.leaveWire = wire.snapshot().delta(w1, n)
 	for i := range nodes {
 		res.leavePasses = append(res.leavePasses, m2[i].count-m1[i].count)
 		res.leaveRoutes = append(res.leaveRoutes, watches[i].count(t1, t1.Add(res.del+3*time.Second)))
+		res.leaveCPU = append(res.leaveCPU, int(c2[i]-c1[i])*1000/clkTck)
 	}
 	if err := n.Remove(); err != nil {
 		b.Fatal(err)
@@ -626,6 +645,19 @@ func allReconcileMetrics(b *testing.B, nodes []*lab.Node) []reconcileSums {
 	out := make([]reconcileSums, len(nodes))
 	for i, n := range nodes {
 		out[i] = reconcileMetrics(b, n)
+	}
+	return out
+}
+
+// allCPU is every agent's utime+stime, in clock ticks.
+func allCPU(b *testing.B, nodes []*lab.Node) []int64 {
+	b.Helper()
+	out := make([]int64, len(nodes))
+	for i, n := range nodes {
+		var err error
+		if out[i], err = cpuTicks(n.Agent.PID()); err != nil {
+			b.Fatalf("%s: %v", n.Name, err)
+		}
 	}
 	return out
 }
@@ -967,6 +999,8 @@ func meshTable(small, big *meshPhase) {
 		}
 		wireRow("join: reconcile passes of the new agent", func(j meshJoin) int { return j.newPasses })
 		intRow("leave: reconcile passes per running agent", func(j meshJoin) []int { return j.leavePasses })
+		intRow("join: CPU of a running agent, ms (create call to 3 s after convergence)", func(j meshJoin) []int { return j.joinCPU })
+		intRow("leave: CPU of a running agent, ms (delete call to 3 s after the routes are gone)", func(j meshJoin) []int { return j.leaveCPU })
 		intRow("join: kernel route changes per running node", func(j meshJoin) []int { return j.joinRoutes })
 		intRow("leave: kernel route changes per running node", func(j meshJoin) []int { return j.leaveRoutes })
 		wireRow("join: BGP UPDATEs sent by the new node (all peers)", func(j meshJoin) int { return j.joinWire.fromNew[bgpUpdate] })
