@@ -48,25 +48,6 @@
 //
 // # RBAC
 //
-//	# ClusterRole
-//	- apiGroups: [""]
-//	  resources: [services]
-//	  verbs: [get, list, watch]
-//	- apiGroups: [""]
-//	  resources: [services/status]
-//	  verbs: [update]
-//	- apiGroups: [podroute.io]
-//	  resources: [loadbalancerippools]
-//	  verbs: [list, watch]
-//	- apiGroups: [podroute.io]
-//	  resources: [loadbalancerippools/status]
-//	  verbs: [update]
-//	- apiGroups: [""]
-//	  resources: [events]
-//	  verbs: [create, patch]
-//	# Role in Options.LeaseNamespace
-//	- apiGroups: [coordination.k8s.io]
-//	  resources: [leases]
-//	  verbs: [get, create, update]
-//	  # resourceNames: [podroute-lbipam] may restrict get and update; create cannot be
+// ClusterRoleRules (Services, their status, the pools and their status, Events) and, in
+// the Lease's namespace, LeaseRoleRules; the tests run the controller with exactly these.
 package lbipam

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -20,6 +21,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/yaml"
 
 	"github.com/podroute/podroute/test/kube"
@@ -86,6 +88,43 @@ type harness struct {
 	ctx context.Context
 	cs  kubernetes.Interface
 	dyn dynamic.Interface
+	// ctlCS and ctlDyn act as the controller's service account, bound to exactly
+	// ClusterRoleRules and LeaseRoleRules.
+	ctlCS  kubernetes.Interface
+	ctlDyn dynamic.Interface
+}
+
+const controllerSA = "system:serviceaccount:podroute-system:podroute-lbipam"
+
+// restrict binds the controller's identity to the rules the package documents and returns
+// clients acting as it.
+func (h *harness) restrict(admin *rest.Config) {
+	h.t.Helper()
+	rbac := h.cs.RbacV1()
+	subj := []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: controllerSA}}
+	if _, err := rbac.ClusterRoles().Create(h.ctx, &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: "podroute-lbipam"}, Rules: ClusterRoleRules}, metav1.CreateOptions{}); err != nil {
+		h.t.Fatal(err)
+	}
+	if _, err := rbac.ClusterRoleBindings().Create(h.ctx, &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "podroute-lbipam"}, Subjects: subj,
+		RoleRef: rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "podroute-lbipam"}}, metav1.CreateOptions{}); err != nil {
+		h.t.Fatal(err)
+	}
+	if _, err := rbac.Roles("default").Create(h.ctx, &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: "podroute-lbipam"}, Rules: LeaseRoleRules}, metav1.CreateOptions{}); err != nil {
+		h.t.Fatal(err)
+	}
+	if _, err := rbac.RoleBindings("default").Create(h.ctx, &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "podroute-lbipam"}, Subjects: subj,
+		RoleRef: rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: "podroute-lbipam"}}, metav1.CreateOptions{}); err != nil {
+		h.t.Fatal(err)
+	}
+	cfg := rest.CopyConfig(admin)
+	cfg.Impersonate = rest.ImpersonationConfig{UserName: controllerSA, Groups: []string{"system:serviceaccounts", "system:authenticated"}}
+	h.ctlCS = kubernetes.NewForConfigOrDie(cfg)
+	h.ctlDyn = dynamic.NewForConfigOrDie(cfg)
+	// Nothing beyond the rules: no Service spec writes.
+	if _, err := h.ctlCS.CoreV1().Services("default").Create(h.ctx, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "x"},
+		Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Port: 1}}}}, metav1.CreateOptions{}); !apierrors.IsForbidden(err) {
+		h.t.Fatalf("controller identity may create Services: %v", err)
+	}
 }
 
 func (h *harness) start(name string, leaderElection bool) (*Controller, context.CancelFunc, <-chan error) {
@@ -94,7 +133,7 @@ func (h *harness) start(name string, leaderElection bool) (*Controller, context.
 		opts.LeaseNamespace = "default"
 		opts.LeaseDuration, opts.RenewDeadline, opts.RetryPeriod = 4*time.Second, 3*time.Second, 200*time.Millisecond
 	}
-	c := NewController(h.cs, h.dyn, opts)
+	c := NewController(h.ctlCS, h.ctlDyn, opts)
 	ctx, cancel := context.WithCancel(h.ctx)
 	done := make(chan error, 1)
 	go func() { done <- c.Run(ctx) }()
@@ -199,6 +238,7 @@ func TestController(t *testing.T) {
 	defer cancel()
 	h := &harness{t: t, ctx: ctx, cs: c.Client, dyn: dynamic.NewForConfigOrDie(c.RestConfig)}
 	installPoolCRD(ctx, t, h.dyn)
+	h.restrict(c.RestConfig)
 
 	t.Run("Schema", func(t *testing.T) {
 		for _, tc := range []struct {
