@@ -2,73 +2,66 @@ package bgp
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
-	"slices"
-
-	gobgplog "github.com/osrg/gobgp/v3/pkg/log"
 )
 
-// slogAdapter feeds GoBGP's logger interface into log/slog. Level is owned by the slog
-// handler; GoBGP's SetLevel is ignored.
-type slogAdapter struct {
-	l *slog.Logger
-	// onPeerProblem sees warnings and errors about a peer (GoBGP puts the neighbor
-	// address in the "Key" field) so PeerState can report the last one.
-	onPeerProblem func(key, msg string, fields gobgplog.Fields)
+// peerProblemHandler sits between GoBGP's slog logger and podroute's handler. It passes
+// every record on unchanged, and shows warnings and errors about a peer to onPeerProblem
+// so PeerState can report the last one, even when the handler's level drops them.
+// GoBGP's per-peer logger carries Topic=Peer and Key=<neighbor address> (added with
+// With, so they arrive through WithAttrs).
+type peerProblemHandler struct {
+	next          slog.Handler
+	attrs         []slog.Attr // from WithAttrs, outside any group
+	grouped       bool        // WithGroup was called: later attributes are not top-level
+	onPeerProblem func(key, msg string, attrs map[string]any)
 }
 
-var _ gobgplog.Logger = (*slogAdapter)(nil)
+func newPeerProblemHandler(next slog.Handler, onPeerProblem func(key, msg string, attrs map[string]any)) *peerProblemHandler {
+	return &peerProblemHandler{next: next, onPeerProblem: onPeerProblem}
+}
 
-func (a *slogAdapter) emit(level slog.Level, msg string, fields gobgplog.Fields) {
-	if level >= slog.LevelWarn && a.onPeerProblem != nil {
-		if key, ok := fields["Key"].(string); ok && fields["Topic"] == "Peer" {
-			a.onPeerProblem(key, msg, fields)
+func (h *peerProblemHandler) Enabled(ctx context.Context, level slog.Level) bool {
+	return level >= slog.LevelWarn || h.next.Enabled(ctx, level)
+}
+
+func (h *peerProblemHandler) Handle(ctx context.Context, r slog.Record) error {
+	if r.Level >= slog.LevelWarn {
+		attrs := make(map[string]any, len(h.attrs)+r.NumAttrs())
+		for _, a := range h.attrs {
+			attrs[a.Key] = a.Value.Resolve().Any()
+		}
+		if !h.grouped {
+			r.Attrs(func(a slog.Attr) bool {
+				attrs[a.Key] = a.Value.Resolve().Any()
+				return true
+			})
+		}
+		if key, ok := attrs["Key"].(string); ok && attrs["Topic"] == "Peer" {
+			h.onPeerProblem(key, r.Message, attrs)
 		}
 	}
-	ctx := context.Background()
-	if !a.l.Enabled(ctx, level) {
-		return
+	if !h.next.Enabled(ctx, r.Level) {
+		return nil
 	}
-	keys := make([]string, 0, len(fields))
-	for k := range fields {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	attrs := make([]slog.Attr, 0, len(keys))
-	for _, k := range keys {
-		v := fields[k]
-		if err, ok := v.(error); ok {
-			v = err.Error()
-		}
-		attrs = append(attrs, slog.Any(k, v))
-	}
-	a.l.LogAttrs(ctx, level, msg, attrs...)
+	return h.next.Handle(ctx, r)
 }
 
-// Panic and Fatal mark internal invariant violations in GoBGP. They are logged and then
-// panic (in GoBGP's goroutine, as its own logger would exit), keeping the stack trace.
-func (a *slogAdapter) Panic(msg string, fields gobgplog.Fields) {
-	a.emit(slog.LevelError, msg, fields)
-	panic(fmt.Sprintf("gobgp: %s %v", msg, fields))
-}
-
-func (a *slogAdapter) Fatal(msg string, fields gobgplog.Fields) {
-	a.emit(slog.LevelError, msg, fields)
-	panic(fmt.Sprintf("gobgp: fatal: %s %v", msg, fields))
-}
-
-func (a *slogAdapter) Error(msg string, fields gobgplog.Fields) { a.emit(slog.LevelError, msg, fields) }
-func (a *slogAdapter) Warn(msg string, fields gobgplog.Fields)  { a.emit(slog.LevelWarn, msg, fields) }
-func (a *slogAdapter) Info(msg string, fields gobgplog.Fields)  { a.emit(slog.LevelInfo, msg, fields) }
-func (a *slogAdapter) Debug(msg string, fields gobgplog.Fields) { a.emit(slog.LevelDebug, msg, fields) }
-
-func (a *slogAdapter) SetLevel(gobgplog.LogLevel) {}
-
-// GetLevel lets GoBGP skip building debug messages the handler would drop.
-func (a *slogAdapter) GetLevel() gobgplog.LogLevel {
-	if a.l.Enabled(context.Background(), slog.LevelDebug) {
-		return gobgplog.DebugLevel
+func (h *peerProblemHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	c := *h
+	c.next = h.next.WithAttrs(as)
+	if !h.grouped {
+		c.attrs = append(append([]slog.Attr{}, h.attrs...), as...)
 	}
-	return gobgplog.InfoLevel
+	return &c
+}
+
+func (h *peerProblemHandler) WithGroup(name string) slog.Handler {
+	if name == "" {
+		return h
+	}
+	c := *h
+	c.next = h.next.WithGroup(name)
+	c.grouped = true
+	return &c
 }

@@ -10,7 +10,9 @@ import (
 	"sort"
 	"time"
 
-	api "github.com/osrg/gobgp/v3/api"
+	api "github.com/osrg/gobgp/v4/api"
+	"github.com/osrg/gobgp/v4/pkg/apiutil"
+	"github.com/osrg/gobgp/v4/pkg/packet/bgp"
 )
 
 func (r *router) localRestarting(n Neighbor) bool {
@@ -128,18 +130,21 @@ func (r *router) UpdateNeighbor(ctx context.Context, n Neighbor) (err error) {
 		return fmt.Errorf("bgp: update neighbor %s: %w", n.Address, err)
 	}
 	if resp.GetNeedsSoftResetIn() {
-		if err := r.srv.ResetPeer(ctx, &api.ResetPeerRequest{Address: n.Address.String(), Soft: true, Direction: api.ResetPeerRequest_IN}); err != nil {
+		if err := r.srv.ResetPeer(ctx, &api.ResetPeerRequest{Address: n.Address.String(), Soft: true, Direction: api.ResetPeerRequest_DIRECTION_IN}); err != nil {
 			return fmt.Errorf("bgp: update neighbor %s: soft reset: %w", n.Address, err)
 		}
 	}
 	if rrChanged {
-		if err := r.srv.ResetPeer(ctx, &api.ResetPeerRequest{Address: n.Address.String(), Soft: true, Direction: api.ResetPeerRequest_OUT}); err != nil {
+		if err := r.srv.ResetPeer(ctx, &api.ResetPeerRequest{Address: n.Address.String(), Soft: true, Direction: api.ResetPeerRequest_DIRECTION_OUT}); err != nil {
 			return fmt.Errorf("bgp: update neighbor %s: soft reset: %w", n.Address, err)
 		}
 	}
 	if timersChanged {
-		// Cut the session without a NOTIFICATION: a graceful-restart peer keeps our routes
-		// while the session comes back with the new timers.
+		// Cut the session without a NOTIFICATION: both ends see the connection fail and
+		// keep each other's routes (graceful restart) while the session comes back with
+		// the new timers. GoBGP's ResetPeer sends a CEASE (Administrative Reset): an
+		// RFC 8538 peer would keep our routes, but GoBGP itself drops the peer's routes
+		// after sending one, and a peer without the N bit drops ours.
 		if _, err := abortSessions([]sessionKey{r.sessionKey(n)}); err != nil {
 			return fmt.Errorf("bgp: update neighbor %s: restart session for new timers: %w", n.Address, err)
 		}
@@ -197,7 +202,7 @@ func (r *router) Neighbors(ctx context.Context) (out []PeerState, err error) {
 			byAddr[a.Unmap()] = p
 		}
 	}
-	accepted := r.acceptedCounts(ctx, byAddr)
+	accepted := r.acceptedCounts(byAddr)
 	r.mu.Lock()
 	for addr, n := range r.neighbors {
 		ps := PeerState{Neighbor: n, State: StateIdle}
@@ -218,19 +223,19 @@ func (r *router) Neighbors(ctx context.Context) (out []PeerState, err error) {
 
 // acceptedCounts counts, per peer, the received paths the import filter accepts.
 // GoBGP's own "accepted" counter ignores the (global) import policy.
-func (r *router) acceptedCounts(ctx context.Context, peers map[netip.Addr]*api.Peer) map[netip.Addr]uint64 {
+func (r *router) acceptedCounts(peers map[netip.Addr]*api.Peer) map[netip.Addr]uint64 {
 	r.mu.Lock()
 	f := r.filter
 	r.mu.Unlock()
 	out := make(map[netip.Addr]uint64, len(peers))
 	for a, p := range peers {
-		if p.GetState().GetSessionState() != api.PeerState_ESTABLISHED {
+		if p.GetState().GetSessionState() != api.PeerState_SESSION_STATE_ESTABLISHED {
 			continue
 		}
-		for _, fam := range []*api.Family{familyIPv4, familyIPv6} {
-			_ = r.srv.ListPath(ctx, &api.ListPathRequest{TableType: api.TableType_ADJ_IN, Name: a.String(), Family: fam, EnableOnlyBinary: true},
-				func(d *api.Destination) {
-					for _, path := range d.Paths {
+		for _, fam := range families {
+			_ = r.srv.ListPath(apiutil.ListPathRequest{TableType: api.TableType_TABLE_TYPE_ADJ_IN, Name: a.String(), Family: fam},
+				func(_ bgp.NLRI, paths []*apiutil.Path) {
+					for _, path := range paths {
 						if pfx, ok := pathPrefix(path); ok && f.classify(a, pfx) == "" {
 							out[a]++
 						}
@@ -242,12 +247,12 @@ func (r *router) acceptedCounts(ctx context.Context, peers map[netip.Addr]*api.P
 }
 
 var sessionStates = map[api.PeerState_SessionState]string{
-	api.PeerState_IDLE:        StateIdle,
-	api.PeerState_CONNECT:     StateConnect,
-	api.PeerState_ACTIVE:      StateActive,
-	api.PeerState_OPENSENT:    StateOpenSent,
-	api.PeerState_OPENCONFIRM: StateOpenConfirm,
-	api.PeerState_ESTABLISHED: StateEstablished,
+	api.PeerState_SESSION_STATE_IDLE:        StateIdle,
+	api.PeerState_SESSION_STATE_CONNECT:     StateConnect,
+	api.PeerState_SESSION_STATE_ACTIVE:      StateActive,
+	api.PeerState_SESSION_STATE_OPENSENT:    StateOpenSent,
+	api.PeerState_SESSION_STATE_OPENCONFIRM: StateOpenConfirm,
+	api.PeerState_SESSION_STATE_ESTABLISHED: StateEstablished,
 }
 
 func fillPeerState(ps *PeerState, p *api.Peer) {

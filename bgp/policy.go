@@ -9,7 +9,9 @@ import (
 	"net/netip"
 	"slices"
 
-	api "github.com/osrg/gobgp/v3/api"
+	api "github.com/osrg/gobgp/v4/api"
+	"github.com/osrg/gobgp/v4/pkg/apiutil"
+	"github.com/osrg/gobgp/v4/pkg/packet/bgp"
 )
 
 // applyPoliciesLocked installs the routing policy for the current filter and route
@@ -39,12 +41,12 @@ func (r *router) applyPoliciesLocked(ctx context.Context, initial bool) error {
 	for _, a := range []struct {
 		name string
 		dir  api.PolicyDirection
-	}{{importPolicyName, api.PolicyDirection_IMPORT}, {exportPolicyName, api.PolicyDirection_EXPORT}} {
+	}{{importPolicyName, api.PolicyDirection_POLICY_DIRECTION_IMPORT}, {exportPolicyName, api.PolicyDirection_POLICY_DIRECTION_EXPORT}} {
 		err := r.srv.SetPolicyAssignment(ctx, &api.SetPolicyAssignmentRequest{Assignment: &api.PolicyAssignment{
 			Name:          "global",
 			Direction:     a.dir,
 			Policies:      []*api.Policy{{Name: a.name}},
-			DefaultAction: api.RouteAction_REJECT,
+			DefaultAction: api.RouteAction_ROUTE_ACTION_REJECT,
 		}})
 		if err != nil {
 			return fmt.Errorf("bgp: assign policy %s: %w", a.name, err)
@@ -78,10 +80,10 @@ func (r *router) UpdateImportFilter(ctx context.Context, f ImportFilter) (err er
 	// now refuses (they will not be announced again).
 	r.refusals.retain(func(p netip.Prefix, peer netip.Addr) bool { return nf.classify(peer, p) != "" })
 	for _, a := range addrs {
-		for _, fam := range []*api.Family{familyIPv4, familyIPv6} {
-			err := r.srv.ListPath(ctx, &api.ListPathRequest{TableType: api.TableType_ADJ_IN, Name: a.String(), Family: fam, EnableOnlyBinary: true},
-				func(d *api.Destination) {
-					for _, p := range d.Paths {
+		for _, fam := range families {
+			err := r.srv.ListPath(apiutil.ListPathRequest{TableType: api.TableType_TABLE_TYPE_ADJ_IN, Name: a.String(), Family: fam},
+				func(_ bgp.NLRI, paths []*apiutil.Path) {
+					for _, p := range paths {
 						if prefix, ok := pathPrefix(p); ok {
 							if reason := nf.classify(a, prefix); reason != "" {
 								r.refusals.note(prefix, a, reason)
@@ -95,7 +97,7 @@ func (r *router) UpdateImportFilter(ctx context.Context, f ImportFilter) (err er
 		}
 	}
 	// Re-run the import policy over everything received so far.
-	if err := r.srv.ResetPeer(ctx, &api.ResetPeerRequest{Address: "all", Soft: true, Direction: api.ResetPeerRequest_IN}); err != nil {
+	if err := r.srv.ResetPeer(ctx, &api.ResetPeerRequest{Address: "all", Soft: true, Direction: api.ResetPeerRequest_DIRECTION_IN}); err != nil {
 		return fmt.Errorf("bgp: re-apply import policy: %w", err)
 	}
 	return nil
@@ -141,8 +143,8 @@ const (
 // would re-advertise other nodes' routes to its eBGP peers as if it were transit for them.
 func (f *ImportFilter) policies(rrClients, noExport []netip.Addr) *api.SetPoliciesRequest {
 	req := &api.SetPoliciesRequest{}
-	accept := &api.Actions{RouteAction: api.RouteAction_ACCEPT}
-	reject := &api.Actions{RouteAction: api.RouteAction_REJECT}
+	accept := &api.Actions{RouteAction: api.RouteAction_ROUTE_ACTION_ACCEPT}
+	reject := &api.Actions{RouteAction: api.RouteAction_ROUTE_ACTION_REJECT}
 	local := &api.Statement{
 		Name:       "allow-local",
 		Conditions: &api.Conditions{RouteType: api.Conditions_ROUTE_TYPE_LOCAL},
@@ -155,7 +157,7 @@ func (f *ImportFilter) policies(rrClients, noExport []netip.Addr) *api.SetPolici
 		if len(prefixes) == 0 {
 			return false
 		}
-		req.DefinedSets = append(req.DefinedSets, &api.DefinedSet{DefinedType: api.DefinedType_PREFIX, Name: name, Prefixes: prefixes})
+		req.DefinedSets = append(req.DefinedSets, &api.DefinedSet{DefinedType: api.DefinedType_DEFINED_TYPE_PREFIX, Name: name, Prefixes: prefixes})
 		return true
 	}
 	// addNeighborSet defines a neighbor set. An empty one would match every neighbor,
@@ -168,7 +170,7 @@ func (f *ImportFilter) policies(rrClients, noExport []netip.Addr) *api.SetPolici
 		for _, a := range addrs {
 			list = append(list, netip.PrefixFrom(a, a.BitLen()).String())
 		}
-		req.DefinedSets = append(req.DefinedSets, &api.DefinedSet{DefinedType: api.DefinedType_NEIGHBOR, Name: name, List: list})
+		req.DefinedSets = append(req.DefinedSets, &api.DefinedSet{DefinedType: api.DefinedType_DEFINED_TYPE_NEIGHBOR, Name: name, List: list})
 		return true
 	}
 	addStatement := func(name string, c *api.Conditions, actions *api.Actions) {
@@ -176,7 +178,7 @@ func (f *ImportFilter) policies(rrClients, noExport []netip.Addr) *api.SetPolici
 	}
 	matchPrefixes := func(name string, prefixes []*api.Prefix, actions *api.Actions) {
 		if addPrefixSet(name, prefixes) {
-			addStatement("match-"+name, &api.Conditions{PrefixSet: &api.MatchSet{Type: api.MatchSet_ANY, Name: name}}, actions)
+			addStatement("match-"+name, &api.Conditions{PrefixSet: &api.MatchSet{Type: api.MatchSet_TYPE_ANY, Name: name}}, actions)
 		}
 	}
 
@@ -212,14 +214,14 @@ func (f *ImportFilter) policies(rrClients, noExport []netip.Addr) *api.SetPolici
 			pset := nset + fam.suffix
 			if addPrefixSet(pset, fam.prefixes) {
 				addStatement("origin-"+pset, &api.Conditions{
-					NeighborSet: &api.MatchSet{Type: api.MatchSet_ANY, Name: nset},
-					PrefixSet:   &api.MatchSet{Type: api.MatchSet_ANY, Name: pset},
+					NeighborSet: &api.MatchSet{Type: api.MatchSet_TYPE_ANY, Name: nset},
+					PrefixSet:   &api.MatchSet{Type: api.MatchSet_TYPE_ANY, Name: pset},
 				}, accept)
 			}
 		}
 	}
 	if addNeighborSet(setValidated, peers) {
-		addStatement("match-"+setValidated, &api.Conditions{NeighborSet: &api.MatchSet{Type: api.MatchSet_ANY, Name: setValidated}}, reject)
+		addStatement("match-"+setValidated, &api.Conditions{NeighborSet: &api.MatchSet{Type: api.MatchSet_TYPE_ANY, Name: setValidated}}, reject)
 	}
 
 	var allow4, allow6 []*api.Prefix
@@ -237,7 +239,7 @@ func (f *ImportFilter) policies(rrClients, noExport []netip.Addr) *api.SetPolici
 	if addNeighborSet(setNoExport, noExport) {
 		exp.Statements = append(exp.Statements, &api.Statement{
 			Name:       "no-export",
-			Conditions: &api.Conditions{NeighborSet: &api.MatchSet{Type: api.MatchSet_ANY, Name: setNoExport}},
+			Conditions: &api.Conditions{NeighborSet: &api.MatchSet{Type: api.MatchSet_TYPE_ANY, Name: setNoExport}},
 			Actions:    reject,
 		})
 	}
@@ -250,7 +252,7 @@ func (f *ImportFilter) policies(rrClients, noExport []netip.Addr) *api.SetPolici
 	if addNeighborSet(setRRClients, rrClients) {
 		exp.Statements = append(exp.Statements, &api.Statement{
 			Name:       "reflect-to-clients",
-			Conditions: &api.Conditions{NeighborSet: &api.MatchSet{Type: api.MatchSet_ANY, Name: setRRClients}},
+			Conditions: &api.Conditions{NeighborSet: &api.MatchSet{Type: api.MatchSet_TYPE_ANY, Name: setRRClients}},
 			Actions:    accept,
 		})
 	}

@@ -15,7 +15,9 @@ import (
 	"testing"
 	"time"
 
-	api "github.com/osrg/gobgp/v3/api"
+	api "github.com/osrg/gobgp/v4/api"
+	"github.com/osrg/gobgp/v4/pkg/apiutil"
+	"github.com/osrg/gobgp/v4/pkg/server"
 	"k8s.io/apimachinery/pkg/util/wait"
 )
 
@@ -107,6 +109,13 @@ func spawnSpeaker(t *testing.T, spec helperSpec) *child {
 	if testing.Verbose() && os.Getenv("BGP_TEST_LOG") != "" {
 		cmd.Stderr = os.Stderr
 	}
+	return startChild(t, cmd)
+}
+
+// startChild starts cmd, passes its output lines to child.lines and kills it at the end
+// of the test.
+func startChild(t *testing.T, cmd *exec.Cmd) *child {
+	t.Helper()
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -197,7 +206,7 @@ func TestGracefulRestart(t *testing.T) {
 	go func() {
 		defer close(done)
 		wait.Until(func() {
-			tbl, err := srv.GetTable(ctx, &api.GetTableRequest{TableType: api.TableType_GLOBAL, Family: familyIPv4})
+			tbl, err := srv.GetTable(ctx, &api.GetTableRequest{TableType: api.TableType_TABLE_TYPE_GLOBAL, Family: familyIPv4})
 			if err != nil || tbl.NumDestination == 0 {
 				gaps.Add(1)
 			}
@@ -273,5 +282,75 @@ func TestGracefulRestart(t *testing.T) {
 	}
 	if len(b.Refusals()) != 0 {
 		t.Errorf("unexpected refusals: %+v", b.Refusals())
+	}
+}
+
+// TestGracefulStopKeepsReflectedRoutes stops a route reflector for a restart: its clients
+// must keep the routes it reflected (stale), with no withdrawal first. GoBGP's own graceful
+// StopBgp deconfigures the clients one by one and would withdraw each one's routes from
+// the clients still connected.
+func TestGracefulStopKeepsReflectedRoutes(t *testing.T) {
+	ctx := context.Background()
+	port := freePort(t)
+	rr := startSpeaker(t, "127.0.8.1", port, nil)
+	clients := []*speaker{startSpeaker(t, "127.0.8.2", port, nil), startSpeaker(t, "127.0.8.3", port, nil), startSpeaker(t, "127.0.8.4", port, nil)}
+	prefixes := []netip.Prefix{pfx("10.244.82.0/24"), pfx("10.244.83.0/24"), pfx("10.244.84.0/24")}
+	gr := func(n *Neighbor) { n.GracefulRestart, n.RestartTime = true, 60*time.Second }
+
+	var withdrawals atomic.Int32
+	for i, c := range clients {
+		toClient, toRR := rr.neighborOf(c), c.neighborOf(rr)
+		gr(&toClient)
+		gr(&toRR)
+		toClient.Kind, toClient.RouteReflectorClient = KindReflectorClient, true
+		toRR.Kind = KindReflector
+		if err := rr.AddNeighbor(ctx, toClient); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.AddNeighbor(ctx, toRR); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Advertise(ctx, prefixes[i]); err != nil {
+			t.Fatal(err)
+		}
+		// Any withdrawal the reflector sends is seen as it arrives, before import policy.
+		err := c.Router.(*router).srv.WatchEvent(t.Context(), server.WatchEventMessageCallbacks{
+			OnPathUpdate: func(ps []*apiutil.Path, _ time.Time) {
+				for _, p := range ps {
+					if p.Withdrawal {
+						withdrawals.Add(1)
+					}
+				}
+			},
+		}, server.WatchUpdate(false, "", ""))
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	learnedAll := func(stale bool) string {
+		for i, c := range clients {
+			for j, p := range prefixes {
+				if i == j {
+					continue
+				}
+				r, ok := c.route(t, p)
+				if !ok {
+					return fmt.Sprintf("%s lacks %s", c.ip, p)
+				}
+				if r.Paths[0].Stale != stale {
+					return fmt.Sprintf("%s: %s stale %v, want %v", c.ip, p, r.Paths[0].Stale, stale)
+				}
+			}
+		}
+		return ""
+	}
+	eventually(t, 15*time.Second, func() string { return learnedAll(false) })
+
+	if err := rr.Stop(true); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, func() string { return learnedAll(true) })
+	if n := withdrawals.Load(); n != 0 {
+		t.Errorf("clients received %d withdrawals from the reflector stopping for a restart", n)
 	}
 }

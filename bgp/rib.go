@@ -7,15 +7,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"slices"
 	"time"
 
-	api "github.com/osrg/gobgp/v3/api"
-	"github.com/osrg/gobgp/v3/pkg/apiutil"
-	"github.com/osrg/gobgp/v3/pkg/packet/bgp"
+	api "github.com/osrg/gobgp/v4/api"
+	"github.com/osrg/gobgp/v4/pkg/apiutil"
+	"github.com/osrg/gobgp/v4/pkg/packet/bgp"
 )
+
+// families are the address families of every session and of the global table.
+var families = []bgp.Family{bgp.RF_IPv4_UC, bgp.RF_IPv6_UC}
 
 func (r *router) Advertise(ctx context.Context, prefix netip.Prefix, communities ...Community) (err error) {
 	defer guard("advertise", &err)
@@ -45,7 +47,7 @@ func (r *router) Advertise(ctx context.Context, prefix netip.Prefix, communities
 		return fmt.Errorf("bgp: advertise %s: %w", prefix, err)
 	}
 	// Same prefix from the same (local) source: GoBGP replaces the old path.
-	if _, err := r.srv.AddPath(ctx, &api.AddPathRequest{TableType: api.TableType_GLOBAL, Path: path}); err != nil {
+	if _, err := r.srv.AddPath(apiutil.AddPathRequest{Paths: []*apiutil.Path{path}}); err != nil {
 		return fmt.Errorf("bgp: advertise %s: %w", prefix, err)
 	}
 	r.mu.Lock()
@@ -58,23 +60,35 @@ func (r *router) Advertise(ctx context.Context, prefix netip.Prefix, communities
 // configured: GoBGP keeps a local path's explicit next hop towards iBGP and eBGP peers
 // alike, and only fills in the session's local address for an unspecified one, which
 // for an IPv6 prefix over an IPv4 session would be an IPv4 address in MP_REACH_NLRI.
-func (r *router) buildPath(prefix netip.Prefix, comms []Community) (*api.Path, error) {
-	attrs := []bgp.PathAttributeInterface{bgp.NewPathAttributeOrigin(bgp.BGP_ORIGIN_ATTR_TYPE_IGP)}
-	var nlri bgp.AddrPrefixInterface
-	if prefix.Addr().Is4() {
-		nlri = bgp.NewIPAddrPrefix(uint8(prefix.Bits()), prefix.Addr().String())
-		nh := "0.0.0.0"
-		if r.cfg.NextHopIPv4.IsValid() {
-			nh = r.cfg.NextHopIPv4.String()
-		}
-		attrs = append(attrs, bgp.NewPathAttributeNextHop(nh))
-	} else {
-		nlri = bgp.NewIPv6AddrPrefix(uint8(prefix.Bits()), prefix.Addr().String())
-		nh := "::"
+func (r *router) buildPath(prefix netip.Prefix, comms []Community) (*apiutil.Path, error) {
+	nlri, err := bgp.NewIPAddrPrefix(prefix)
+	if err != nil {
+		return nil, err
+	}
+	family, nh := bgp.RF_IPv4_UC, netip.IPv4Unspecified()
+	if r.cfg.NextHopIPv4.IsValid() {
+		nh = r.cfg.NextHopIPv4
+	}
+	if prefix.Addr().Is6() {
+		family, nh = bgp.RF_IPv6_UC, netip.IPv6Unspecified()
 		if r.cfg.NextHopIPv6.IsValid() {
-			nh = r.cfg.NextHopIPv6.String()
+			nh = r.cfg.NextHopIPv6
 		}
-		attrs = append(attrs, bgp.NewPathAttributeMpReachNLRI(nh, []bgp.AddrPrefixInterface{nlri}))
+	}
+	// GoBGP turns the next hop into NEXT_HOP or MP_REACH_NLRI by family.
+	attrs := []bgp.PathAttributeInterface{bgp.NewPathAttributeOrigin(bgp.BGP_ORIGIN_ATTR_TYPE_IGP)}
+	if family == bgp.RF_IPv4_UC {
+		a, err := bgp.NewPathAttributeNextHop(nh)
+		if err != nil {
+			return nil, err
+		}
+		attrs = append(attrs, a)
+	} else {
+		a, err := bgp.NewPathAttributeMpReachNLRI(family, []bgp.PathNLRI{{NLRI: nlri}}, nh)
+		if err != nil {
+			return nil, err
+		}
+		attrs = append(attrs, a)
 	}
 	if len(comms) > 0 {
 		vals := make([]uint32, len(comms))
@@ -83,7 +97,7 @@ func (r *router) buildPath(prefix netip.Prefix, comms []Community) (*api.Path, e
 		}
 		attrs = append(attrs, bgp.NewPathAttributeCommunities(vals))
 	}
-	return apiutil.NewPath(nlri, false, attrs, time.Now())
+	return &apiutil.Path{Family: family, Nlri: nlri, Attrs: attrs, Age: time.Now().Unix()}, nil
 }
 
 func (r *router) Withdraw(ctx context.Context, prefix netip.Prefix) (err error) {
@@ -103,7 +117,7 @@ func (r *router) Withdraw(ctx context.Context, prefix netip.Prefix) (err error) 
 	if !had {
 		return nil
 	}
-	if err := r.srv.DeletePath(ctx, &api.DeletePathRequest{TableType: api.TableType_GLOBAL, Family: adv.path.Family, Path: adv.path}); err != nil {
+	if err := r.srv.DeletePath(apiutil.DeletePathRequest{Paths: []*apiutil.Path{adv.path}}); err != nil {
 		return fmt.Errorf("bgp: withdraw %s: %w", prefix, err)
 	}
 	r.mu.Lock()
@@ -117,11 +131,11 @@ func (r *router) Routes(ctx context.Context) (routes []Route, err error) {
 	if err := r.running(); err != nil {
 		return nil, err
 	}
-	for _, fam := range []*api.Family{familyIPv4, familyIPv6} {
+	for _, fam := range families {
 		var derr error
-		err := r.srv.ListPath(ctx, &api.ListPathRequest{TableType: api.TableType_GLOBAL, Family: fam, EnableOnlyBinary: true},
-			func(d *api.Destination) {
-				rt, ok, err := r.route(d)
+		err := r.srv.ListPath(apiutil.ListPathRequest{TableType: api.TableType_TABLE_TYPE_GLOBAL, Family: fam},
+			func(_ bgp.NLRI, paths []*apiutil.Path) {
+				rt, ok, err := r.route(paths)
 				if err != nil {
 					derr = errors.Join(derr, err)
 				} else if ok {
@@ -139,139 +153,91 @@ func (r *router) Routes(ctx context.Context) (routes []Route, err error) {
 	return routes, nil
 }
 
-// pathInfo is what best-path comparison and Route need from a path.
-type pathInfo struct {
-	path      Path
-	local     bool
-	ibgp      bool
-	asPathLen int
-	origin    uint8
-}
-
-// route builds the Route for one destination. GoBGP lists a destination's paths best
-// first but marks only the first as best (its multipath marking in ListPath compares
-// whole paths including the source), so the multipath set is recomputed here with the
-// criteria GoBGP uses for it (table.Path.Compare): local vs learned, iBGP vs eBGP,
-// LOCAL_PREF, AS_PATH length, ORIGIN, MED.
-func (r *router) route(d *api.Destination) (Route, bool, error) {
-	var infos []pathInfo
-	var prefix netip.Prefix
-	for _, p := range d.Paths {
-		if p.IsWithdraw || p.IsNexthopInvalid {
+// route builds the Route for one destination from its paths, which GoBGP lists best
+// first with Best set on the best path and on every path equal to it on the multipath
+// criteria (table.Path.Compare: local vs learned, iBGP vs eBGP, LOCAL_PREF, AS_PATH
+// length, ORIGIN, MED).
+func (r *router) route(paths []*apiutil.Path) (Route, bool, error) {
+	var rt Route
+	for i, p := range paths {
+		if p.Withdrawal || p.IsNexthopInvalid || !p.Best {
 			continue
 		}
 		pfx, ok := pathPrefix(p)
 		if !ok {
-			return Route{}, false, fmt.Errorf("undecodable prefix in %q", d.Prefix)
+			return Route{}, false, fmt.Errorf("undecodable prefix %v", p.Nlri)
 		}
-		prefix = pfx
-		info, err := r.decodePath(p)
-		if err != nil {
-			return Route{}, false, fmt.Errorf("%s: %w", pfx, err)
-		}
-		infos = append(infos, info)
-	}
-	if len(infos) == 0 || infos[0].local {
-		// Nothing usable, or our own prefix wins: nothing to install.
-		return Route{}, false, nil
-	}
-	best := infos[0]
-	rt := Route{Prefix: prefix}
-	for i, in := range infos {
-		if i > 0 && (in.local || !sameCost(best, in)) {
+		if !p.PeerAddress.IsValid() {
+			if i == 0 {
+				// Our own prefix wins: nothing to install.
+				return Route{}, false, nil
+			}
 			continue
 		}
-		in.path.Best = i == 0
-		rt.Paths = append(rt.Paths, in.path)
-		if in.path.NextHop.IsValid() && !slices.Contains(rt.NextHops, in.path.NextHop) {
-			rt.NextHops = append(rt.NextHops, in.path.NextHop)
+		path := decodePath(p)
+		path.Best = len(rt.Paths) == 0
+		rt.Prefix = pfx
+		rt.Paths = append(rt.Paths, path)
+		if path.NextHop.IsValid() && !slices.Contains(rt.NextHops, path.NextHop) {
+			rt.NextHops = append(rt.NextHops, path.NextHop)
 		}
+	}
+	if len(rt.Paths) == 0 {
+		return Route{}, false, nil
 	}
 	slices.SortFunc(rt.NextHops, netip.Addr.Compare)
 	return rt, true, nil
 }
 
-func sameCost(a, b pathInfo) bool {
-	return a.local == b.local && a.ibgp == b.ibgp && a.path.LocalPref == b.path.LocalPref &&
-		a.asPathLen == b.asPathLen && a.origin == b.origin && a.path.MED == b.path.MED
-}
-
-func (r *router) decodePath(p *api.Path) (pathInfo, error) {
-	attrs, err := apiutil.GetNativePathAttributes(p)
-	if err != nil {
-		return pathInfo{}, fmt.Errorf("decode path attributes: %w", err)
+// decodePath converts a learned path.
+func decodePath(p *apiutil.Path) Path {
+	out := Path{LocalPref: 100, Stale: p.Stale, SourcePeer: p.PeerAddress.Unmap()}
+	if p.PeerID.IsValid() {
+		out.SourceRouterID = p.PeerID.Unmap()
 	}
-	in := pathInfo{path: Path{LocalPref: 100, Stale: p.Stale}}
-	if a, err := netip.ParseAddr(p.NeighborIp); err == nil {
-		in.path.SourcePeer = a.Unmap()
-	} else {
-		in.local = true // GoBGP reports a local path's missing source as "<nil>"
-	}
-	if a, err := netip.ParseAddr(p.SourceId); err == nil {
-		in.path.SourceRouterID = a.Unmap()
-	}
-	in.ibgp = p.SourceAsn != 0 && p.SourceAsn == r.cfg.ASN
-	for _, a := range attrs {
+	for _, a := range p.Attrs {
 		switch a := a.(type) {
 		case *bgp.PathAttributeNextHop:
-			in.path.NextHop = ipToAddr(a.Value)
+			out.NextHop = usableAddr(a.Value)
 		case *bgp.PathAttributeMpReachNLRI:
-			in.path.NextHop = ipToAddr(a.Nexthop)
+			out.NextHop = usableAddr(a.Nexthop)
 		case *bgp.PathAttributeAsPath:
 			for _, seg := range a.Value {
-				in.asPathLen += seg.ASLen()
-				in.path.ASPath = append(in.path.ASPath, seg.GetAS()...)
+				out.ASPath = append(out.ASPath, seg.GetAS()...)
 			}
 		case *bgp.PathAttributeLocalPref:
-			in.path.LocalPref = a.Value
+			out.LocalPref = a.Value
 		case *bgp.PathAttributeMultiExitDisc:
-			in.path.MED = a.Value
-		case *bgp.PathAttributeOrigin:
-			in.origin = a.Value
+			out.MED = a.Value
 		case *bgp.PathAttributeCommunities:
 			for _, c := range a.Value {
-				in.path.Communities = append(in.path.Communities, Community(c))
+				out.Communities = append(out.Communities, Community(c))
 			}
 		}
 	}
-	return in, nil
+	return out
 }
 
-func ipToAddr(ip net.IP) netip.Addr {
-	a, ok := netip.AddrFromSlice(ip)
-	if !ok || a.IsUnspecified() {
+func usableAddr(a netip.Addr) netip.Addr {
+	if !a.IsValid() || a.IsUnspecified() {
 		return netip.Addr{}
 	}
 	return a.Unmap()
 }
 
-// pathPrefix extracts an IPv4/IPv6 unicast prefix from an API path.
-func pathPrefix(p *api.Path) (netip.Prefix, bool) {
-	if p.Family == nil {
+// pathPrefix extracts an IPv4/IPv6 unicast prefix from a path.
+func pathPrefix(p *apiutil.Path) (netip.Prefix, bool) {
+	if p.Family != bgp.RF_IPv4_UC && p.Family != bgp.RF_IPv6_UC {
 		return netip.Prefix{}, false
 	}
-	nlri, err := apiutil.GetNativeNlri(p)
-	if err != nil {
-		return netip.Prefix{}, false
-	}
-	var ip net.IP
-	var bits uint8
-	switch n := nlri.(type) {
-	case *bgp.IPAddrPrefix:
-		ip, bits = n.Prefix, n.Length
-	case *bgp.IPv6AddrPrefix:
-		ip, bits = n.Prefix, n.Length
-	default:
-		return netip.Prefix{}, false
-	}
-	a, ok := netip.AddrFromSlice(ip)
+	n, ok := p.Nlri.(*bgp.IPAddrPrefix)
 	if !ok {
 		return netip.Prefix{}, false
 	}
-	if p.Family.Afi == api.Family_AFI_IP {
-		a = a.Unmap()
+	pfx := n.Prefix
+	if p.Family == bgp.RF_IPv4_UC {
+		pfx = unmapPrefix(pfx)
 	}
-	pfx := netip.PrefixFrom(a, int(bits))
 	return pfx, pfx.IsValid()
 }
 

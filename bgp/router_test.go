@@ -219,17 +219,20 @@ func TestImportPolicyRefusals(t *testing.T) {
 		}
 	}
 
-	// Re-announcements (new attributes) count, but each pair is logged once.
-	announce(2)
-	announce(3)
-	eventually(t, 10*time.Second, func() string {
-		for _, r := range b.Refusals() {
-			if r.Count < 3 {
-				return fmt.Sprintf("refusal %s count %d, want 3", r.Prefix, r.Count)
+	// Re-announcements (new attributes) count, but each pair is logged once. The sender
+	// coalesces updates still queued for a prefix into the last one, so each round is
+	// awaited before the next.
+	for round := uint64(2); round <= 3; round++ {
+		announce(uint16(round))
+		eventually(t, 10*time.Second, func() string {
+			for _, r := range b.Refusals() {
+				if r.Count < round {
+					return fmt.Sprintf("refusal %s count %d, want %d", r.Prefix, r.Count, round)
+				}
 			}
-		}
-		return ""
-	})
+			return ""
+		})
+	}
 	for p := range bad {
 		if n := b.logs.count("bgp: refused route", "prefix", p.String(), "peer", rogue.ip.String()); n != 1 {
 			t.Errorf("refusal of %s logged %d times, want once", p, n)

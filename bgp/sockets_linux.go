@@ -26,11 +26,13 @@ type sessionKey struct {
 // abortSessions shuts down (FIN, no BGP NOTIFICATION) every TCP connection of this
 // process that belongs to one of the given sessions, and returns how many it cut.
 //
-// GoBGP has no API to drop a session silently: every stop path writes a CEASE first,
-// which makes peers flush our routes. Shutting the sockets down under it makes the peer
-// read EOF, which RFC 4724 peers treat as a restart; GoBGP's own NOTIFICATION write then
-// fails on the dead socket. The connections are found through /proc/self/fd and matched
-// on both endpoints, so other TCP connections of the process are left alone.
+// GoBGP has no API to drop one session silently (ResetPeer and DeletePeer send a CEASE)
+// and its graceful StopBgp withdraws routes through the sessions still open while it
+// deconfigures the others (see Stop). Shutting the sockets down under it makes both ends
+// read EOF, which RFC 4724 speakers, GoBGP included, treat as a restart; a NOTIFICATION
+// GoBGP still writes fails on the dead socket. The connections are found through
+// /proc/self/fd and matched on both endpoints, so other TCP connections of the process
+// are left alone.
 func abortSessions(keys []sessionKey) (int, error) {
 	entries, err := os.ReadDir("/proc/self/fd")
 	if err != nil {

@@ -13,10 +13,10 @@ import (
 	"sync"
 	"time"
 
-	api "github.com/osrg/gobgp/v3/api"
-	"github.com/osrg/gobgp/v3/pkg/config/oc"
-	gobgplog "github.com/osrg/gobgp/v3/pkg/log"
-	"github.com/osrg/gobgp/v3/pkg/server"
+	api "github.com/osrg/gobgp/v4/api"
+	"github.com/osrg/gobgp/v4/pkg/apiutil"
+	"github.com/osrg/gobgp/v4/pkg/config/oc"
+	"github.com/osrg/gobgp/v4/pkg/server"
 )
 
 var startMu sync.Mutex
@@ -31,7 +31,7 @@ const (
 
 type advertisement struct {
 	communities []Community
-	path        *api.Path
+	path        *apiutil.Path
 }
 
 type peerProblem struct {
@@ -150,8 +150,11 @@ func (r *router) Start(ctx context.Context) (err error) {
 	r.mu.Unlock()
 
 	// No GrpcListenAddress option: GoBGP then opens no gRPC port at all.
-	srv := server.NewBgpServer(server.LoggerOption(&slogAdapter{l: r.log, onPeerProblem: r.notePeerProblem}))
-	// Serve runs GoBGP's event loop; every API call below waits on it.
+	// GoBGP logs through slog; the handler in between notes each peer's last problem.
+	// A nil level variable leaves levels to podroute's handler.
+	gl := slog.New(newPeerProblemHandler(r.log.Handler(), r.notePeerProblem))
+	srv := server.NewBgpServer(server.LoggerOption(gl, nil))
+	// Serve runs GoBGP's event loop until StopBgp; every API call below waits on it.
 	go srv.Serve()
 
 	global := &api.Global{
@@ -191,19 +194,14 @@ func (r *router) Start(ctx context.Context) (err error) {
 	wctx, cancel := context.WithCancel(context.Background())
 	// The callbacks only set flags and count refusals: GoBGP queues events for a slow
 	// watcher without bound.
-	err = srv.WatchEvent(wctx, &api.WatchEventRequest{
-		Peer: &api.WatchEventRequest_Peer{},
-		Table: &api.WatchEventRequest_Table{Filters: []*api.WatchEventRequest_Table_Filter{
-			{Type: api.WatchEventRequest_Table_Filter_BEST},
-			{Type: api.WatchEventRequest_Table_Filter_EOR},
-		}},
-	}, func(*api.WatchEventResponse) { r.notify() })
+	err = srv.WatchEvent(wctx, server.WatchEventMessageCallbacks{
+		OnBestPath:   func([]*apiutil.Path, time.Time) { r.notify() },
+		OnPathEor:    func(*apiutil.Path, time.Time) { r.notify() },
+		OnPeerUpdate: func(*apiutil.WatchEventMessage_PeerEvent, time.Time) { r.notify() },
+	}, server.WatchBestPath(false), server.WatchEor(false), server.WatchPeer())
 	if err == nil {
-		err = srv.WatchEvent(wctx, &api.WatchEventRequest{
-			Table: &api.WatchEventRequest_Table{Filters: []*api.WatchEventRequest_Table_Filter{
-				{Type: api.WatchEventRequest_Table_Filter_ADJIN},
-			}},
-		}, r.onAdjIn)
+		// Paths as received, before import policy, and the peers' own withdrawals.
+		err = srv.WatchEvent(wctx, server.WatchEventMessageCallbacks{OnPathUpdate: r.onAdjIn}, server.WatchUpdate(false, "", ""))
 	}
 	if err != nil {
 		cancel()
@@ -257,9 +255,13 @@ func (r *router) Stop(graceful bool) (err error) {
 	r.opMu.Lock()
 	defer r.opMu.Unlock()
 	if graceful {
-		// Cut the sessions before GoBGP gets a chance to send CEASE. Peers redial only
-		// after their connect-retry delay (at least a second), long after StopBgp below
-		// has closed the listeners and deconfigured the peers.
+		// StopBgp with AllowGracefulRestart closes graceful-restart sessions without a
+		// NOTIFICATION, but it deconfigures the peers one at a time, and each
+		// deconfiguration drops that peer's routes and sends the withdrawals to the peers
+		// still connected: a route reflector would withdraw the reflected routes from its
+		// clients before their own sessions close. Cutting every session first leaves
+		// nothing to send them on. Peers redial only after their connect-retry delay (at
+		// least a second), long after StopBgp has closed the listeners.
 		n, aerr := abortSessions(keys)
 		if aerr != nil {
 			err = fmt.Errorf("bgp: graceful stop: abort sessions: %w", aerr)
@@ -268,9 +270,9 @@ func (r *router) Stop(graceful bool) (err error) {
 	} else {
 		r.log.Info("bgp: stopping, peers will withdraw our routes")
 	}
-	// StopBgp returns once every peer is deconfigured. GoBGP's Serve goroutine has no
-	// way to exit and stays parked on its channels.
-	if serr := r.srv.StopBgp(context.Background(), &api.StopBgpRequest{}); serr != nil {
+	// StopBgp returns once every peer is deconfigured and GoBGP's Serve loop has ended.
+	// AllowGracefulRestart also keeps the CEASE from a session accepted after the cut.
+	if serr := r.srv.StopBgp(context.Background(), &api.StopBgpRequest{AllowGracefulRestart: graceful}); serr != nil {
 		err = errors.Join(err, fmt.Errorf("bgp: stop GoBGP: %w", serr))
 	}
 	return err
@@ -336,36 +338,29 @@ func (r *router) notify() {
 
 // onAdjIn sees every path received from a peer before import policy, to account
 // refusals with a reason, and every withdrawal, which ends a refusal.
-func (r *router) onAdjIn(resp *api.WatchEventResponse) {
-	t := resp.GetTable()
-	if t == nil {
-		return
-	}
+func (r *router) onAdjIn(paths []*apiutil.Path, _ time.Time) {
 	r.mu.Lock()
 	f := r.filter
 	r.mu.Unlock()
-	for _, p := range t.Paths {
+	for _, p := range paths {
 		prefix, ok := pathPrefix(p)
-		if !ok {
+		peer := p.PeerAddress.Unmap()
+		if !ok || !peer.IsValid() {
 			continue
 		}
-		peer, err := netip.ParseAddr(p.NeighborIp)
-		if err != nil {
-			continue
-		}
-		if p.IsWithdraw {
+		if p.Withdrawal {
 			// The peer no longer announces it: a refusal of it is over, and is logged
 			// again if the peer announces it again.
-			r.refusals.forget(prefix, peer.Unmap())
+			r.refusals.forget(prefix, peer)
 			continue
 		}
 		if reason := f.classify(peer, prefix); reason != "" {
-			r.refusals.record(prefix, peer.Unmap(), reason)
+			r.refusals.record(prefix, peer, reason)
 		}
 	}
 }
 
-func (r *router) notePeerProblem(key, msg string, fields gobgplog.Fields) {
+func (r *router) notePeerProblem(key, msg string, fields map[string]any) {
 	addr, err := netip.ParseAddr(key)
 	if err != nil {
 		return

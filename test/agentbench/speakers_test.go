@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -14,9 +15,8 @@ import (
 	"testing"
 	"time"
 
-	api "github.com/osrg/gobgp/v3/api"
-	gobgplog "github.com/osrg/gobgp/v3/pkg/log"
-	"github.com/osrg/gobgp/v3/pkg/server"
+	api "github.com/osrg/gobgp/v4/api"
+	"github.com/osrg/gobgp/v4/pkg/server"
 
 	"github.com/podroute/podroute/test/lab"
 )
@@ -167,7 +167,7 @@ func runFarm(path string) error {
 	}
 	ctx := context.Background()
 	for _, sp := range cfg.Speakers {
-		s := server.NewBgpServer(server.LoggerOption(quietLogger{}))
+		s := server.NewBgpServer(server.LoggerOption(quietLogger, nil))
 		go s.Serve()
 		if err := s.StartBgp(ctx, &api.StartBgpRequest{Global: &api.Global{
 			Asn: cfg.ASN, RouterId: sp.Address, ListenPort: 179, ListenAddresses: []string{sp.Address},
@@ -205,17 +205,4 @@ func runFarm(path string) error {
 
 // quietLogger prints GoBGP's warnings and errors only: 200 servers' session chatter would
 // be most of the farm's work otherwise.
-type quietLogger struct{}
-
-func (quietLogger) Panic(msg string, f gobgplog.Fields) { panic(fmt.Sprint(msg, f)) }
-func (quietLogger) Fatal(msg string, f gobgplog.Fields) { panic(fmt.Sprint(msg, f)) }
-func (quietLogger) Error(msg string, f gobgplog.Fields) {
-	fmt.Fprintf(os.Stderr, "farm: gobgp error: %s %v\n", msg, f)
-}
-func (quietLogger) Warn(msg string, f gobgplog.Fields) {
-	fmt.Fprintf(os.Stderr, "farm: gobgp warning: %s %v\n", msg, f)
-}
-func (quietLogger) Info(string, gobgplog.Fields)  {}
-func (quietLogger) Debug(string, gobgplog.Fields) {}
-func (quietLogger) SetLevel(gobgplog.LogLevel)    {}
-func (quietLogger) GetLevel() gobgplog.LogLevel   { return gobgplog.WarnLevel }
+var quietLogger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})).With("farm", "gobgp")

@@ -8,10 +8,9 @@ import (
 	"strings"
 	"time"
 
-	api "github.com/osrg/gobgp/v3/api"
-	"github.com/osrg/gobgp/v3/pkg/apiutil"
-	bgppkt "github.com/osrg/gobgp/v3/pkg/packet/bgp"
-	"github.com/osrg/gobgp/v3/pkg/server"
+	"github.com/osrg/gobgp/v4/pkg/apiutil"
+	bgppkt "github.com/osrg/gobgp/v4/pkg/packet/bgp"
+	"github.com/osrg/gobgp/v4/pkg/server"
 )
 
 // What the lab's plain GoBGP speakers (the rogue speaker, the benchmarks' speaker farm) share:
@@ -29,18 +28,19 @@ type StateChange struct {
 // LogPeerStates writes a line "tag time address state" to w for every session state change
 // of s; address is the neighbor's, or local where local is set.
 func LogPeerStates(ctx context.Context, s *server.BgpServer, w io.Writer, tag, local string) error {
-	return s.WatchEvent(ctx, &api.WatchEventRequest{Peer: &api.WatchEventRequest_Peer{}}, func(r *api.WatchEventResponse) {
-		pe := r.GetPeer()
-		if pe == nil || pe.Type != api.WatchEventResponse_PeerEvent_STATE || pe.Peer == nil || pe.Peer.State == nil {
-			return
-		}
-		addr := local
-		if addr == "" {
-			addr = pe.Peer.State.NeighborAddress
-		}
-		fmt.Fprintf(w, "%s %s %s %s\n", tag, time.Now().Format(time.RFC3339Nano), addr,
-			strings.ToLower(strings.TrimPrefix(pe.Peer.State.SessionState.String(), "PeerState_")))
-	})
+	return s.WatchEvent(ctx, server.WatchEventMessageCallbacks{
+		OnPeerUpdate: func(pe *apiutil.WatchEventMessage_PeerEvent, _ time.Time) {
+			if pe == nil || pe.Type != apiutil.PEER_EVENT_STATE {
+				return
+			}
+			addr := local
+			if addr == "" {
+				addr = pe.Peer.State.NeighborAddress.String()
+			}
+			fmt.Fprintf(w, "%s %s %s %s\n", tag, time.Now().Format(time.RFC3339Nano), addr,
+				strings.ToLower(strings.TrimPrefix(pe.Peer.State.SessionState.String(), "BGP_FSM_")))
+		},
+	}, server.WatchPeer())
 }
 
 // ParseStateChanges reads back, in order, the lines LogPeerStates wrote with tag into log.
@@ -68,20 +68,34 @@ func ParseStateChanges(log, tag string) []StateChange {
 // Announce originates p from s with origin IGP and the next hop of p's family (nextHop6 may
 // be empty for a speaker that announces IPv4 only).
 func Announce(ctx context.Context, s *server.BgpServer, p netip.Prefix, nextHop4, nextHop6 string) error {
-	attrs := []bgppkt.PathAttributeInterface{bgppkt.NewPathAttributeOrigin(bgppkt.BGP_ORIGIN_ATTR_TYPE_IGP)}
-	var nlri bgppkt.AddrPrefixInterface
-	if p.Addr().Is4() {
-		nlri = bgppkt.NewIPAddrPrefix(uint8(p.Bits()), p.Addr().String())
-		attrs = append(attrs, bgppkt.NewPathAttributeNextHop(nextHop4))
-	} else {
-		nlri = bgppkt.NewIPv6AddrPrefix(uint8(p.Bits()), p.Addr().String())
-		attrs = append(attrs, bgppkt.NewPathAttributeMpReachNLRI(nextHop6, []bgppkt.AddrPrefixInterface{nlri}))
-	}
-	path, err := apiutil.NewPath(nlri, false, attrs, time.Now())
+	nlri, err := bgppkt.NewIPAddrPrefix(p)
 	if err != nil {
-		return err
+		return fmt.Errorf("announce %s: %w", p, err)
 	}
-	if _, err := s.AddPath(ctx, &api.AddPathRequest{TableType: api.TableType_GLOBAL, Path: path}); err != nil {
+	family, nh := bgppkt.RF_IPv4_UC, nextHop4
+	if p.Addr().Is6() {
+		family, nh = bgppkt.RF_IPv6_UC, nextHop6
+	}
+	nhAddr, err := netip.ParseAddr(nh)
+	if err != nil {
+		return fmt.Errorf("announce %s: next hop: %w", p, err)
+	}
+	attrs := []bgppkt.PathAttributeInterface{bgppkt.NewPathAttributeOrigin(bgppkt.BGP_ORIGIN_ATTR_TYPE_IGP)}
+	if family == bgppkt.RF_IPv4_UC {
+		a, err := bgppkt.NewPathAttributeNextHop(nhAddr)
+		if err != nil {
+			return fmt.Errorf("announce %s: %w", p, err)
+		}
+		attrs = append(attrs, a)
+	} else {
+		a, err := bgppkt.NewPathAttributeMpReachNLRI(family, []bgppkt.PathNLRI{{NLRI: nlri}}, nhAddr)
+		if err != nil {
+			return fmt.Errorf("announce %s: %w", p, err)
+		}
+		attrs = append(attrs, a)
+	}
+	path := &apiutil.Path{Family: family, Nlri: nlri, Attrs: attrs, Age: time.Now().Unix()}
+	if _, err := s.AddPath(apiutil.AddPathRequest{Paths: []*apiutil.Path{path}}); err != nil {
 		return fmt.Errorf("announce %s: %w", p, err)
 	}
 	return nil
