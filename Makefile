@@ -93,16 +93,18 @@ cluster-down:
 
 # Kubernetes' own e2e suite (e2e.test, v1.32.4) against the cluster `make cluster` builds, once
 # with kube-proxy in iptables mode and once in nftables mode: the 41 sig-network conformance
-# specs, then the network suite (docs/conformance.md). Reports, with a table of every spec, go
-# to build/conformance/<mode>/<suite>/; the run ends with ginkgo's summary of each.
+# specs, the network suite, then the NetworkPolicy suite (docs/conformance.md). Reports, with a
+# table of every spec, go to build/conformance/<mode>/<suite>/; the run ends with ginkgo's
+# summary of each.
 CONFORMANCE_MODES ?= iptables,nftables
+CONFORMANCE_SUITES ?= conformance,network,netpol
 conformance: setup build
 	$(GO) test -c -o build/conformance.test ./test/conformance
 	@mkdir -p build/conformance
-	cd test/conformance && PODROUTE_E2E_MODES=$(CONFORMANCE_MODES) PODROUTE_E2E_SUITES=conformance,network PODROUTE_E2E_REPORT=$(CURDIR)/build/conformance \
+	cd test/conformance && PODROUTE_E2E_MODES=$(CONFORMANCE_MODES) PODROUTE_E2E_SUITES=$(CONFORMANCE_SUITES) PODROUTE_E2E_REPORT=$(CURDIR)/build/conformance \
 		../../build/conformance.test -test.run '^TestConformance$$' -test.timeout 0 -test.v; \
 	status=$$?; cd $(CURDIR); for m in $$(echo $(CONFORMANCE_MODES) | tr , ' '); do \
-		for s in conformance network; do echo "kube-proxy $$m, $$s:"; \
+		for s in $$(echo $(CONFORMANCE_SUITES) | tr , ' '); do echo "kube-proxy $$m, $$s:"; \
 		grep -h -e '^Ran [0-9]* of' -e '[0-9]* Passed |' build/conformance/$$m/$$s/e2e.log; done; done; exit $$status
 
 # The smaller CNI-only lab: one node, three pods, no control plane.
