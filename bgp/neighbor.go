@@ -23,6 +23,8 @@ const (
 	defaultDeferralTime = 10 * time.Second
 	maxRestartTime      = 4095 * time.Second // 12-bit field in the capability
 	maxMD5KeyLen        = 80                 // TCP_MD5SIG_MAXKEYLEN
+	minBFDInterval      = 10 * time.Millisecond
+	maxBFDInterval      = time.Duration(1<<32-1) * time.Microsecond // 32-bit field in microseconds
 )
 
 // Neighbor is a BGP peer. Every session carries IPv4 and IPv6 unicast.
@@ -85,6 +87,27 @@ type Neighbor struct {
 
 	// Kind is informational: KindMesh, KindExternal or KindReflector.
 	Kind string
+
+	// BFD, when set, runs a BFD session (RFC 5880) with the peer beside BGP: when BFD
+	// declares the peer down, the BGP session is reset at once instead of at hold-time
+	// expiry. GoBGP's BFD is single hop only (RFC 5881), so not for multihop peers. It
+	// sends from the address the kernel picks towards the peer, and the peer matches
+	// BFD packets by source address, so that address must be the session's.
+	BFD *BFDConfig
+}
+
+// BFDConfig is a BFD session's timers (RFC 5880 section 6.8.1).
+type BFDConfig struct {
+	// MinTx is our desired minimum interval between BFD packets: at least 10ms, whole
+	// microseconds.
+	MinTx time.Duration
+	// MinRx is the shortest interval between received BFD packets we can handle: at least
+	// 10ms, whole microseconds.
+	MinRx time.Duration
+	// Multiplier is how many intervals may pass without a packet before the peer is
+	// declared down (the detection time is Multiplier times the greater of our MinRx and
+	// the peer's MinTx): 1..255.
+	Multiplier uint32
 }
 
 // Validate checks the neighbor on its own; errors are *FieldError naming the field.
@@ -140,7 +163,45 @@ func (n Neighbor) Validate() error {
 	default:
 		add(fieldErr("Neighbor.Kind", "unknown kind %q", n.Kind))
 	}
+	if n.BFD != nil {
+		errs = append(errs, n.BFD.validate(n)...)
+	}
 	return errors.Join(errs...)
+}
+
+func (b *BFDConfig) validate(n Neighbor) []error {
+	var errs []error
+	for _, f := range []struct {
+		name string
+		d    time.Duration
+	}{{"Neighbor.BFD.MinTx", b.MinTx}, {"Neighbor.BFD.MinRx", b.MinRx}} {
+		switch {
+		case f.d < minBFDInterval || f.d > maxBFDInterval:
+			errs = append(errs, fieldErr(f.name, "%s is outside %s..%s", f.d, minBFDInterval, maxBFDInterval))
+		case f.d%time.Microsecond != 0:
+			errs = append(errs, fieldErr(f.name, "%s is not a whole number of microseconds", f.d))
+		}
+	}
+	if b.Multiplier == 0 || b.Multiplier > 255 {
+		errs = append(errs, fieldErr("Neighbor.BFD.Multiplier", "%d is outside 1..255", b.Multiplier))
+	}
+	// GoBGP has no multihop BFD (RFC 5883): its single-hop packets would also reach a
+	// peer further away, but RFC 5881 is only defined for directly connected peers.
+	if n.EBGPMultihopTTL != 0 {
+		errs = append(errs, fieldErr("Neighbor.BFD", "single-hop only, not with EBGPMultihopTTL %d", n.EBGPMultihopTTL))
+	}
+	if n.TTLSecurityHops > 1 {
+		errs = append(errs, fieldErr("Neighbor.BFD", "single-hop only, not with TTLSecurityHops %d", n.TTLSecurityHops))
+	}
+	return errs
+}
+
+func (b *BFDConfig) clone() *BFDConfig {
+	if b == nil {
+		return nil
+	}
+	c := *b
+	return &c
 }
 
 // validateFor adds the checks that depend on the local configuration.

@@ -26,6 +26,7 @@ func normalizeNeighbor(n Neighbor) Neighbor {
 	if n.LocalAddress.IsValid() {
 		n.LocalAddress = n.LocalAddress.Unmap()
 	}
+	n.BFD = n.BFD.clone()
 	return n
 }
 
@@ -207,6 +208,10 @@ func (r *router) Neighbors(ctx context.Context) (out []PeerState, err error) {
 	for addr, n := range r.neighbors {
 		ps := PeerState{Neighbor: n, State: StateIdle}
 		ps.Password = ""
+		// The caller gets its own copy of the BFD timers, not ours.
+		if ps.BFD = n.BFD.clone(); ps.BFD != nil {
+			ps.BFDState = BFDStateDown
+		}
 		if pr, ok := r.problems[addr]; ok {
 			ps.LastError, ps.LastErrorTime = pr.msg, pr.at
 		}
@@ -287,6 +292,17 @@ func fillPeerState(ps *PeerState, p *api.Peer) {
 		}
 	}
 	ps.EndOfRIB = eor
+	if ps.BFD != nil {
+		ps.BFDState = bfdStates[p.GetState().GetBfdState().GetSessionState()]
+	}
+}
+
+var bfdStates = map[api.BfdSessionState]string{
+	api.BfdSessionState_BFD_SESSION_STATE_UNSPECIFIED: BFDStateDown, // not running yet
+	api.BfdSessionState_BFD_SESSION_STATE_ADMIN_DOWN:  BFDStateAdminDown,
+	api.BfdSessionState_BFD_SESSION_STATE_DOWN:        BFDStateDown,
+	api.BfdSessionState_BFD_SESSION_STATE_INIT:        BFDStateInit,
+	api.BfdSessionState_BFD_SESSION_STATE_UP:          BFDStateUp,
 }
 
 var (
@@ -354,6 +370,14 @@ func (n Neighbor) toAPI(cfg *Config, localRestarting bool) *api.Peer {
 			// expiry) keeps routes too, while our deconfiguration still flushes them.
 			NotificationEnabled: true,
 			LocalRestarting:     localRestarting,
+		}
+	}
+	if n.BFD != nil {
+		p.Bfd = &api.BfdPeerConfig{
+			Enabled:                  true,
+			DesiredMinimumTxInterval: uint32(n.BFD.MinTx / time.Microsecond),
+			RequiredMinimumReceive:   uint32(n.BFD.MinRx / time.Microsecond),
+			DetectionMultiplier:      n.BFD.Multiplier,
 		}
 	}
 	for _, f := range []*api.Family{familyIPv4, familyIPv6} {

@@ -171,6 +171,14 @@ const (
 	StateEstablished = "established"
 )
 
+// BFD session states reported in PeerState.BFDState.
+const (
+	BFDStateAdminDown = "admin-down"
+	BFDStateDown      = "down"
+	BFDStateInit      = "init"
+	BFDStateUp        = "up"
+)
+
 // PeerState is a configured neighbor and its session.
 type PeerState struct {
 	// Neighbor is the configuration as given, with Password blanked.
@@ -188,6 +196,9 @@ type PeerState struct {
 	EndOfRIB bool
 	// PeerRestarting is true while we keep the peer's routes as stale during its restart.
 	PeerRestarting bool
+	// BFDState is the BFD session's state, one of the BFDState* constants, when
+	// Neighbor.BFD is set; empty otherwise.
+	BFDState string
 	// LastError is the most recent warning or error GoBGP reported for this peer, with
 	// LastErrorTime; it is kept after the session recovers.
 	LastError     string

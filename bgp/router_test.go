@@ -596,6 +596,24 @@ func TestNeighborValidation(t *testing.T) {
 		{"Neighbor.RouteReflectorClusterID", func(n *Neighbor) { n.RouteReflectorClient = true; n.RouteReflectorClusterID = addr("::1") }},
 		{"Neighbor.Password", func(n *Neighbor) { n.Password = strings.Repeat("x", 81) }},
 		{"Neighbor.Kind", func(n *Neighbor) { n.Kind = "bogus" }},
+		{"Neighbor.BFD.MinTx", func(n *Neighbor) {
+			n.BFD = &BFDConfig{MinTx: 5 * time.Millisecond, MinRx: 50 * time.Millisecond, Multiplier: 3}
+		}},
+		{"Neighbor.BFD.MinRx", func(n *Neighbor) {
+			n.BFD = &BFDConfig{MinTx: 50 * time.Millisecond, MinRx: 10*time.Millisecond + 1, Multiplier: 3}
+		}},
+		{"Neighbor.BFD.Multiplier", func(n *Neighbor) { n.BFD = &BFDConfig{MinTx: 50 * time.Millisecond, MinRx: 50 * time.Millisecond} }},
+		{"Neighbor.BFD.Multiplier", func(n *Neighbor) {
+			n.BFD = &BFDConfig{MinTx: 50 * time.Millisecond, MinRx: 50 * time.Millisecond, Multiplier: 256}
+		}},
+		{"Neighbor.BFD", func(n *Neighbor) {
+			n.ASN, n.EBGPMultihopTTL = 65001, 2
+			n.BFD = &BFDConfig{MinTx: 50 * time.Millisecond, MinRx: 50 * time.Millisecond, Multiplier: 3}
+		}},
+		{"Neighbor.BFD", func(n *Neighbor) {
+			n.TTLSecurityHops = 2
+			n.BFD = &BFDConfig{MinTx: 50 * time.Millisecond, MinRx: 50 * time.Millisecond, Multiplier: 3}
+		}},
 	}
 	for _, c := range cases {
 		n := good
