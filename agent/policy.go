@@ -40,9 +40,22 @@ type networkPolicy struct {
 	kernel policyKernel
 	log    *slog.Logger
 	said   *problemLog
-	// passes counts the passes, for tests; status is the last pass, for the API.
+	// metrics, when set, get the drop counters (countDrops); readDrops reads them
+	// (policy.ReadDrops when nil).
+	metrics   *Metrics
+	readDrops func(context.Context) (policy.Drops, error)
+	// passes counts the passes, for tests; status is the last pass, for the API; last is
+	// what the last pass compiled, for the API's questions and the drop counters.
 	passes atomic.Int64
 	status atomic.Pointer[policyStatus]
+	last   atomic.Pointer[policyPass]
+}
+
+// policyPass is what one pass compiled: the Input it read (never changed once read) and its
+// Ruleset.
+type policyPass struct {
+	in *policy.Input
+	rs *policy.Ruleset
 }
 
 // policyStatus is the last policy pass as the local API shows it.
@@ -58,6 +71,9 @@ type policyStatus struct {
 
 func (p *networkPolicy) run(ctx context.Context) {
 	p.status.Store(&policyStatus{})
+	if p.metrics != nil {
+		go p.countDrops(ctx)
+	}
 	check := time.NewTicker(policyCheckEvery)
 	defer check.Stop()
 	// The first pass runs once the informers have synced, signal or not: the policies may
@@ -92,6 +108,7 @@ func (p *networkPolicy) pass(ctx context.Context) error {
 	defer cancel()
 	in := p.source.Input()
 	rs := policy.Compile(in)
+	p.last.Store(&policyPass{in: in, rs: rs})
 	p.said.set("policy", rs.Problems, "NetworkPolicy not fully honoured", "problem")
 	changes, err := p.kernel.Sync(pctx, rs)
 	p.passes.Add(1)
