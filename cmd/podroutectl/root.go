@@ -91,7 +91,8 @@ func newRootCmd(a *app) *cobra.Command {
 		Use:   "podroutectl",
 		Short: "Inspect the podroute agent on this node",
 		Long: `podroutectl shows what the podroute agent on this node is doing: its BGP sessions,
-the routes it learned, refused, installed and advertises, and whether the node is ready.
+the routes it learned, refused, installed and advertises, whether the node is ready, and
+which NetworkPolicies select a pod and whether they allow a connection.
 
 It reads the agent's local API on a unix socket (` + agentapi.DefaultSocket + ` by default),
 which is readable by root and the socket's group only; run it on the node, as root or as a
@@ -107,6 +108,9 @@ Exit status: 0 on success, 1 on any error; errors are one line on stderr.`,
 
   # Learned routes as JSON, for jq
   podroutectl bgp routes -o json | jq '.routes[] | select(.installed | not)'
+
+  # Would shop/client-1 reach shop/web-0 on port 80, and by which rule?
+  podroutectl policy check client-1 web-0 80/tcp -n shop
 
   # An agent started with a non-default socket
   PODROUTE_SOCKET=/var/run/podroute/agent.sock podroutectl status`,
@@ -137,7 +141,7 @@ Exit status: 0 on success, 1 on any error; errors are one line on stderr.`,
 	})
 	_ = root.MarkPersistentFlagFilename("socket", "sock")
 
-	root.AddCommand(newStatusCmd(a), newBGPCmd(a), newVersionCmd(a))
+	root.AddCommand(newStatusCmd(a), newBGPCmd(a), newPolicyCmd(a), newVersionCmd(a))
 	return root
 }
 
