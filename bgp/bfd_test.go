@@ -207,7 +207,8 @@ func bfdPair(t *testing.T, bfd *BFDConfig) (a, b *bfdChild) {
 // peer dies without closing its connection (its process frozen), where BGP alone waits
 // for the hold time.
 func TestBFD(t *testing.T) {
-	bfd := &BFDConfig{MinTx: 50 * time.Millisecond, MinRx: 50 * time.Millisecond, Multiplier: 3}
+	// 300ms detection: tighter timers flap when the machine is loaded.
+	bfd := &BFDConfig{MinTx: 100 * time.Millisecond, MinRx: 100 * time.Millisecond, Multiplier: 3}
 	t.Run("WithBFD", func(t *testing.T) {
 		a, b := bfdPair(t, bfd)
 		if err := a.cmd.Process.Signal(syscall.SIGSTOP); err != nil {

@@ -93,6 +93,12 @@ type Neighbor struct {
 	// expiry. GoBGP's BFD is single hop only (RFC 5881), so not for multihop peers. It
 	// sends from the address the kernel picks towards the peer, and the peer matches
 	// BFD packets by source address, so that address must be the session's.
+	//
+	// GoBGP stops BFD without sending AdminDown and never sets the control-plane
+	// independent bit, so to the peer's BFD a restart (Stop(true)) is a failure: the
+	// peer resets the session, defeating graceful restart. And a BFD failure while the
+	// BGP session is down leaves GoBGP's CEASE queued, which closes the next session as
+	// soon as it is established.
 	BFD *BFDConfig
 }
 
