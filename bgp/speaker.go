@@ -272,6 +272,8 @@ func (r *router) Stop(graceful bool) (err error) {
 	}
 	// StopBgp returns once every peer is deconfigured and GoBGP's Serve loop has ended.
 	// AllowGracefulRestart also keeps the CEASE from a session accepted after the cut.
+	// GoBGP's BFD loop ends only in BgpServer.Stop, which would run StopBgp again without
+	// it; the loop stays parked, its socket closed once no BFD peer is left.
 	if serr := r.srv.StopBgp(context.Background(), &api.StopBgpRequest{AllowGracefulRestart: graceful}); serr != nil {
 		err = errors.Join(err, fmt.Errorf("bgp: stop GoBGP: %w", serr))
 	}
