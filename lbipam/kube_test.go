@@ -314,6 +314,33 @@ func TestController(t *testing.T) {
 		h.noDuplicates()
 	})
 
+	t.Run("Sharing", func(t *testing.T) {
+		h.t = t
+		shared := func(name string, port int32) func(*corev1.Service) {
+			return func(s *corev1.Service) {
+				s.Annotations = map[string]string{AnnotationSharingKey: "dns", AnnotationIPs: "2001:db8:1b::7"}
+				s.Spec.Ports = []corev1.ServicePort{{Name: "p", Port: port, Protocol: corev1.ProtocolUDP}}
+				s.Spec.IPFamilies = []corev1.IPFamily{corev1.IPv6Protocol}
+				s.Spec.Selector = map[string]string{"app": "dns"}
+			}
+		}
+		h.service("dns-udp", shared("dns-udp", 53))
+		h.service("dns-alt", shared("dns-alt", 5353))
+		h.service("dns-clash", shared("dns-clash", 53))
+		for _, n := range []string{"dns-udp", "dns-alt"} {
+			if ips := h.status(n, ReasonAllocated); len(ips) != 1 || ips[0] != "2001:db8:1b::7" {
+				t.Errorf("%s got %v", n, ips)
+			}
+		}
+		h.status("dns-clash", ReasonAlreadyInUse)
+		h.event("dns-clash", ReasonAlreadyInUse, "(a port clashes)")
+		for _, n := range []string{"dns-udp", "dns-alt", "dns-clash"} {
+			if err := h.cs.CoreV1().Services("default").Delete(ctx, n, metav1.DeleteOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+
 	t.Run("PoolStatus", func(t *testing.T) {
 		h.t = t
 		eventually(t, 30*time.Second, "pool usage", func() error {
