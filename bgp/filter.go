@@ -51,6 +51,13 @@ const (
 	ReasonNotPeersCIDR   = "not the peer's pod CIDR"
 )
 
+// sameShared tells whether f and g, both normalized, have the same rules for every
+// neighbour: everything but PeerPrefixes.
+func (f ImportFilter) sameShared(g ImportFilter) bool {
+	return slices.Equal(f.ClusterCIDRs, g.ClusterCIDRs) && f.MaxLenIPv4 == g.MaxLenIPv4 &&
+		f.MaxLenIPv6 == g.MaxLenIPv6 && slices.Equal(f.Deny, g.Deny)
+}
+
 // normalize validates f and returns a canonical copy: prefixes masked, nested
 // duplicates removed (GoBGP's prefix sets match only the longest stored prefix, see
 // prefixSets, so nested entries would shadow each other).

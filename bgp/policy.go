@@ -67,10 +67,17 @@ func (r *router) UpdateImportFilter(ctx context.Context, f ImportFilter) (err er
 		return err
 	}
 	r.mu.Lock()
+	old := r.filter
 	r.filter = nf
-	addrs := make([]netip.Addr, 0, len(r.neighbors))
+	// Only the neighbours whose verdicts can change are re-judged: all of them when the
+	// shared rules changed, else those whose own origin entry did. A Node joining the mesh
+	// adds an entry for a neighbour with nothing received yet, and costs no one a reset.
+	var addrs []netip.Addr
+	shared := !old.sameShared(nf)
 	for a := range r.neighbors {
-		addrs = append(addrs, a)
+		if shared || !slices.Equal(old.PeerPrefixes[a], nf.PeerPrefixes[a]) || hasEntry(old, a) != hasEntry(nf, a) {
+			addrs = append(addrs, a)
+		}
 	}
 	r.mu.Unlock()
 	if err := r.applyPoliciesLocked(ctx, false); err != nil {
@@ -79,6 +86,7 @@ func (r *router) UpdateImportFilter(ctx context.Context, f ImportFilter) (err er
 	// Forget refusals the new filter allows, and account paths already held that it
 	// now refuses (they will not be announced again).
 	r.refusals.retain(func(p netip.Prefix, peer netip.Addr) bool { return nf.classify(peer, p) != "" })
+	slices.SortFunc(addrs, netip.Addr.Compare)
 	for _, a := range addrs {
 		for _, fam := range families {
 			err := r.srv.ListPath(apiutil.ListPathRequest{TableType: api.TableType_TABLE_TYPE_ADJ_IN, Name: a.String(), Family: fam},
@@ -95,12 +103,19 @@ func (r *router) UpdateImportFilter(ctx context.Context, f ImportFilter) (err er
 				r.log.Debug("bgp: list adj-rib-in", "peer", a, "err", err)
 			}
 		}
+		// Re-run the import policy over what this neighbour sent so far.
+		if err := r.srv.ResetPeer(ctx, &api.ResetPeerRequest{Address: a.String(), Soft: true, Direction: api.ResetPeerRequest_DIRECTION_IN}); err != nil {
+			return fmt.Errorf("bgp: re-apply import policy to %s: %w", a, err)
+		}
 	}
-	// Re-run the import policy over everything received so far.
-	if err := r.srv.ResetPeer(ctx, &api.ResetPeerRequest{Address: "all", Soft: true, Direction: api.ResetPeerRequest_DIRECTION_IN}); err != nil {
-		return fmt.Errorf("bgp: re-apply import policy: %w", err)
-	}
+	r.filterResets.Add(uint64(len(addrs)))
 	return nil
+}
+
+// hasEntry tells whether f restricts neighbour a to an origin list (possibly empty).
+func hasEntry(f ImportFilter, a netip.Addr) bool {
+	_, ok := f.PeerPrefixes[a]
+	return ok
 }
 
 func (r *router) Refusals() []Refusal { return r.refusals.list() }

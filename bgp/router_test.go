@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -397,14 +398,32 @@ func TestPeerOriginValidation(t *testing.T) {
 		t.Errorf("neighbors %+v, %v: want 2 of 6 accepted from %s, 2 from %s", ns, err, mesh.ip, ext.ip)
 	}
 
+	// A Node joining: an entry for a neighbour not configured yet re-judges no one.
+	resets := func() uint64 { return b.Router.(*router).filterResets.Load() }
+	before := resets()
+	joined := maps.Clone(filter.PeerPrefixes)
+	joined[netip.MustParseAddr("127.0.9.77")] = []netip.Prefix{pfx("10.244.77.0/24")}
+	if err := b.UpdateImportFilter(ctx, ImportFilter{ClusterCIDRs: filter.ClusterCIDRs, MaxLenIPv4: filter.MaxLenIPv4,
+		MaxLenIPv6: filter.MaxLenIPv6, Deny: filter.Deny, PeerPrefixes: joined}); err != nil {
+		t.Fatal(err)
+	}
+	if n := resets() - before; n != 0 {
+		t.Errorf("a new neighbour's entry re-judged %d configured neighbours, want none", n)
+	}
+
 	// The mesh peer's node gets another IPv4 CIDR: the old one is refused, the new one
-	// accepted next to the external peer's path, without any new announcement.
+	// accepted next to the external peer's path, without any new announcement. Only the
+	// mesh peer is re-judged.
 	filter.PeerPrefixes = map[netip.Addr][]netip.Prefix{
 		mesh.ip: {pfx("10.244.3.0/24"), pfx("fd10:244:0:1::/64")},
 		absent:  {pfx("10.244.2.0/24")},
 	}
+	before = resets()
 	if err := b.UpdateImportFilter(ctx, filter); err != nil {
 		t.Fatal(err)
+	}
+	if n := resets() - before; n != 1 {
+		t.Errorf("a change of one neighbour's entry re-judged %d neighbours, want 1", n)
 	}
 	expect(map[string][]netip.Addr{
 		"fd10:244:0:1::/64": {nh6},

@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	api "github.com/osrg/gobgp/v4/api"
@@ -49,6 +50,8 @@ type router struct {
 	// It may be held while calling GoBGP; mu never is (GoBGP calls back into us).
 	opMu sync.Mutex
 	srv  *server.BgpServer
+	// filterResets counts the neighbours an import filter update re-judged (soft reset in).
+	filterResets atomic.Uint64
 
 	mu              sync.Mutex
 	state           lifecycle
