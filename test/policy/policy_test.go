@@ -331,7 +331,7 @@ func (c *cluster) testAgentDown(t *testing.T, kill bool) {
 	if !kill {
 		how = "SIGTERM"
 	}
-	t.Logf("agents down (%s) for %v, policy synced %v after the start; over %v, %d probers (%d pairs × tcp4, udp4, tcp6): %d attempts, %d reached (all allowed), %d blocked (all denied)",
+	t.Logf("agents down (%s) for %v, policy synced %v after the start; over %v, %d probers (%d pairs × tcp4, udp4, tcp6): %d attempts on new connections, %d reached, %d blocked",
 		how, up.Sub(down).Round(time.Millisecond), synced.Sub(up).Round(time.Millisecond), time.Since(began).Round(time.Millisecond),
 		len(probes.probers), len(probes.pairs)/len(probeKinds), reached+blocked, reached, blocked)
 	c.expect(t, c.pairs(true), converge)
