@@ -76,11 +76,26 @@ type Allocator struct {
 	// holders of each allocated address, and each Service's addresses.
 	byIP  map[netip.Addr]map[string]Request
 	byKey map[string][]netip.Addr
+	// low is, per range, an address below which every address is in use: the search for
+	// a free one starts there instead of at the range's first address, which keeps handing
+	// out n addresses linear instead of quadratic.
+	low map[Range]netip.Addr
+}
+
+// free forgets ip, which no Service holds any more.
+func (a *Allocator) free(ip netip.Addr) {
+	delete(a.byIP, ip)
+	for r, l := range a.low {
+		// l is invalid past the family's last address (255.255.255.255, ffff:...:ffff).
+		if r.Contains(ip) && (!l.IsValid() || ip.Less(l)) {
+			a.low[r] = ip
+		}
+	}
 }
 
 // NewAllocator returns an allocator without pools or allocations.
 func NewAllocator() *Allocator {
-	return &Allocator{byIP: map[netip.Addr]map[string]Request{}, byKey: map[string][]netip.Addr{}}
+	return &Allocator{byIP: map[netip.Addr]map[string]Request{}, byKey: map[string][]netip.Addr{}, low: map[Range]netip.Addr{}}
 }
 
 // SetPools replaces the pools. Addresses already handed out stay until the next Assign of
@@ -118,7 +133,7 @@ func (a *Allocator) Release(key string) {
 	for _, ip := range a.byKey[key] {
 		delete(a.byIP[ip], key)
 		if len(a.byIP[ip]) == 0 {
-			delete(a.byIP, ip)
+			a.free(ip)
 		}
 	}
 	delete(a.byKey, key)
@@ -286,7 +301,7 @@ func (a *Allocator) claim(r Request, ips []netip.Addr) {
 		if !slices.Contains(ips, ip) {
 			delete(a.byIP[ip], r.Key)
 			if len(a.byIP[ip]) == 0 {
-				delete(a.byIP, ip)
+				a.free(ip)
 			}
 		}
 	}
@@ -360,11 +375,17 @@ func (a *Allocator) pickFamily(r Request, v6 bool) (netip.Addr, error) {
 			if rg.First.Is6() != v6 {
 				continue
 			}
-			for ip := rg.First; ip.IsValid() && ip.Compare(rg.Last) <= 0; ip = ip.Next() {
+			start := rg.First
+			if l, ok := a.low[rg]; ok {
+				start = l
+			}
+			for ip := start; ip.IsValid() && ip.Compare(rg.Last) <= 0; ip = ip.Next() {
 				if len(a.byIP[ip]) == 0 {
+					a.low[rg] = ip
 					return ip, nil
 				}
 			}
+			a.low[rg] = rg.Last.Next() // full; a release lowers it again
 		}
 	}
 	names := make([]string, len(pools))

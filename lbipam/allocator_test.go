@@ -98,6 +98,27 @@ func TestAllocateAndExhaust(t *testing.T) {
 	}
 }
 
+// The search for a free address resumes where the last one ended, and a release anywhere
+// below, even at the very end of the address space, makes that address the next one.
+func TestAllocateAfterRelease(t *testing.T) {
+	a := NewAllocator()
+	a.SetPools([]Pool{mustPool(t, "end", "255.255.255.253-255.255.255.255"), mustPool(t, "v6end", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe/127")})
+	for i, want := range []string{"255.255.255.253", "255.255.255.254", "255.255.255.255"} {
+		assign(t, a, req(fmt.Sprintf("ns/s%d", i)), want)
+	}
+	refuse(t, a, req("ns/s3"), ReasonPoolExhausted, "in use")
+	a.Release("ns/s2")
+	a.Release("ns/s1")
+	assign(t, a, req("ns/s3"), "255.255.255.254")
+	assign(t, a, req("ns/s4"), "255.255.255.255")
+	six := func(k string) Request { return req(k, func(r *Request) { r.Families = []bool{true} }) }
+	assign(t, a, six("ns/v6a"), "ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe")
+	assign(t, a, six("ns/v6b"), "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff")
+	refuse(t, a, six("ns/v6c"), ReasonPoolExhausted, "IPv6")
+	a.Release("ns/v6b")
+	assign(t, a, six("ns/v6c"), "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff")
+}
+
 func TestRequestedIPs(t *testing.T) {
 	a := NewAllocator()
 	a.SetPools([]Pool{mustPool(t, "p", "203.0.113.0/29", "2001:db8::/125")})
