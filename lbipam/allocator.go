@@ -164,14 +164,18 @@ func (a *Allocator) Restore(r Request, ips []netip.Addr) error {
 }
 
 // Assign returns r's addresses: the ones it holds while they still fit the request and
-// the pools (plus an address of a family it lacks and may now get), else new ones. On error
-// r holds nothing.
+// the pools (plus an address of a family it lacks and may now get), else new ones. When
+// no new ones can be had, r keeps the addresses it held if they are still valid (a changed
+// request that cannot be met loses nothing) and the error says why; a Service that held
+// none, or none valid, holds none.
 func (a *Allocator) Assign(r Request) ([]netip.Addr, error) {
-	if cur := a.byKey[r.Key]; len(cur) > 0 && a.valid(r, cur) == nil {
+	cur := slices.Clone(a.byKey[r.Key])
+	curValid := len(cur) > 0 && a.valid(r, cur) == nil
+	if curValid {
 		if len(r.Requested) > 0 {
 			if sameSet(cur, r.Requested) {
 				a.claim(r, cur) // refresh r's ports, labels and sharing key in the holders
-				return slices.Clone(cur), nil
+				return cur, nil
 			}
 		} else if ips, ok := a.complete(r, cur); ok {
 			a.claim(r, ips)
@@ -181,6 +185,10 @@ func (a *Allocator) Assign(r Request) ([]netip.Addr, error) {
 	a.Release(r.Key)
 	ips, err := a.pick(r)
 	if err != nil {
+		if curValid {
+			a.claim(r, cur)
+			return cur, err
+		}
 		return nil, err
 	}
 	a.claim(r, ips)

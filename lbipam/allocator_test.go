@@ -131,6 +131,11 @@ func TestRequestedIPs(t *testing.T) {
 	// Free allocation skips the requested address.
 	assign(t, a, req("ns/any1"), "203.0.113.0")
 	assign(t, a, req("ns/any2"), "203.0.113.1")
+	// A changed request that cannot be met keeps what the Service had.
+	got, err := a.Assign(req("ns/any2", func(r *Request) { r.Requested = ips("203.0.113.5") }))
+	if reason(err) != ReasonAlreadyInUse || !slices.Equal(got, ips("203.0.113.1")) || !slices.Equal(a.Assigned("ns/any2"), ips("203.0.113.1")) {
+		t.Errorf("unmet request: %v %v, holds %v; want IPAlreadyInUse keeping 203.0.113.1", got, err, a.Assigned("ns/any2"))
+	}
 	// Changing the request moves the Service.
 	assign(t, a, req("ns/any1", func(r *Request) { r.Requested = ips("203.0.113.7") }), "203.0.113.7")
 	assign(t, a, req("ns/any3"), "203.0.113.0")

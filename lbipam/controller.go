@@ -260,10 +260,9 @@ func (c *Controller) restore(ctx context.Context) (*Allocator, error) {
 		if !c.handles(s) || !owned(s) {
 			continue
 		}
-		r, err := RequestFor(s)
-		if err != nil {
-			continue // sync reports it
-		}
+		// A request with a bad field still restores what the Service holds (sync reports
+		// the field): its addresses must not go to another Service.
+		r, _ := RequestFor(s)
 		if err := a.Restore(r, ingressIPs(s)); err != nil {
 			c.log.Warn("address of a Service not restored; it gets another", "service", r.Key, "err", err)
 		}
@@ -408,7 +407,9 @@ func (c *Controller) syncService(ctx context.Context, alloc *Allocator, s *corev
 	if err == nil {
 		ips, err = alloc.Assign(r)
 	} else {
-		alloc.Release(key)
+		// A typo in an annotation loses nothing: the Service keeps its addresses and the
+		// condition names the field.
+		ips = alloc.Assigned(key)
 	}
 	cond := metav1.Condition{Type: ConditionAllocated, ObservedGeneration: s.Generation}
 	if err != nil {

@@ -17,7 +17,9 @@
 // order, lowest free address first. Of two overlapping pools, the one whose name sorts
 // later is refused (condition Valid=False naming the other). When a Service stops being
 // one the controller serves, its address is released and the status it wrote is cleared.
-// A Service whose pool is deleted or no longer selects it gets another address.
+// A Service whose pool is deleted or no longer selects it gets another address. A Service
+// that has addresses keeps them when a changed request cannot be met or an annotation is
+// malformed; the condition says why.
 //
 // # Why one address never goes to two Services
 //

@@ -311,6 +311,27 @@ func TestController(t *testing.T) {
 		h.service("typo", func(s *corev1.Service) { s.Annotations = map[string]string{AnnotationIPs: "203.0.113.300"} })
 		h.status("typo", ReasonInvalidRequest)
 		h.event("typo", ReasonInvalidRequest, "metadata.annotations[podroute.io/loadbalancer-ips]")
+
+		// A Service holding addresses keeps them through a typo, and after it.
+		annotate := func(v string) {
+			s, err := h.cs.CoreV1().Services("default").Get(ctx, "dual", metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			s.Annotations = map[string]string{AnnotationSharingKey: v}
+			if _, err := h.cs.CoreV1().Services("default").Update(ctx, s, metav1.UpdateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		annotate("not a key!")
+		if ips := h.status("dual", ReasonInvalidRequest); len(ips) != 2 || ips[0] != "203.0.113.1" {
+			t.Errorf("dual with a bad annotation shows %v", ips)
+		}
+		h.event("dual", ReasonInvalidRequest, "metadata.annotations[podroute.io/sharing-key]")
+		annotate("dual")
+		if ips := h.status("dual", ReasonAllocated); len(ips) != 2 || ips[0] != "203.0.113.1" || ips[1] != "2001:db8:1b::" {
+			t.Errorf("dual after the fix got %v", ips)
+		}
 		h.noDuplicates()
 	})
 
