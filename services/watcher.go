@@ -57,6 +57,10 @@ func NewWatcher(client kubernetes.Interface, log *slog.Logger) *Watcher {
 // Run runs the informers until ctx ends.
 func (w *Watcher) Run(ctx context.Context) {
 	w.factory.Start(ctx.Done())
+	if w.WaitForSync(ctx) {
+		s := w.Snapshot()
+		w.log.Info("Services and EndpointSlices synced", "services", len(s.Services), "endpointSlices", len(s.Endpoints))
+	}
 	<-ctx.Done()
 	w.factory.Shutdown()
 }
