@@ -382,3 +382,43 @@ func TestCheckErrors(t *testing.T) {
 		t.Errorf("Explain without namespace: %v", err)
 	}
 }
+
+// BenchmarkExplainAndCheck: each API question builds the compiler's view of the cluster
+// (peers, selections) anew; the baseline, measured in the same run, is a whole Compile, what
+// every policy pass costs. ChainPolicies runs once per pass, for the drop counters.
+func BenchmarkExplainAndCheck(b *testing.B) {
+	in := benchCluster(110)
+	// The baseline runs first, as a sub-benchmark of its own (testing.Benchmark cannot run
+	// inside a benchmark).
+	var compileNs float64
+	b.Run("pods=1000/policies=100/local=110/Compile", func(b *testing.B) {
+		for b.Loop() {
+			Compile(in)
+		}
+		compileNs = float64(b.Elapsed().Nanoseconds()) / float64(b.N)
+	})
+	rs := Compile(in)
+	src, dst := in.Pods[0], in.Local[1].Pod
+	for _, bc := range []struct {
+		name string
+		f    func() error
+	}{
+		{"Check", func() error {
+			_, err := Check(in, Connection{From: Endpoint{Namespace: src.Namespace, Name: src.Name}, To: Endpoint{Namespace: dst.Namespace, Name: dst.Name}, Port: 8080, Protocol: "tcp"})
+			return err
+		}},
+		{"Explain", func() error { _, err := Explain(in, dst.Namespace, dst.Name); return err }},
+		{"ChainPolicies", func() error { ChainPolicies(in, rs); return nil }},
+	} {
+		b.Run("pods=1000/policies=100/local=110/"+bc.name, func(b *testing.B) {
+			for b.Loop() {
+				if err := bc.f(); err != nil {
+					b.Fatal(err)
+				}
+			}
+			perOp := float64(b.Elapsed().Nanoseconds()) / float64(b.N)
+			b.ReportMetric(compileNs, "compile-ns/op")
+			b.ReportMetric(perOp/compileNs, "of-compile")
+		})
+	}
+}
