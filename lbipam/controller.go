@@ -20,6 +20,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/util/rand"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/informers"
@@ -207,7 +208,7 @@ func (c *Controller) lead(ctx context.Context) {
 	c.log.Info("allocating LoadBalancer IPs")
 	var alloc *Allocator
 	for alloc == nil {
-		a, err := c.restore(ctx)
+		a, livePools, err := c.restore(ctx)
 		if err != nil {
 			c.log.Error("rebuild allocations from the Services' status", "err", err)
 			select {
@@ -218,6 +219,7 @@ func (c *Controller) lead(ctx context.Context) {
 			continue
 		}
 		alloc = a
+		c.waitForPools(ctx, livePools)
 	}
 	retry := time.NewTimer(0)
 	defer retry.Stop()
@@ -234,21 +236,44 @@ func (c *Controller) lead(ctx context.Context) {
 	}
 }
 
-func (c *Controller) restore(ctx context.Context) (*Allocator, error) {
+// waitForPools waits (up to 10s) until the pool cache shows each pool as the List at the
+// start of the term did: a cache that lags would otherwise make sync move Services off a
+// pool it has not seen yet. A pool changed since the List never matches; the wait then
+// ends at the timeout and the cache, newer by then, is right.
+func (c *Controller) waitForPools(ctx context.Context, live map[string]string) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	_ = wait.PollUntilContextCancel(ctx, 100*time.Millisecond, true, func(context.Context) (bool, error) {
+		for name, rv := range live {
+			o, ok, _ := c.pools.GetStore().GetByKey(name)
+			u, isU := o.(*unstructured.Unstructured)
+			if !ok || !isU || u.GetResourceVersion() != rv {
+				return false, nil
+			}
+		}
+		return true, nil
+	})
+}
+
+// restore rebuilds the allocations from a List of the pools and Services; it returns the
+// pools' resourceVersions by name.
+func (c *Controller) restore(ctx context.Context) (*Allocator, map[string]string, error) {
 	a := NewAllocator()
 	pl, err := c.dyn.Resource(PoolGVR).List(ctx, metav1.ListOptions{})
 	if err != nil {
-		return nil, fmt.Errorf("list LoadBalancerIPPools: %w", err)
+		return nil, nil, fmt.Errorf("list LoadBalancerIPPools: %w", err)
 	}
 	objs := make([]*unstructured.Unstructured, len(pl.Items))
+	live := map[string]string{}
 	for i := range pl.Items {
 		objs[i] = &pl.Items[i]
+		live[pl.Items[i].GetName()] = pl.Items[i].GetResourceVersion()
 	}
 	pools, _ := parsePools(objs)
 	a.SetPools(pools)
 	sl, err := c.client.CoreV1().Services("").List(ctx, metav1.ListOptions{})
 	if err != nil {
-		return nil, fmt.Errorf("list Services: %w", err)
+		return nil, nil, fmt.Errorf("list Services: %w", err)
 	}
 	svcs := make([]*corev1.Service, len(sl.Items))
 	for i := range sl.Items {
@@ -269,7 +294,7 @@ func (c *Controller) restore(ctx context.Context) (*Allocator, error) {
 		n += len(a.Assigned(r.Key))
 	}
 	c.log.Info("allocations restored", "addresses", n, "pools", len(pools))
-	return a, nil
+	return a, live, nil
 }
 
 // handles reports whether s is a LoadBalancer Service of a class this controller serves.

@@ -34,6 +34,8 @@
 // address found in the status of a Service carrying ConditionAllocated, oldest Service
 // first; an address claimed twice stays with the older Service and the younger one is
 // given another. That one List carries the state across restarts and leader changes.
+// Before acting, the term waits (briefly) for the pool cache to show the pools as listed,
+// so a lagging cache cannot move Services off a pool it has not seen yet.
 //
 // Status is written with Update and the object's resourceVersion, so a write based on a
 // stale view of that Service fails with a conflict and is retried after the cache catches
