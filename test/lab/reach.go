@@ -3,11 +3,14 @@ package lab
 import (
 	"bytes"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -70,10 +73,25 @@ func ServeEcho(t testing.TB, ns *NetNS) error {
 	return nil
 }
 
+// UDP probes take their source ports in turn from this range rather than from the kernel:
+// conntrack keeps a UDP "connection" for 30 to 120 s after its last datagram, and a datagram
+// whose addresses and ports match one that was allowed is a reply to the kernel, allowed
+// whatever the policy now says. An ephemeral port the kernel picked again would make such a
+// datagram; a port taken in turn is not used again for over 40000 probes.
+const udpPortFirst, udpPortLast = 20000, 60999
+
+var udpPort atomic.Int32
+
+func nextUDPPort() int {
+	n := int(udpPort.Add(1))
+	return udpPortFirst + n%(udpPortLast-udpPortFirst+1)
+}
+
 // udpResend is how long Reach waits for a UDP echo before sending the datagram again.
 const udpResend = 200 * time.Millisecond
 
-// Reach opens a new connection (TCP) or a new socket (UDP, so a new conntrack entry) from
+// Reach opens a new connection (TCP) or a new socket on a port not used lately (UDP), so a
+// new conntrack entry either way, from
 // inside from to the echo server at dst:EchoPort, sends a token and waits for it to come
 // back (UDP: resent every udpResend until then). nil means the exchange completed within
 // timeout: packets crossed in each direction as a new connection. Any error means it did not.
@@ -86,7 +104,16 @@ func Reach(from *NetNS, proto string, dst netip.Addr, timeout time.Duration) err
 	err := from.Do(func() error {
 		var err error
 		d := net.Dialer{Deadline: deadline}
-		c, err = d.Dial(proto, addr)
+		if proto != "udp" {
+			c, err = d.Dial(proto, addr)
+			return err
+		}
+		for range 10 {
+			d.LocalAddr = &net.UDPAddr{Port: nextUDPPort()}
+			if c, err = d.Dial(proto, addr); !errors.Is(err, syscall.EADDRINUSE) {
+				break
+			}
+		}
 		return err
 	})
 	if err != nil {
