@@ -72,6 +72,7 @@ func TestPolicy(t *testing.T) {
 	t.Run("ChangeLatency", c.testChangeLatency)
 	t.Run("SIGKILL", func(t *testing.T) { c.testAgentDown(t, true) })
 	t.Run("SIGTERM", func(t *testing.T) { c.testAgentDown(t, false) })
+	t.Run("ChangedWhileDown", c.testChangedWhileDown)
 	t.Run("NewPod", c.testNewPod)
 	t.Run("NewPodAgentStopped", c.testNewPodAgentStopped)
 	t.Run("RemoveAll", c.testRemoveAll)
@@ -108,11 +109,16 @@ func (p pair) String() string {
 	if p.allowed {
 		verdict = "allowed"
 	}
+	return fmt.Sprintf("%s, %s)", strings.TrimSuffix(p.path(), ")"), verdict)
+}
+
+// path names the pair without its verdict.
+func (p pair) path() string {
 	where := "same node"
 	if p.from.Node != p.to.Node {
 		where = "across nodes"
 	}
-	return fmt.Sprintf("%s→%s (%s, %s)", p.from.ObjectName(), p.to.ObjectName(), where, verdict)
+	return fmt.Sprintf("%s→%s (%s)", p.from.ObjectName(), p.to.ObjectName(), where)
 }
 
 // pairs are the client→web pairs under webPolicy("client") (enforced true) or under no
@@ -247,17 +253,7 @@ func startProbes(pairs []pair, interval time.Duration, allowedTimeout time.Durat
 // outcomes. It returns the number of attempts that reached and that were blocked.
 func (s *probeSet) stop(t *testing.T) (reached, blocked int) {
 	t.Helper()
-	var wg sync.WaitGroup
-	results := make([][]lab.Attempt, len(s.probers))
-	for i, p := range s.probers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			results[i] = p.Stop()
-		}()
-	}
-	wg.Wait()
-	for i, as := range results {
+	for i, as := range s.results() {
 		p, pr := s.pairs[i], s.probers[i]
 		tally := lab.Count(as)
 		reached += tally.Reached
@@ -272,6 +268,21 @@ func (s *probeSet) stop(t *testing.T) (reached, blocked int) {
 		}
 	}
 	return reached, blocked
+}
+
+// results stops every prober and returns their attempts, in the order of s.probers.
+func (s *probeSet) results() [][]lab.Attempt {
+	var wg sync.WaitGroup
+	results := make([][]lab.Attempt, len(s.probers))
+	for i, p := range s.probers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			results[i] = p.Stop()
+		}()
+	}
+	wg.Wait()
+	return results
 }
 
 // testAgentDown: with a policy in force, both agents are killed (SIGKILL) or stopped
@@ -335,6 +346,83 @@ func (c *cluster) testAgentDown(t *testing.T, kill bool) {
 		how, up.Sub(down).Round(time.Millisecond), synced.Sub(up).Round(time.Millisecond), time.Since(began).Round(time.Millisecond),
 		len(probes.probers), len(probes.pairs)/len(probeKinds), reached+blocked, reached, blocked)
 	c.expect(t, c.pairs(true), converge)
+}
+
+// testChangedWhileDown: the policy changes while both agents are killed. Until they are back
+// the kernel keeps the old verdicts; once their first pass is applied, the new ones; and
+// pairs that neither allows never get through, during the change included.
+func (c *cluster) testChangedWhileDown(t *testing.T) {
+	c.dumpOnFailure(t)
+	c.apply(t, webPolicy("client"))
+	c.expect(t, c.pairs(true), converge)
+	nodes := []*lab.Node{c.n1, c.n2}
+	for _, n := range nodes {
+		if err := n.Agent.Kill(); err != nil {
+			t.Fatalf("kill the agent of %s: %v", n.Name, err)
+		}
+	}
+	killed := time.Now()
+	c.apply(t, webPolicy("stranger"))
+	// old and new: the verdicts before and after the change.
+	type watched struct {
+		pair
+		old, new bool
+	}
+	ws := []watched{
+		{pair{from: c.client, to: c.web}, true, false},
+		{pair{from: c.client2, to: c.web}, true, false},
+		{pair{from: c.stranger2, to: c.web}, false, true},
+		{pair{from: c.stranger, to: c.web2}, false, true},
+		{pair{from: c.web2, to: c.web}, false, false},
+		{pair{from: c.web, to: c.web2}, false, false},
+	}
+	var pairs []pair
+	for _, w := range ws {
+		// An attempt is judged by when it ended or started, not by what it met on the way: a
+		// pair allowed before or after may take its time, as a loaded machine makes it.
+		p := w.pair
+		p.allowed = w.old || w.new
+		pairs = append(pairs, p)
+	}
+	probes := startProbes(pairs, 100*time.Millisecond, 3*time.Second)
+	time.Sleep(3 * time.Second)
+	up := time.Now()
+	for _, n := range nodes {
+		if err := n.Agent.Start(); err != nil {
+			t.Fatalf("start the agent of %s: %v", n.Name, err)
+		}
+	}
+	for _, n := range nodes {
+		lab.Eventually(t, converge, n.Name+" policy synced after the restart", func() error { return policySynced(n, true) })
+	}
+	synced := time.Now()
+	time.Sleep(1500 * time.Millisecond)
+	var before, after, during int
+	for i, as := range probes.results() {
+		w, pr := ws[i/len(probeKinds)], probes.probers[i]
+		for _, a := range as {
+			switch {
+			case a.End.Before(up):
+				before++
+				if a.OK() != w.old {
+					t.Errorf("%s %s: attempt %s–%s with the agents down (killed at %s, started at %s): reach=%v (%v), want the old verdict %v",
+						pr, w.path(), a.Start.Format("15:04:05.000"), a.End.Format("15:04:05.000"), killed.Format("15:04:05.000"), up.Format("15:04:05.000"), a.OK(), a.Err, w.old)
+				}
+			case a.Start.After(synced):
+				after++
+				if a.OK() != w.new {
+					t.Errorf("%s %s: after the restart, reach=%v (%v), want the new verdict %v", pr, w.path(), a.OK(), a.Err, w.new)
+				}
+			default:
+				during++
+				if a.OK() && !w.old && !w.new {
+					t.Errorf("%s %s: reached while the restarted agent applied the change, allowed neither before nor after", pr, w.path())
+				}
+			}
+		}
+	}
+	t.Logf("policy changed with the agents down: %d attempts while down kept the old verdicts, %d after the restart's first pass (%v after the start) had the new ones, %d in between",
+		before, after, synced.Sub(up).Round(time.Millisecond), during)
 }
 
 // policySynced reports an error until the agent's last policy pass succeeded with the table
@@ -423,16 +511,7 @@ func (c *cluster) judgeNewPod(t *testing.T, probes *probeSet, notBefore time.Tim
 		time.Sleep(50 * time.Millisecond)
 	}
 	time.Sleep(time.Second)
-	var wg sync.WaitGroup
-	results := make([][]lab.Attempt, len(probes.probers))
-	for i, p := range probes.probers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			results[i] = p.Stop()
-		}()
-	}
-	wg.Wait()
+	results := probes.results()
 	var strangers, clients lab.Tally
 	for i, as := range results {
 		p, pr := probes.pairs[i], probes.probers[i]
