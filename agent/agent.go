@@ -90,7 +90,7 @@ func New(cfg Config, client kubernetes.Interface, dyn dynamic.Interface, log *sl
 	a.kubeProxy.Store(&kubeProxyState{})
 	if cfg.NetworkPolicy {
 		plog := log.With("component", "policy")
-		a.policy = &networkPolicy{source: cluster.NewPolicyWatcher(client, cfg.NodeName, plog), log: plog, said: a.said}
+		a.policy = &networkPolicy{source: cluster.NewPolicyWatcher(client, cfg.NodeName, plog), log: plog, said: a.said, metrics: a.metrics}
 	}
 	if dyn != nil {
 		defaults := cfg.defaults()
@@ -206,12 +206,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 }
 
-// buildReconcilers makes the reconcilers, in the order a pass runs them: the node's own
-// plumbing first, then the speaker, which the BGP reconcilers after it configure, and the
-// kernel routes last, from what BGP learned.
+// buildReconcilers makes the reconcilers, in the order a pass runs them: the speaker and its
+// neighbours first, so a joining node is ready for the sessions the running nodes are already
+// dialling (a connection from a peer not configured yet is turned away, and its next attempt
+// waits); then the node's own plumbing; the advertisements; the kernel routes last, from what
+// BGP learned.
 func (a *Agent) buildReconcilers(table routeTable, masq masquerader, started time.Time) {
 	a.speaker = &speaker{newRouter: a.newRouter, log: a.log.With("component", "bgp")}
-	a.reconcilers = nil
+	a.reconcilers = []reconciler{a.speaker, &peers{speaker: a.speaker, log: a.log.With("component", "bgp")}}
 	if a.cfg.InstallCNI {
 		a.reconcilers = append(a.reconcilers, &cniConfig{opts: a.cfg.CNI, mtu: a.cfg.MTU, linkMTU: cniconf.LinkMTU, log: a.log.With("component", "cni")})
 	}
@@ -219,8 +221,6 @@ func (a *Agent) buildReconcilers(table routeTable, masq masquerader, started tim
 		a.reconcilers = append(a.reconcilers, &egressRules{masq: masq, now: time.Now})
 	}
 	a.reconcilers = append(a.reconcilers,
-		a.speaker,
-		&peers{speaker: a.speaker, log: a.log.With("component", "bgp")},
 		&advertisements{speaker: a.speaker, log: a.log.With("component", "bgp")},
 		&kernelRoutes{
 			speaker: a.speaker, table: table, log: a.log.With("component", "routes"), metrics: a.metrics,

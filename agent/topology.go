@@ -110,18 +110,7 @@ func nodeTopology(cfg *Config, s config.Settings, me self, meNode cluster.Node, 
 		if err != nil {
 			t.problems = append(t.problems, err.Error())
 		}
-		nb := bgp.Neighbor{
-			Address:         remote,
-			ASN:             asn,
-			LocalAddress:    local,
-			HoldTime:        cfg.HoldTime,
-			KeepaliveTime:   cfg.KeepaliveTime,
-			GracefulRestart: cfg.GracefulRestart,
-			Kind:            kind,
-		}
-		if cfg.GracefulRestart {
-			nb.RestartTime = cfg.RestartTime
-		}
+		nb := nodeNeighbor(cfg, kind, local, remote, asn)
 		if kind == bgp.KindReflectorClient {
 			if asn != me.ASN {
 				t.problems = append(t.problems, fmt.Sprintf("node %s: AS %d differs from this reflector's AS %d: route reflection needs one AS", n.Name, asn, me.ASN))
@@ -145,27 +134,7 @@ func nodeTopology(cfg *Config, s config.Settings, me self, meNode cluster.Node, 
 // same address as a node session is left out and reported: one address, one session.
 func (t *topology) addExternal(cfg *Config, s config.Settings, me self, meNode cluster.Node) {
 	for _, p := range s.PeersForNode(meNode) {
-		local := me.V4
-		if p.Address.Is6() {
-			local = me.V6
-		}
-		nb := p.Neighbor(local)
-		if nb.HoldTime == 0 {
-			nb.HoldTime, nb.KeepaliveTime = cfg.HoldTime, cfg.KeepaliveTime
-		}
-		nb.GracefulRestart = cfg.GracefulRestart
-		switch {
-		case !nb.GracefulRestart:
-			nb.RestartTime = 0 // a restart time means nothing without graceful restart
-		case nb.RestartTime == 0:
-			nb.RestartTime = cfg.RestartTime
-		}
-		nb.NoExport = !p.ExportPodCIDRs
-		if nb.ASN != me.ASN {
-			// With one AS per rack (RFC 7938) the ToR hands a node its rack neighbours'
-			// routes with the node's own AS in the path.
-			nb.AllowOwnAS = 1
-		}
+		nb := externalNeighbor(cfg, p, me)
 		if prev, clash := t.peers[p.Address]; clash {
 			t.problems = append(t.problems, fmt.Sprintf("BGPPeer %s: %s is already a %s session (node %s)", p.Name, p.Address, prev.Neighbor.Kind, prev.Node))
 			continue

@@ -59,34 +59,6 @@ type Peer struct {
 	Object ObjectState
 }
 
-// Neighbor is the peer as the BGP speaker takes it. local is the node's peering address
-// (its podroute.io/peering-address or InternalIP); it is used only when it is of the
-// peer's family, else the kernel picks the source address.
-func (p Peer) Neighbor(local netip.Addr) bgp.Neighbor {
-	n := bgp.Neighbor{
-		Address:                 p.Address,
-		ASN:                     p.ASN,
-		Port:                    p.Port,
-		Password:                p.Password,
-		HoldTime:                p.HoldTime,
-		KeepaliveTime:           p.KeepaliveTime,
-		EBGPMultihopTTL:         p.EBGPMultihopTTL,
-		TTLSecurityHops:         p.TTLSecurityHops,
-		GracefulRestart:         true,
-		RestartTime:             p.GracefulRestartTime,
-		RouteReflectorClient:    p.RouteReflectorClient,
-		RouteReflectorClusterID: p.RouteReflectorClusterID,
-		Kind:                    bgp.KindExternal,
-	}
-	if local.IsValid() && local.Unmap().Is4() == p.Address.Is4() {
-		n.LocalAddress = local.Unmap()
-	}
-	if p.Port == DefaultPort {
-		n.Port = 0
-	}
-	return n
-}
-
 // ObjectState is what the status writer needs to know about an object it read.
 type ObjectState struct {
 	Name            string

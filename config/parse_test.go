@@ -47,22 +47,11 @@ func TestPeerParse(t *testing.T) {
 	if p.NodeSelector.String() != "rack=a" {
 		t.Errorf("selector %q", p.NodeSelector)
 	}
-	n := p.Neighbor(netip.MustParseAddr("192.0.2.10"))
-	if err := n.Validate(); err != nil {
-		t.Fatalf("neighbor of a valid peer: %v", err)
-	}
-	if n.LocalAddress != netip.MustParseAddr("192.0.2.10") || !n.GracefulRestart || n.RestartTime != time.Minute || n.Kind != bgp.KindExternal || n.Port != 1790 {
-		t.Errorf("neighbor %+v", n)
-	}
-	if n := p.Neighbor(netip.MustParseAddr("2001:db8::10")); n.LocalAddress.IsValid() {
-		t.Errorf("local address of the other family used: %v", n.LocalAddress)
-	}
-
 	// Defaults: nil selector = every node, port 179, cluster export setting.
 	bare := &BGPPeer{ObjectMeta: metav1.ObjectMeta{Name: "x"}, Spec: BGPPeerSpec{PeerAddress: "2001:db8::1", PeerASN: 64512}}
 	cfg.ExportPodCIDRs = false
 	p, errs = bare.Parse(cfg)
-	if len(errs) != 0 || !p.NodeSelector.Empty() || p.Port != 179 || p.ExportPodCIDRs || p.Neighbor(netip.Addr{}).Port != 0 {
+	if len(errs) != 0 || !p.NodeSelector.Empty() || p.Port != 179 || p.ExportPodCIDRs {
 		t.Fatalf("bare peer: %+v %v", p, errs)
 	}
 	bare.Spec.ExportPodCIDRs = ptr(true)
@@ -131,8 +120,8 @@ func TestPeerParseAgainstConfiguration(t *testing.T) {
 	if len(errs) != 0 {
 		t.Fatalf("iBGP client: %v", errs)
 	}
-	if n := peer.Neighbor(netip.Addr{}); n.RouteReflectorClusterID != cfg.RouteReflectorClusterID || !n.RouteReflectorClient || n.Validate() != nil {
-		t.Errorf("client neighbor %+v: %v", n, n.Validate())
+	if peer.RouteReflectorClusterID != cfg.RouteReflectorClusterID || !peer.RouteReflectorClient {
+		t.Errorf("client peer %+v", peer)
 	}
 }
 
