@@ -41,6 +41,17 @@ func (k *kernelRoutes) name() string { return "kernel-routes" }
 
 func (k *kernelRoutes) reconcile(ctx context.Context, d *desired) error {
 	r, _ := k.speaker.current()
+	// After a restart, ask whether BGP has resynchronised before reading what it learned:
+	// read the other way round, routes that arrived between the two reads (just before a
+	// peer's End-of-RIB) would be missing from what is kept, and the sweep would delete
+	// them for the moment until the next pass put them back.
+	sweep, synced := false, false
+	if k.restarting && !k.swept {
+		if r != nil {
+			synced, _ = r.Synced(ctx)
+		}
+		sweep = synced || k.now().Sub(k.started) > k.staleTimeout
+	}
 	var learned []bgp.Route
 	if r != nil {
 		var err error
@@ -50,11 +61,7 @@ func (k *kernelRoutes) reconcile(ctx context.Context, d *desired) error {
 	}
 	want := routesFor(d.me, learned)
 	if k.restarting && !k.swept {
-		synced := false
-		if r != nil {
-			synced, _ = r.Synced(ctx)
-		}
-		if synced || k.now().Sub(k.started) > k.staleTimeout {
+		if sweep {
 			k.log.Info("BGP resynchronised after restart: sweeping stale routes", "endOfRIB", synced)
 			k.swept = true
 		} else {

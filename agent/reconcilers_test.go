@@ -279,3 +279,42 @@ func TestRestartKeepsStaleRoutesUntilSynced(t *testing.T) {
 type unsyncedRouter struct{ *fakeRouter }
 
 func (unsyncedRouter) Synced(context.Context) (bool, error) { return false, nil }
+
+// racingRouter learns a peer's routes and its End-of-RIB between the agent's two questions,
+// as a session coming up after a restart does: the first Synced answers true, and by then the
+// routes are in.
+type racingRouter struct {
+	*fakeRouter
+	arrive []bgp.Route
+}
+
+func (r *racingRouter) Synced(context.Context) (bool, error) {
+	r.mu.Lock()
+	r.learned = append(r.learned, r.arrive...)
+	r.arrive = nil
+	r.mu.Unlock()
+	return true, nil
+}
+
+// After a restart, routes that arrive just before End-of-RIB are never swept with the stale
+// ones: the sweep must judge by what was learned once BGP said it had resynchronised.
+func TestRestartSweepKeepsRoutesLearnedBeforeEndOfRIB(t *testing.T) {
+	nodes := meshNodes(3)
+	table := newFakeTable()
+	for _, n := range nodes[1:] {
+		table.routes[n.PodCIDRs[0]] = routes.Route{Prefix: n.PodCIDRs[0], NextHops: []routes.NextHop{{Gateway: n.Addresses[0]}}}
+	}
+	r := newRig(t, nodes, table, true)
+	r.a.speaker.newRouter = func(c bgp.Config) (bgp.Router, error) {
+		return &racingRouter{fakeRouter: newFakeRouter(c), arrive: []bgp.Route{learnedFrom(nodes[1]), learnedFrom(nodes[2])}}, nil
+	}
+	r.pass(t)
+	if table.calls["removed"] != 0 || table.calls["added"] != 2 {
+		t.Fatalf("kernel changes %v: the routes learned before End-of-RIB were swept (want only the two blackholes added)", table.calls)
+	}
+	for _, n := range nodes[1:] {
+		if _, ok := table.routes[n.PodCIDRs[0]]; !ok {
+			t.Errorf("route to %s gone", n.Name)
+		}
+	}
+}
