@@ -24,8 +24,8 @@
 //
 //	PODROUTE_E2E_MODES   kube-proxy modes, comma-separated, one cluster each (default
 //	                     "iptables"; `make conformance` runs "iptables,nftables")
-//	PODROUTE_E2E_SUITES  the suites to run, comma-separated (default "conformance";
-//	                     `make conformance` runs "conformance,network,netpol")
+//	PODROUTE_E2E_SUITES  the suites to run, comma-separated (default "conformance,netpol-ci",
+//	                     what CI runs; `make conformance` runs "conformance,network,netpol")
 //	PODROUTE_E2E_FOCUS   run this ginkgo focus instead of the suites (with
 //	                     PODROUTE_E2E_SKIP), e.g. to run one spec against the cluster
 //	PODROUTE_E2E_PROCS   parallel ginkgo processes (default 4; 1 runs e2e.test alone, serially)
@@ -147,7 +147,7 @@ func TestConformance(t *testing.T) {
 	if focus := os.Getenv("PODROUTE_E2E_FOCUS"); focus != "" {
 		run = append(run, suite{name: "focus", focus: focus, skip: os.Getenv("PODROUTE_E2E_SKIP")})
 	} else {
-		for _, name := range strings.Split(env("PODROUTE_E2E_SUITES", "conformance"), ",") {
+		for _, name := range strings.Split(env("PODROUTE_E2E_SUITES", "conformance,netpol-ci"), ",") {
 			s, ok := suites[strings.TrimSpace(name)]
 			if !ok {
 				t.Fatalf("PODROUTE_E2E_SUITES: no suite %q (conformance, network, netpol, netpol-ci)", name)
