@@ -90,7 +90,7 @@ func New(cfg Config, client kubernetes.Interface, dyn dynamic.Interface, log *sl
 	a.kubeProxy.Store(&kubeProxyState{})
 	if cfg.NetworkPolicy {
 		plog := log.With("component", "policy")
-		a.policy = &networkPolicy{source: cluster.NewPolicyWatcher(client, cfg.NodeName, plog), log: plog, said: a.said, metrics: a.metrics}
+		a.policy = &networkPolicy{source: cluster.NewPolicyWatcher(client, cfg.NodeName, plog), log: plog, said: a.said, metrics: a.metrics, logDrops: cfg.PolicyLogDrops}
 	}
 	if dyn != nil {
 		defaults := cfg.defaults()

@@ -57,6 +57,9 @@ type Config struct {
 	// NetworkPolicy enforces NetworkPolicy for this node's pods (nftables table inet
 	// podroute-policy).
 	NetworkPolicy bool
+	// PolicyLogDrops logs what NetworkPolicy drops to the kernel log, at most 10 packets a
+	// second per chain.
+	PolicyLogDrops bool
 
 	// LeaseNamespace holds the Lease that elects the one agent writing the status of the
 	// cluster-wide podroute objects (BGPPeers, the BGPConfiguration). Empty: every agent

@@ -40,6 +40,8 @@ type networkPolicy struct {
 	kernel policyKernel
 	log    *slog.Logger
 	said   *problemLog
+	// logDrops asks for dropped packets in the kernel log (--policy-log-drops).
+	logDrops bool
 	// metrics, when set, get the drop counters (countDrops); readDrops reads them
 	// (policy.ReadDrops when nil).
 	metrics   *Metrics
@@ -107,6 +109,7 @@ func (p *networkPolicy) pass(ctx context.Context) error {
 	pctx, cancel := context.WithTimeout(ctx, passTimeout)
 	defer cancel()
 	in := p.source.Input()
+	in.LogDrops = p.logDrops
 	rs := policy.Compile(in)
 	p.last.Store(&policyPass{in: in, rs: rs})
 	p.said.set("policy", rs.Problems, "NetworkPolicy not fully honoured", "problem")

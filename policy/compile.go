@@ -48,7 +48,15 @@ const (
 
 	dropComment = "podroute-policy: not allowed by any policy"
 	holdComment = "podroute-policy: pod interface not judged yet"
+	logComment  = "podroute-policy: drop logged (Input.LogDrops)"
 )
+
+// logRule logs, at most 10 packets a second per chain (bursts of 20), what the drop rule
+// after it is about to drop, with prefix in the kernel log ("podroute-policy drop ingress: "
+// and the packet's interfaces, addresses and ports).
+func logRule(prefix string) Rule {
+	return Rule{Rule: fmt.Sprintf(`limit rate 10/second burst 20 packets log prefix "%s" level info`, prefix), Comment: logComment}
+}
 
 // protocols are the protocols NetworkPolicy knows, in the order rules are written.
 var protocols = []string{"tcp", "udp", "sctp"}
@@ -78,6 +86,7 @@ type compiler struct {
 	blocks     map[string]*ipBlock // ipBlock key → parsed block
 	rules      map[string][]Rule   // policy key + direction → rules, when they do not depend on the pod
 	chains     map[string]string   // direction, policies (and ports, if named) → chain name
+	logDrops   bool
 }
 
 func newCompiler(in *Input) *compiler {
@@ -96,6 +105,7 @@ func newCompiler(in *Input) *compiler {
 		blocks:     map[string]*ipBlock{},
 		rules:      map[string][]Rule{},
 		chains:     map[string]string{},
+		logDrops:   in.LogDrops,
 	}
 
 	// Peers: every pod, this node's included, once each.
@@ -180,7 +190,11 @@ func (c *compiler) run() *Ruleset {
 	if !rs.Active {
 		return rs
 	}
-	rs.Chains[HoldChain] = &Chain{Name: HoldChain, Rules: []Rule{{Rule: "counter drop", Comment: holdComment}}}
+	hold := []Rule{{Rule: "counter drop", Comment: holdComment}}
+	if c.logDrops {
+		hold = append([]Rule{logRule("podroute-policy hold: ")}, hold...)
+	}
+	rs.Chains[HoldChain] = &Chain{Name: HoldChain, Rules: hold}
 	judged := &Set{Name: JudgedSet, Type: "ifname", Comment: "podroute-policy: local pods the agent has judged"}
 	self := &Set{Name: SelfSet, Type: "ifname . ifname", Comment: "podroute-policy: policed pods, to themselves"}
 	rs.Sets[JudgedSet], rs.Sets[SelfSet] = judged, self
@@ -269,6 +283,9 @@ func (c *compiler) chain(prefix string, pols []*policyInfo, dir string, pod *Pod
 	var rules []Rule
 	for _, p := range pols {
 		rules = append(rules, c.policyRules(p, dir, pod)...)
+	}
+	if c.logDrops {
+		rules = append(rules, logRule("podroute-policy drop "+dir+": "))
 	}
 	rules = append(rules, Rule{Rule: "counter drop", Comment: dropComment})
 	name := prefix + chainDigest(rules)

@@ -131,12 +131,19 @@
 //     with a named port, an unknown protocol or operator) allows nothing and is reported in
 //     Ruleset.Problems; the rest of its policy stays in force.
 //
+// # Drops
+//
+// Every drop rule counts (ReadDrops reads the counters, ChainPolicies names the policies
+// behind a chain). With Input.LogDrops each is preceded by a log rule, at most 10 packets a
+// second per chain in bursts of 20, with the prefix "podroute-policy drop ingress: ",
+// "... egress: " or "podroute-policy hold: "; the chains are then other chains (their names
+// are digests of their rules), swapped in as any policy change is.
+//
 // # Not supported yet
 //
-// The agent does not call this package yet (see docs/architecture.md for the wiring);
-// cluster.PolicyWatcher is the informer side that builds its Input. A pod's second
-// interface (CNI_IFNAME other than eth0) is not policed. AdminNetworkPolicy and
-// BaselineAdminNetworkPolicy are not implemented. ICMP is not special-cased: a rule without
-// ports allows it, a rule with ports does not, as upstream. SCTP needs the kernel's SCTP
-// conntrack, as for kube-proxy.
+// (The agent runs this package on a loop of its own, agent/policy.go, fed by
+// cluster.PolicyWatcher.) A pod's second interface (CNI_IFNAME other than eth0) is not
+// policed. AdminNetworkPolicy and BaselineAdminNetworkPolicy are not implemented. ICMP is
+// not special-cased: a rule without ports allows it, a rule with ports does not, as
+// upstream. SCTP needs the kernel's SCTP conntrack, as for kube-proxy.
 package policy

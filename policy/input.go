@@ -28,6 +28,9 @@ type Input struct {
 	// host veth's name, which is known from the pod alone, so they are in the kernel before
 	// the veth is created.
 	Local []LocalPod
+	// LogDrops logs what the policies drop, and what the hold drops, to the kernel log,
+	// rate-limited (the agent's --policy-log-drops); the drops are counted either way.
+	LogDrops bool
 }
 
 // Pod is a pod as policy sees it.
