@@ -18,7 +18,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -27,27 +26,7 @@ import (
 	"github.com/podroute/podroute/test/kube"
 )
 
-type testWriter struct {
-	t    *testing.T
-	name string
-}
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(w.name + ": " + strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
-
-func eventually(t *testing.T, timeout time.Duration, what string, f func() error) {
-	t.Helper()
-	var last error
-	err := wait.PollUntilContextTimeout(context.Background(), 100*time.Millisecond, timeout, true, func(context.Context) (bool, error) {
-		last = f()
-		return last == nil, nil
-	})
-	if err != nil {
-		t.Fatalf("%s: not within %v: %v", what, timeout, last)
-	}
-}
+var eventually = kube.Eventually
 
 var crdGVR = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
 
@@ -128,7 +107,7 @@ func (h *harness) restrict(admin *rest.Config) {
 }
 
 func (h *harness) start(name string, leaderElection bool) (*Controller, context.CancelFunc, <-chan error) {
-	opts := Options{Identity: name, Logger: slog.New(slog.NewTextHandler(testWriter{h.t, name}, &slog.HandlerOptions{Level: slog.LevelInfo}))}
+	opts := Options{Identity: name, Logger: kube.TestLogger(h.t, slog.LevelInfo, name)}
 	if leaderElection {
 		opts.LeaseNamespace = "default"
 		opts.LeaseDuration, opts.RenewDeadline, opts.RetryPeriod = 4*time.Second, 3*time.Second, 200*time.Millisecond

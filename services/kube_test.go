@@ -5,37 +5,18 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
-	"strings"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/podroute/podroute/cluster"
 	"github.com/podroute/podroute/test/kube"
 )
 
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
-
-func eventually(t *testing.T, timeout time.Duration, what string, f func() error) {
-	t.Helper()
-	var last error
-	err := wait.PollUntilContextTimeout(context.Background(), 50*time.Millisecond, timeout, true, func(context.Context) (bool, error) {
-		last = f()
-		return last == nil, nil
-	})
-	if err != nil {
-		t.Fatalf("%s: not within %v: %v", what, timeout, last)
-	}
-}
+var eventually = kube.Eventually
 
 func drain(ch <-chan struct{}) {
 	select {
@@ -50,7 +31,7 @@ func TestWatcherAgainstAPIServer(t *testing.T) {
 	defer cancel()
 	cs := c.Client
 
-	w := NewWatcher(cs, slog.New(slog.NewTextHandler(testWriter{t}, nil)))
+	w := NewWatcher(cs, kube.TestLogger(t, slog.LevelInfo, ""))
 	wctx, wcancel := context.WithCancel(ctx)
 	defer wcancel()
 	go w.Run(wctx)

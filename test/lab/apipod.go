@@ -124,59 +124,25 @@ type Sandbox struct {
 	list *libcni.NetworkConfigList
 }
 
-// PrepareSandbox creates the namespace of a pod named name on n without wiring it; Wire runs
-// CNI ADD. CNI DEL and the namespace's removal run in t.Cleanup, as for AddPod.
+// PrepareSandbox creates the namespace of a pod named name on n, for the agent's conflist,
+// without wiring it; Wire runs CNI ADD. CNI DEL and the namespace's removal run in t.Cleanup,
+// as for AddPod.
 func (n *Node) PrepareSandbox(t testing.TB, name string) (*Sandbox, error) {
 	_, conf, err := n.ConfList()
 	if err != nil {
 		return nil, err
 	}
-	list := cniutil.MustList(t, conf)
-	node, err := n.cniNode([]string{n.BinDir})
-	if err != nil {
-		return nil, err
-	}
-	podNS, err := CreateNetNS(fmt.Sprintf("%s-%s-%s", n.lab.Name, n.Name, name))
-	if err != nil {
-		return nil, err
-	}
-	h, err := podNS.NS()
-	if err != nil {
-		_ = podNS.Delete()
-		return nil, err
-	}
-	cp := &cniutil.Pod{NS: h, ContainerID: cniutil.RandomID(), Namespace: PodNamespace, Name: PodObjectName(n, name), IfName: "eth0"}
-	p := &Pod{Name: name, Node: n, NetNS: podNS, cni: cp}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := node.DelPod(ctx, list, cp); err != nil {
-			t.Logf("lab: CNI DEL of %s on %s: %v", name, n.Name, err)
-		}
-		if err := podNS.Delete(); err != nil {
-			t.Errorf("lab: %v", err)
-		}
-	})
-	return &Sandbox{Pod: p, node: node, list: list}, nil
+	return n.sandbox(t, name, conf, []string{n.BinDir})
 }
 
-// Wire runs CNI ADD for the sandbox, the way a runtime does, and records its addresses.
+// Wire runs CNI ADD for the sandbox, the way a runtime does, and records its addresses: an
+// IPv4 and an IPv6 one, as the agent's conflist gives.
 func (s *Sandbox) Wire(ctx context.Context) error {
-	res, err := s.node.AddPod(ctx, s.list, s.cni)
-	if err != nil {
-		return fmt.Errorf("CNI ADD of %s on %s: %w", s.Name, s.Node.Name, err)
-	}
-	for _, ipc := range res.IPs {
-		if a, ok := netip.AddrFromSlice(ipc.Address.IP); ok {
-			if a = a.Unmap(); a.Is4() {
-				s.IPv4 = a
-			} else {
-				s.IPv6 = a
-			}
-		}
+	if err := s.add(ctx); err != nil {
+		return fmt.Errorf("%s on %s: %w", s.Name, s.Node.Name, err)
 	}
 	if !s.IPv4.IsValid() || !s.IPv6.IsValid() {
-		return fmt.Errorf("CNI ADD of %s on %s gave %v, want an IPv4 and an IPv6 address", s.Name, s.Node.Name, res.IPs)
+		return fmt.Errorf("CNI ADD of %s on %s gave %s and %s, want an IPv4 and an IPv6 address", s.Name, s.Node.Name, s.IPv4, s.IPv6)
 	}
 	return nil
 }

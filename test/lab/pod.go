@@ -61,6 +61,22 @@ func (n *Node) AddPodWith(t testing.TB, name string, conf []byte) *Pod {
 }
 
 func (n *Node) addPod(t testing.TB, name string, conf []byte, pluginDirs []string) (*Pod, error) {
+	sb, err := n.sandbox(t, name, conf, pluginDirs)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := sb.add(ctx); err != nil {
+		return nil, err
+	}
+	return sb.Pod, nil
+}
+
+// sandbox creates the namespace of a pod named name on n (pod-<n> when empty), for the
+// network conf with plugins from pluginDirs, without wiring it. CNI DEL and the namespace's
+// removal run in t.Cleanup.
+func (n *Node) sandbox(t testing.TB, name string, conf []byte, pluginDirs []string) (*Sandbox, error) {
 	list := cniutil.MustList(t, conf)
 	node, err := n.cniNode(pluginDirs)
 	if err != nil {
@@ -82,7 +98,7 @@ func (n *Node) addPod(t testing.TB, name string, conf []byte, pluginDirs []strin
 		_ = podNS.Delete()
 		return nil, err
 	}
-	cp := &cniutil.Pod{NS: h, ContainerID: cniutil.RandomID(), Namespace: "default", Name: n.Name + "-" + name, IfName: "eth0"}
+	cp := &cniutil.Pod{NS: h, ContainerID: cniutil.RandomID(), Namespace: PodNamespace, Name: PodObjectName(n, name), IfName: "eth0"}
 	p := &Pod{Name: name, Node: n, NetNS: podNS, cni: cp}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -94,27 +110,29 @@ func (n *Node) addPod(t testing.TB, name string, conf []byte, pluginDirs []strin
 			t.Errorf("lab: %v", err)
 		}
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	res, err := node.AddPod(ctx, list, cp)
+	return &Sandbox{Pod: p, node: node, list: list}, nil
+}
+
+// add runs CNI ADD for the sandbox, the way a runtime does, and records its addresses; it
+// fails only when the plugin gave none.
+func (s *Sandbox) add(ctx context.Context) error {
+	res, err := s.node.AddPod(ctx, s.list, s.cni)
 	if err != nil {
-		return nil, fmt.Errorf("CNI ADD: %w", err)
+		return fmt.Errorf("CNI ADD: %w", err)
 	}
 	for _, ipc := range res.IPs {
-		a, ok := netip.AddrFromSlice(ipc.Address.IP)
-		if !ok {
-			continue
-		}
-		if a.Unmap().Is4() {
-			p.IPv4 = a.Unmap()
-		} else {
-			p.IPv6 = a
+		if a, ok := netip.AddrFromSlice(ipc.Address.IP); ok {
+			if a = a.Unmap(); a.Is4() {
+				s.IPv4 = a
+			} else {
+				s.IPv6 = a
+			}
 		}
 	}
-	if !p.IPv4.IsValid() && !p.IPv6.IsValid() {
-		return nil, fmt.Errorf("CNI ADD gave no address: %v", res.IPs)
+	if !s.IPv4.IsValid() && !s.IPv6.IsValid() {
+		return fmt.Errorf("CNI ADD gave no address: %v", res.IPs)
 	}
-	return p, nil
+	return nil
 }
 
 // Addr is the pod's address of the family of v6.
