@@ -274,17 +274,12 @@ func fillPeerState(ps *PeerState, p *api.Peer) {
 	}
 	ps.PeerRestarting = p.GetGracefulRestart().GetPeerRestarting()
 	eor := ps.State == StateEstablished
-	gr := p.GetGracefulRestart().GetEnabled()
 	for _, af := range p.AfiSafis {
 		if st := af.GetState(); st != nil {
 			ps.Received += st.Received
-			adv := st.Advertised
-			// GoBGP counts the End-of-RIB marker it sends per family to a graceful-restart
-			// peer as an advertised path.
-			if gr && adv > 0 {
-				adv--
-			}
-			ps.Advertised += adv
+			// GoBGP v4 counts the paths it would send, without the End-of-RIB marker (v3
+			// counted that one too).
+			ps.Advertised += st.Advertised
 		}
 		// A peer that announced graceful restart for a family promises End-of-RIB.
 		if mp := af.GetMpGracefulRestart().GetState(); mp != nil && mp.Received && !mp.EndOfRibReceived {

@@ -18,7 +18,8 @@ func TestIBGPAdvertiseWithdraw(t *testing.T) {
 	a := startSpeaker(t, "127.0.1.1", port, nil)
 	b := startSpeaker(t, "127.0.1.2", port, nil)
 	sub := b.Subscribe(ctx)
-	peer(t, a, b, nil)
+	// Graceful restart, as the agent runs it: End-of-RIB markers must not count as prefixes.
+	peer(t, a, b, func(n *Neighbor) { n.GracefulRestart, n.RestartTime = true, 30*time.Second })
 	eventually(t, 15*time.Second, func() string { return b.established(t, a.ip) })
 
 	p := pfx("10.244.1.0/24")
@@ -46,6 +47,14 @@ func TestIBGPAdvertiseWithdraw(t *testing.T) {
 	// A's own prefix is not a learned route on A.
 	if _, ok := a.route(t, p); ok {
 		t.Fatal("A reports its own advertisement as a learned route")
+	}
+	// A counts the one prefix it sends B (graceful restart is on: no End-of-RIB counted),
+	// B the one it received.
+	if ns, err := a.Neighbors(ctx); err != nil || len(ns) != 1 || ns[0].Advertised != 1 {
+		t.Errorf("A's neighbors %+v, %v: want 1 prefix advertised to B", ns, err)
+	}
+	if ns, err := b.Neighbors(ctx); err != nil || len(ns) != 1 || ns[0].Received != 1 || ns[0].Accepted != 1 {
+		t.Errorf("B's neighbors %+v, %v: want 1 prefix received and accepted from A", ns, err)
 	}
 	// Drain, then expect a fresh signal for the withdrawal.
 	select {
