@@ -2,8 +2,6 @@ package policy
 
 import (
 	"context"
-	"os"
-	"os/exec"
 	"reflect"
 	"testing"
 	"time"
@@ -40,21 +38,7 @@ func TestParseDrops(t *testing.T) {
 // TestDropCounters: a packet the policies drop, or a held pod's, is counted where ReadDrops
 // reads it, on the chain ChainPolicies attributes to the policy.
 func TestDropCounters(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for network namespaces and nftables")
-	}
-	if _, err := exec.LookPath("nft"); err != nil {
-		t.Skip("needs the nft binary (Debian package nftables)")
-	}
-	node := newNetNS(t)
-	do(t, node, func() error {
-		for _, f := range []string{"/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding"} {
-			if err := os.WriteFile(f, []byte("1"), 0o644); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	node := routingNode(t)
 	read := func() Drops {
 		t.Helper()
 		var d Drops

@@ -47,6 +47,28 @@ func do(t *testing.T, n ns.NetNS, f func() error) {
 	}
 }
 
+// routingNode is a throwaway node namespace that forwards both families, for the tests that
+// load rulesets into the kernel (root and the nft binary, which CI installs).
+func routingNode(t *testing.T) ns.NetNS {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for network namespaces and nftables")
+	}
+	if _, err := exec.LookPath("nft"); err != nil {
+		t.Skip("needs the nft binary (Debian package nftables)")
+	}
+	node := newNetNS(t)
+	do(t, node, func() error {
+		for _, f := range []string{"/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding"} {
+			if err := os.WriteFile(f, []byte("1"), 0o644); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return node
+}
+
 func wirePod(t *testing.T, node ns.NetNS, i int, veth string) *kpod {
 	t.Helper()
 	p := &kpod{ns: newNetNS(t), veth: veth,
@@ -234,19 +256,8 @@ func runChecks(t *testing.T, checks []flowCheck) {
 // TestKernel loads the compiled ruleset into a real kernel, in a throwaway node namespace
 // with veth pods, and sends traffic through it.
 func TestKernel(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for network namespaces and nftables")
-	}
-	if _, err := exec.LookPath("nft"); err != nil {
-		t.Skip("needs the nft binary (Debian package nftables)")
-	}
-	node := newNetNS(t)
+	node := routingNode(t)
 	do(t, node, func() error {
-		for _, f := range []string{"/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding"} {
-			if err := os.WriteFile(f, []byte("1"), 0o644); err != nil {
-				return err
-			}
-		}
 		// The node's own addresses (a real node has them on its uplink).
 		lo, _ := netlink.LinkByName("lo")
 		if err := netlink.LinkSetUp(lo); err != nil {

@@ -2,7 +2,6 @@ package policy
 
 import (
 	"context"
-	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -39,16 +38,10 @@ func TestCompileLogDrops(t *testing.T) {
 // The kernel takes the log rules, an agent that restarts finds them as it left them, and the
 // drop counters are still read.
 func TestLogDropsInKernel(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for network namespaces and nftables")
-	}
-	if _, err := exec.LookPath("nft"); err != nil {
-		t.Skip("needs the nft binary (Debian package nftables)")
-	}
+	node := routingNode(t)
 	in := fixture(basePolicies()...)
 	in.LogDrops = true
 	rs := Compile(in)
-	node := newNetNS(t)
 	do(t, node, func() error {
 		nft, err := knftables.New(knftables.InetFamily, TableName)
 		if err != nil {
