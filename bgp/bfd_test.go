@@ -32,14 +32,10 @@ type bfdHelperSpec struct {
 	BFD    *BFDConfig
 }
 
-// TestHelperBFDSpeaker is the child process: it configures its end of the veth, runs one
-// speaker peered with the other end and prints "state <unix ns> <BGP state> <BFD state>"
-// whenever the session's state changes, until it is killed.
-func TestHelperBFDSpeaker(t *testing.T) {
-	raw := os.Getenv(bfdHelperEnv)
-	if raw == "" {
-		t.Skip("helper process only")
-	}
+// helperBFDSpeaker is the child process (see TestMain): it configures its end of the veth,
+// runs one speaker peered with the other end and prints "state <unix ns> <BGP state> <BFD
+// state>" whenever the session's state changes, until it is killed.
+func helperBFDSpeaker(t fataler, raw string) {
 	var spec bfdHelperSpec
 	if err := json.Unmarshal([]byte(raw), &spec); err != nil {
 		t.Fatal(err)
@@ -124,7 +120,7 @@ type bfdChild struct {
 func spawnBFDSpeaker(t *testing.T, spec bfdHelperSpec) *bfdChild {
 	t.Helper()
 	raw, _ := json.Marshal(spec)
-	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperBFDSpeaker$", "-test.count=1", "-test.timeout=5m")
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), bfdHelperEnv+"="+string(raw))
 	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNET}
 	if testing.Verbose() && os.Getenv("BGP_TEST_LOG") != "" {

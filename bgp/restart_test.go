@@ -35,13 +35,9 @@ type helperSpec struct {
 	Prefixes   []string
 }
 
-// TestHelperSpeaker is the child process: it runs one speaker until SIGTERM (graceful
-// stop for a restart) or SIGKILL.
-func TestHelperSpeaker(t *testing.T) {
-	raw := os.Getenv(helperEnv)
-	if raw == "" {
-		t.Skip("helper process only")
-	}
+// helperSpeaker is the child process (see TestMain): it runs one speaker until SIGTERM
+// (graceful stop for a restart) or SIGKILL.
+func helperSpeaker(t fataler, raw string) {
 	var spec helperSpec
 	if err := json.Unmarshal([]byte(raw), &spec); err != nil {
 		t.Fatal(err)
@@ -104,7 +100,7 @@ type child struct {
 func spawnSpeaker(t *testing.T, spec helperSpec) *child {
 	t.Helper()
 	raw, _ := json.Marshal(spec)
-	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperSpeaker$", "-test.count=1")
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), helperEnv+"="+string(raw))
 	if testing.Verbose() && os.Getenv("BGP_TEST_LOG") != "" {
 		cmd.Stderr = os.Stderr
