@@ -10,7 +10,10 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"strings"
 	"time"
+
+	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/podroute/podroute/cniconf"
 	"github.com/podroute/podroute/config"
@@ -120,6 +123,13 @@ func (c *Config) Validate() error {
 			bad("kube-proxy-metrics-address", "%q is not host:port, e.g. %s", a, DefaultKubeProxyMetricsAddress)
 		} else if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
 			bad("kube-proxy-metrics-address", "%q: port %q is not a TCP port", a, port)
+		}
+	}
+	if ns := c.LeaseNamespace; ns != "" {
+		// Caught here, not by the election retrying a request the API server refuses
+		// every two seconds.
+		if problems := validation.IsDNS1123Label(ns); len(problems) > 0 {
+			bad("lease-namespace", "%q is not a namespace name: %s", ns, strings.Join(problems, "; "))
 		}
 	}
 	seen := map[bool]bool{}

@@ -189,8 +189,9 @@ func TestConfigValidate(t *testing.T) {
 	}
 	bad := cfg
 	bad.NodeName, bad.ClusterCIDRs, bad.ASN, bad.HoldTime, bad.RouterID = "", nil, 0, time.Second, addr("2001:db8::1")
+	bad.LeaseNamespace = "Podroute_System"
 	err := bad.Validate()
-	for _, flag := range []string{"--node-name", "--cluster-cidrs", "--asn", "--hold-time", "--router-id"} {
+	for _, flag := range []string{"--node-name", "--cluster-cidrs", "--asn", "--hold-time", "--router-id", "--lease-namespace"} {
 		if err == nil || !strings.Contains(err.Error(), flag) {
 			t.Errorf("error %v does not name %s", err, flag)
 		}
