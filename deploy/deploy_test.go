@@ -1,28 +1,35 @@
 // Package deploy_test checks podroute's manifests: every YAML parses, the DaemonSet is what
-// the docs promise (host network, two capabilities, probes on the node's loopback, ...), and
-// all of it applies to a real kube-apiserver, where the agent's ServiceAccount can do exactly
-// what the agent does (shown by running the agent's own watchers as that ServiceAccount) and
+// the docs promise (host network, two capabilities, probes on the node's loopback, ...), the
+// allocator's Deployment is hardened (non-root, read-only, no capability), and all of it
+// applies to a real kube-apiserver, where the agent's and the allocator's ServiceAccounts can
+// do exactly what each does (shown by running their own code as that ServiceAccount) and
 // nothing more.
 package deploy_test
 
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"sort"
+	"sync"
 	"testing"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	authzv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -38,12 +45,15 @@ import (
 
 	"github.com/podroute/podroute/cluster"
 	"github.com/podroute/podroute/config"
+	"github.com/podroute/podroute/lbipam"
+	"github.com/podroute/podroute/services"
 	"github.com/podroute/podroute/test/kube"
 )
 
 const (
 	namespace = "podroute-system"
 	agentSA   = "system:serviceaccount:podroute-system:podroute-agent"
+	lbipamSA  = "system:serviceaccount:podroute-system:podroute-lbipam"
 )
 
 // doc is one YAML document of a manifest file.
@@ -112,6 +122,9 @@ func TestManifests(t *testing.T) {
 		"ConfigMap/podroute-config",
 		"DaemonSet/podroute-agent",
 		"BGPConfiguration/default",
+		"ServiceAccount/podroute-lbipam", "ClusterRole/podroute-lbipam", "ClusterRoleBinding/podroute-lbipam",
+		"Role/podroute-lbipam-lease", "RoleBinding/podroute-lbipam-lease",
+		"Deployment/podroute-lbipam",
 	}
 	if got := kinds(docs); !slices.Equal(got, want) {
 		t.Errorf("deploy/*.yaml hold\n%q\nwant, in this order (the namespace first)\n%q", got, want)
@@ -209,6 +222,35 @@ func TestManifests(t *testing.T) {
 		}
 	})
 
+	t.Run("LBIPAMDeployment", func(t *testing.T) {
+		checkLBIPAM(t, docs)
+		// The image is edited like the agent's: one line, marked.
+		i := slices.IndexFunc(docs, func(d doc) bool { return d.obj.GetKind() == "Deployment" && d.obj.GetName() == "podroute-lbipam" })
+		if i < 0 || !regexp.MustCompile(`(?m)^\s*image: podroute/podroute:\S+\s+# EDIT ME`).Match(docs[i].raw) {
+			t.Error("the Deployment's image line lacks the EDIT ME mark of 30-daemonset.yaml")
+		}
+	})
+	t.Run("LBIPAMRules", func(t *testing.T) {
+		var cr rbacv1.ClusterRole
+		decode(t, docs, "ClusterRole", "podroute-lbipam", &cr)
+		if !equality.Semantic.DeepEqual(cr.Rules, lbipam.ClusterRoleRules) {
+			t.Errorf("ClusterRole podroute-lbipam rules\n%+v\nwant lbipam.ClusterRoleRules\n%+v", cr.Rules, lbipam.ClusterRoleRules)
+		}
+		var r rbacv1.Role
+		decode(t, docs, "Role", "podroute-lbipam-lease", &r)
+		if !equality.Semantic.DeepEqual(r.Rules, lbipam.LeaseRoleRules) || r.Namespace != namespace {
+			t.Errorf("Role %s/podroute-lbipam-lease rules\n%+v\nwant lbipam.LeaseRoleRules\n%+v", r.Namespace, r.Rules, lbipam.LeaseRoleRules)
+		}
+		for _, kind := range []string{"ClusterRoleBinding", "RoleBinding"} {
+			var b rbacv1.RoleBinding // a ClusterRoleBinding has the same fields but namespace
+			decode(t, docs, kind, map[string]string{"ClusterRoleBinding": "podroute-lbipam", "RoleBinding": "podroute-lbipam-lease"}[kind], &b)
+			want := []rbacv1.Subject{{Kind: "ServiceAccount", Name: "podroute-lbipam", Namespace: namespace}}
+			if !slices.Equal(b.Subjects, want) || b.RoleRef.Name != b.Name {
+				t.Errorf("%s %s: subjects %+v role %+v", kind, b.Name, b.Subjects, b.RoleRef)
+			}
+		}
+	})
+
 	t.Run("UninstallDaemonSet", func(t *testing.T) {
 		ds := daemonSet(t, load(t, "uninstall/*.yaml"), "podroute-uninstall")
 		checkNodePod(t, ds)
@@ -223,6 +265,96 @@ func TestManifests(t *testing.T) {
 			checkSecurity(t, c, []corev1.Capability{"NET_ADMIN"})
 		}
 	})
+}
+
+// decode unmarshals, strictly, the document of that kind and name into out.
+func decode(t *testing.T, docs []doc, kind, name string, out any) {
+	t.Helper()
+	for _, d := range docs {
+		if d.obj.GetKind() == kind && d.obj.GetName() == name {
+			j, _ := yaml.YAMLToJSON(d.raw)
+			if err := yaml.UnmarshalStrict(j, out); err != nil {
+				t.Fatalf("%s: %v", d, err)
+			}
+			return
+		}
+	}
+	t.Fatalf("no %s %s", kind, name)
+}
+
+// checkLBIPAM: the allocator's Deployment, two replicas on the pod network, on different
+// nodes when it can, hardened, with probes on its health address.
+func checkLBIPAM(t *testing.T, docs []doc) {
+	var d appsv1.Deployment
+	decode(t, docs, "Deployment", "podroute-lbipam", &d)
+	if d.Spec.Replicas == nil || *d.Spec.Replicas != 2 {
+		t.Errorf("replicas %v, want 2 (one leads, one stands by)", d.Spec.Replicas)
+	}
+	p := d.Spec.Template.Spec
+	if p.ServiceAccountName != "podroute-lbipam" {
+		t.Errorf("serviceAccountName %q", p.ServiceAccountName)
+	}
+	if p.HostNetwork || p.HostPID || p.HostIPC {
+		t.Errorf("hostNetwork %v hostPID %v hostIPC %v: want the pod's own", p.HostNetwork, p.HostPID, p.HostIPC)
+	}
+	if p.PriorityClassName != "system-cluster-critical" {
+		t.Errorf("priorityClassName %q", p.PriorityClassName)
+	}
+	if !slices.ContainsFunc(p.Tolerations, func(tl corev1.Toleration) bool {
+		return tl.Key == "node-role.kubernetes.io/control-plane" && tl.Effect == corev1.TaintEffectNoSchedule && tl.Operator == corev1.TolerationOpExists
+	}) {
+		t.Errorf("tolerations %+v: want the control-plane NoSchedule taint tolerated", p.Tolerations)
+	}
+	apart := slices.ContainsFunc(p.TopologySpreadConstraints, func(c corev1.TopologySpreadConstraint) bool {
+		return c.TopologyKey == corev1.LabelHostname && c.LabelSelector != nil && c.LabelSelector.MatchLabels["app.kubernetes.io/name"] == "podroute-lbipam"
+	})
+	if a := p.Affinity; a != nil && a.PodAntiAffinity != nil {
+		apart = apart || slices.ContainsFunc(a.PodAntiAffinity.PreferredDuringSchedulingIgnoredDuringExecution, func(w corev1.WeightedPodAffinityTerm) bool {
+			return w.PodAffinityTerm.TopologyKey == corev1.LabelHostname
+		})
+	}
+	if !apart {
+		t.Error("no topology spread or anti-affinity keeping the two replicas on different nodes")
+	}
+	ps := p.SecurityContext
+	if ps == nil || ps.RunAsNonRoot == nil || !*ps.RunAsNonRoot || ps.RunAsUser == nil || *ps.RunAsUser == 0 {
+		t.Errorf("pod securityContext %+v: want runAsNonRoot and a numeric user other than 0", ps)
+	}
+	if ps == nil || ps.SeccompProfile == nil || ps.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault {
+		t.Errorf("pod securityContext %+v: want seccomp RuntimeDefault", ps)
+	}
+	if len(p.Containers) != 1 || len(p.InitContainers) != 0 {
+		t.Fatalf("containers %d, init containers %d; want one", len(p.Containers), len(p.InitContainers))
+	}
+	c := p.Containers[0]
+	checkSecurity(t, c, nil)
+	var ds appsv1.DaemonSet
+	decode(t, docs, "DaemonSet", "podroute-agent", &ds)
+	if agent := ds.Spec.Template.Spec.Containers[0].Image; c.Image != agent {
+		t.Errorf("image %s, the agent's is %s: both come from one `make image`", c.Image, agent)
+	}
+	if !slices.Equal(c.Command, []string{"/usr/local/bin/podroute-lbipam"}) {
+		t.Errorf("command %q", c.Command)
+	}
+	if e := c.Env; len(e) != 1 || e[0].Name != "POD_NAMESPACE" || e[0].ValueFrom == nil || e[0].ValueFrom.FieldRef == nil || e[0].ValueFrom.FieldRef.FieldPath != "metadata.namespace" {
+		t.Errorf("env %+v, want POD_NAMESPACE from metadata.namespace", e)
+	}
+	if !slices.Contains(c.Args, "--health-address=:9650") {
+		t.Errorf("args %q lack --health-address=:9650", c.Args)
+	}
+	for name, pr := range map[string]*corev1.Probe{"/healthz": c.LivenessProbe, "/readyz": c.ReadinessProbe} {
+		// No host: the kubelet probes the pod's address.
+		if pr == nil || pr.HTTPGet == nil || pr.HTTPGet.Host != "" || pr.HTTPGet.Port.IntValue() != 9650 || pr.HTTPGet.Path != name {
+			t.Errorf("probe %s: %+v, want httpGet on the pod's :9650%s", name, pr, name)
+		}
+	}
+	r := c.Resources
+	if r.Requests.Cpu().IsZero() || r.Requests.Cpu().MilliValue() > 100 || r.Requests.Memory().IsZero() || r.Requests.Memory().Value() > 128<<20 || r.Limits.Memory().IsZero() {
+		t.Errorf("resources %+v: want small requests and a memory limit", r)
+	}
+	if len(c.VolumeMounts) != 0 || len(p.Volumes) != 0 {
+		t.Errorf("volumes %+v: the allocator writes no file", p.Volumes)
+	}
 }
 
 func daemonSet(t *testing.T, docs []doc, name string) *appsv1.DaemonSet {
@@ -281,6 +413,8 @@ func checkSecurity(t *testing.T, c corev1.Container, caps []corev1.Capability) {
 		t.Errorf("%s: capabilities %+v, want drop [ALL] add %v", c.Name, s.Capabilities, caps)
 	}
 }
+
+func ptr[T any](v T) *T { return &v }
 
 func testLogger(t *testing.T) *slog.Logger { return kube.TestLogger(t, slog.LevelInfo, "") }
 
@@ -373,7 +507,10 @@ func TestApply(t *testing.T) {
 	saClient := kubernetes.NewForConfigOrDie(sa)
 	saDyn := dynamic.NewForConfigOrDie(sa)
 
-	t.Run("AccessReview", func(t *testing.T) { testAccess(ctx, t, saClient) })
+	t.Run("AccessReview", func(t *testing.T) {
+		allowed, denied := agentAccess()
+		testAccess(ctx, t, saClient, "the agent", allowed, denied)
+	})
 	t.Run("AgentWatchersAsServiceAccount", func(t *testing.T) { testAgentAsSA(ctx, t, c, admin, saClient, saDyn) })
 	t.Run("RealCallsRefused", func(t *testing.T) {
 		forbidden := func(what string, err error) {
@@ -404,7 +541,108 @@ func TestApply(t *testing.T) {
 		_, err = saClient.CoreV1().Namespaces().Patch(ctx, metav1.NamespaceDefault, types.MergePatchType, []byte(`{"metadata":{"labels":{"x":"y"}}}`), metav1.PatchOptions{})
 		forbidden("label a namespace", err)
 		forbidden("delete a network policy", saClient.NetworkingV1().NetworkPolicies(metav1.NamespaceDefault).Delete(ctx, "deny", metav1.DeleteOptions{}))
+		_, err = saClient.CoreV1().Services(metav1.NamespaceDefault).Patch(ctx, "kubernetes", types.MergePatchType, []byte(`{"metadata":{"labels":{"x":"y"}}}`), metav1.PatchOptions{})
+		forbidden("label a Service", err)
 	})
+
+	lb := rest.CopyConfig(c.RestConfig)
+	lb.Impersonate = rest.ImpersonationConfig{
+		UserName: lbipamSA,
+		Groups:   []string{"system:serviceaccounts", "system:serviceaccounts:" + namespace, "system:authenticated"},
+	}
+	lbClient := kubernetes.NewForConfigOrDie(lb)
+	t.Run("LBIPAMAccessReview", func(t *testing.T) {
+		allowed, denied := lbipamAccess()
+		testAccess(ctx, t, lbClient, "the allocator", allowed, denied)
+	})
+	t.Run("LBIPAMAsServiceAccount", func(t *testing.T) { testLBIPAMAsSA(ctx, t, c, admin, lbClient, dynamic.NewForConfigOrDie(lb)) })
+}
+
+// testLBIPAMAsSA runs the allocator as its ServiceAccount, with leader election in
+// podroute-system as deployed: it takes the Lease, gives a Service an address from the
+// example pool, writes the pool's status and an Event, cannot touch a Service's spec or
+// read a Secret, and releases the Lease when stopped.
+func testLBIPAMAsSA(ctx context.Context, t *testing.T, c *kube.Cluster, admin dynamic.Interface, cs kubernetes.Interface, dyn dynamic.Interface) {
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: metav1.NamespaceDefault, Name: "web-lb", Labels: map[string]string{"exposure": "public"}},
+		Spec: corev1.ServiceSpec{
+			Type:     corev1.ServiceTypeLoadBalancer,
+			Selector: map[string]string{"app": "web"},
+			Ports:    []corev1.ServicePort{{Name: "http", Port: 80, Protocol: corev1.ProtocolTCP}},
+		},
+	}
+	if _, err := c.Client.CoreV1().Services(svc.Namespace).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ctl := lbipam.NewController(cs, dyn, lbipam.Options{
+		LeaseNamespace: namespace, Identity: "deploy-test",
+		LeaseDuration: 4 * time.Second, RenewDeadline: 3 * time.Second, RetryPeriod: 500 * time.Millisecond,
+		Logger: testLogger(t).With("component", "lbipam"),
+	})
+	rctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- ctl.Run(rctx) }()
+	halt := sync.OnceValue(func() error {
+		stop()
+		return <-done
+	})
+	defer halt()
+
+	eventually(t, 60*time.Second, "address assigned as the ServiceAccount", func() error {
+		s, err := c.Client.CoreV1().Services(svc.Namespace).Get(ctx, svc.Name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if in := s.Status.LoadBalancer.Ingress; len(in) != 1 || in[0].IP != "203.0.113.0" {
+			return fmt.Errorf("leading %v, ingress %+v, conditions %+v; want 203.0.113.0, the pool's first", ctl.Leading(), in, s.Status.Conditions)
+		}
+		return nil
+	})
+	if !ctl.Synced() || !ctl.Leading() {
+		t.Errorf("synced %v leading %v", ctl.Synced(), ctl.Leading())
+	}
+	lease, err := c.Client.CoordinationV1().Leases(namespace).Get(ctx, lbipam.DefaultLeaseName, metav1.GetOptions{})
+	if err != nil || lease.Spec.HolderIdentity == nil || *lease.Spec.HolderIdentity != "deploy-test" {
+		t.Errorf("Lease %s/%s: %+v %v, want held by deploy-test", namespace, lbipam.DefaultLeaseName, lease, err)
+	}
+	eventually(t, 30*time.Second, "pool status and Event written as the ServiceAccount", func() error {
+		u, err := admin.Resource(lbipam.PoolGVR).Get(ctx, "public", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if used, _, _ := unstructured.NestedInt64(u.Object, "status", "ipv4", "allocated"); used != 1 {
+			return fmt.Errorf("pool status %v", u.Object["status"])
+		}
+		evs, err := c.Client.CoreV1().Events(svc.Namespace).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + svc.Name})
+		if err != nil {
+			return err
+		}
+		if len(evs.Items) == 0 {
+			return fmt.Errorf("no Event about %s", svc.Name)
+		}
+		return nil
+	})
+
+	s, err := cs.CoreV1().Services(svc.Namespace).Get(ctx, svc.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Spec.Ports[0].Port = 8080
+	if _, err := cs.CoreV1().Services(svc.Namespace).Update(ctx, s, metav1.UpdateOptions{}); !apierrors.IsForbidden(err) {
+		t.Errorf("update a Service's spec as the allocator: %v, want Forbidden", err)
+	}
+	if _, err := cs.CoreV1().Secrets("").List(ctx, metav1.ListOptions{}); !apierrors.IsForbidden(err) {
+		t.Errorf("list secrets as the allocator: %v, want Forbidden", err)
+	}
+
+	// Stopped (SIGTERM in the pod), the leader gives the Lease up at once for the standby.
+	if err := halt(); !errors.Is(err, context.Canceled) {
+		t.Errorf("Run after cancel: %v", err)
+	}
+	lease, err = c.Client.CoordinationV1().Leases(namespace).Get(ctx, lbipam.DefaultLeaseName, metav1.GetOptions{})
+	if err != nil || (lease.Spec.HolderIdentity != nil && *lease.Spec.HolderIdentity != "") {
+		t.Errorf("Lease after stop: %+v %v, want released", lease.Spec, err)
+	}
 }
 
 type access struct {
@@ -431,14 +669,16 @@ func (a access) String() string {
 	return s
 }
 
-// testAccess asks the API server, as the agent's ServiceAccount, what it may do.
-func testAccess(ctx context.Context, t *testing.T, cs kubernetes.Interface) {
-	const (
-		pr    = "podroute.io"
-		netv1 = "networking.k8s.io"
-		coord = "coordination.k8s.io"
-	)
-	allowed := []access{
+const (
+	pr    = "podroute.io"
+	netv1 = "networking.k8s.io"
+	coord = "coordination.k8s.io"
+	disc  = "discovery.k8s.io"
+)
+
+// agentAccess is what the agent's ServiceAccount may and may not do.
+func agentAccess() (allowed, denied []access) {
+	allowed = []access{
 		{verb: "list", resource: "nodes"},
 		{verb: "watch", resource: "nodes"},
 		{verb: "list", group: pr, resource: "bgppeers"},
@@ -460,8 +700,12 @@ func testAccess(ctx context.Context, t *testing.T, cs kubernetes.Interface) {
 		{verb: "get", group: coord, resource: "leases", namespace: namespace, name: "podroute-agent"},
 		{verb: "update", group: coord, resource: "leases", namespace: namespace, name: "podroute-agent"},
 		{verb: "create", group: coord, resource: "leases", namespace: namespace},
+		{verb: "list", resource: "services"},
+		{verb: "watch", resource: "services"},
+		{verb: "list", group: disc, resource: "endpointslices"},
+		{verb: "watch", group: disc, resource: "endpointslices"},
 	}
-	denied := []access{
+	denied = []access{
 		{verb: "get", group: coord, resource: "leases", namespace: namespace, name: "other"},
 		{verb: "update", group: coord, resource: "leases", namespace: namespace, name: "other"},
 		{verb: "delete", group: coord, resource: "leases", namespace: namespace, name: "podroute-agent"},
@@ -516,7 +760,68 @@ func testAccess(ctx context.Context, t *testing.T, cs kubernetes.Interface) {
 		{verb: "delete", group: "apps", resource: "daemonsets", namespace: namespace, name: "podroute-agent"},
 		{verb: "escalate", group: "rbac.authorization.k8s.io", resource: "clusterroles"},
 		{verb: "impersonate", resource: "serviceaccounts"},
+		// Services are read to advertise them; their addresses are the allocator's to write.
+		{verb: "get", resource: "services", namespace: "default", name: "web"},
+		{verb: "update", resource: "services", namespace: "default", name: "web"},
+		{verb: "patch", resource: "services", namespace: "default", name: "web"},
+		{verb: "update", resource: "services", sub: "status", namespace: "default", name: "web"},
+		{verb: "delete", resource: "services", namespace: "default", name: "web"},
+		{verb: "get", group: disc, resource: "endpointslices", namespace: "default", name: "web-1"},
+		{verb: "update", group: disc, resource: "endpointslices", namespace: "default", name: "web-1"},
+		{verb: "list", resource: "endpoints"},
+		{verb: "list", group: pr, resource: "loadbalancerippools"},
 	}
+	return allowed, denied
+}
+
+// lbipamAccess is what the allocator's ServiceAccount may and may not do: lbipam's rules.
+func lbipamAccess() (allowed, denied []access) {
+	allowed = []access{
+		{verb: "get", resource: "services", namespace: "default", name: "web"},
+		{verb: "list", resource: "services"},
+		{verb: "watch", resource: "services"},
+		{verb: "update", resource: "services", sub: "status", namespace: "default", name: "web"},
+		{verb: "list", group: pr, resource: "loadbalancerippools"},
+		{verb: "watch", group: pr, resource: "loadbalancerippools"},
+		{verb: "update", group: pr, resource: "loadbalancerippools", sub: "status", name: "public"},
+		{verb: "create", resource: "events", namespace: "default"},
+		{verb: "patch", resource: "events", namespace: "web"},
+		{verb: "get", group: coord, resource: "leases", namespace: namespace, name: lbipam.DefaultLeaseName},
+		{verb: "update", group: coord, resource: "leases", namespace: namespace, name: lbipam.DefaultLeaseName},
+		{verb: "create", group: coord, resource: "leases", namespace: namespace},
+	}
+	denied = []access{
+		// A Service's spec is its owner's: the allocator writes status only.
+		{verb: "update", resource: "services", namespace: "default", name: "web"},
+		{verb: "patch", resource: "services", namespace: "default", name: "web"},
+		{verb: "create", resource: "services", namespace: "default"},
+		{verb: "delete", resource: "services", namespace: "default", name: "web"},
+		{verb: "patch", resource: "services", sub: "status", namespace: "default", name: "web"},
+		{verb: "get", group: pr, resource: "loadbalancerippools", name: "public"},
+		{verb: "create", group: pr, resource: "loadbalancerippools"},
+		{verb: "update", group: pr, resource: "loadbalancerippools", name: "public"},
+		{verb: "delete", group: pr, resource: "loadbalancerippools", name: "public"},
+		{verb: "list", group: pr, resource: "bgppeers"},
+		{verb: "list", resource: "secrets"},
+		{verb: "list", resource: "secrets", namespace: namespace},
+		{verb: "get", resource: "secrets", namespace: namespace, name: "tor-rack1"},
+		{verb: "list", resource: "pods"},
+		{verb: "list", resource: "nodes"},
+		{verb: "list", group: disc, resource: "endpointslices"},
+		{verb: "delete", resource: "events", namespace: "default", name: "x"},
+		{verb: "delete", group: coord, resource: "leases", namespace: namespace, name: lbipam.DefaultLeaseName},
+		{verb: "list", group: coord, resource: "leases", namespace: namespace},
+		{verb: "get", group: coord, resource: "leases", namespace: "kube-system", name: lbipam.DefaultLeaseName},
+		{verb: "create", group: coord, resource: "leases", namespace: "kube-system"},
+		{verb: "get", resource: "configmaps", namespace: namespace, name: "podroute-config"},
+		{verb: "escalate", group: "rbac.authorization.k8s.io", resource: "clusterroles"},
+		{verb: "impersonate", resource: "serviceaccounts"},
+	}
+	return allowed, denied
+}
+
+// testAccess asks the API server, as a ServiceAccount (who), what it may do.
+func testAccess(ctx context.Context, t *testing.T, cs kubernetes.Interface, who string, allowed, denied []access) {
 	check := func(a access) bool {
 		t.Helper()
 		r, err := cs.AuthorizationV1().SelfSubjectAccessReviews().Create(ctx, &authzv1.SelfSubjectAccessReview{
@@ -531,12 +836,12 @@ func testAccess(ctx context.Context, t *testing.T, cs kubernetes.Interface) {
 	}
 	for _, a := range allowed {
 		if !check(a) {
-			t.Errorf("the agent cannot %s", a)
+			t.Errorf("%s cannot %s", who, a)
 		}
 	}
 	for _, a := range denied {
 		if check(a) {
-			t.Errorf("the agent can %s", a)
+			t.Errorf("%s can %s", who, a)
 		}
 	}
 	// Nothing but those rules: the ServiceAccount's rules review lists exactly them in each
@@ -621,6 +926,26 @@ func testAgentAsSA(ctx context.Context, t *testing.T, c *kube.Cluster, admin dyn
 		}
 		return nil
 	})
+
+	// Service advertisement: Services and EndpointSlices, read as the ServiceAccount.
+	slice := &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Namespace: metav1.NamespaceDefault, Name: "web-1", Labels: map[string]string{discoveryv1.LabelServiceName: "web"}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{"10.244.1.5"}, NodeName: ptr("node-1")}},
+	}
+	if _, err := c.Client.DiscoveryV1().EndpointSlices(slice.Namespace).Create(ctx, slice, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	svcs := services.NewWatcher(cs, log.With("component", "services"))
+	go svcs.Run(wctx)
+	if !svcs.WaitForSync(sync) {
+		t.Fatal("Service and EndpointSlice informers did not sync as the ServiceAccount")
+	}
+	snap := svcs.Snapshot()
+	if !slices.ContainsFunc(snap.Services, func(s services.Service) bool { return s.Key() == "default/kubernetes" }) ||
+		!slices.ContainsFunc(snap.Endpoints, func(e services.Endpoints) bool { return e.Key() == "default/web" }) {
+		t.Errorf("Services and endpoints as the ServiceAccount: %+v", snap)
+	}
 
 	sw := config.NewStatusWriter(dyn, cs.CoreV1(), "node-1", log.With("component", "status"))
 	defer sw.Shutdown()

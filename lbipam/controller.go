@@ -134,6 +134,12 @@ func (c *Controller) Leading() bool {
 	return c.leading
 }
 
+// Synced reports whether the Service and pool caches have their first full lists: the
+// replica can then lead, or take over, at once.
+func (c *Controller) Synced() bool {
+	return c.services.HasSynced() && c.pools.HasSynced()
+}
+
 func (c *Controller) setLeading(v bool) {
 	c.mu.Lock()
 	c.leading = v
