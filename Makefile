@@ -21,6 +21,7 @@ build: $(REF_CNI)/portmap
 	ln -sf podroute $(BIN)/podroute-ipam
 	$(GO) build -trimpath -ldflags '-s -w -X github.com/podroute/podroute/agent.Version=$(VERSION)' -o $(BIN)/podroute-agent ./cmd/podroute-agent
 	$(GO) build -trimpath -ldflags '-s -w -X main.version=$(VERSION)' -o $(BIN)/podroutectl ./cmd/podroutectl
+	$(GO) build -trimpath -ldflags '-s -w -X main.version=$(VERSION)' -o $(BIN)/podroute-lbipam ./cmd/podroute-lbipam
 	install -m 0755 $(REF_CNI)/portmap $(BIN)/portmap
 
 $(REF_CNI)/portmap:
@@ -111,10 +112,10 @@ conformance: setup build
 lab-cni: setup build
 	hack/lab.sh up
 
-# The agent's image, built offline from bin/ and the reference portmap (docker-archive tar for
-# ctr/docker load).
+# The image of the agent and the allocator (podroute-lbipam), built offline from bin/ and the
+# reference portmap (docker-archive tar for ctr/docker load).
 image: build
-	$(GO) run ./hack/image -bin $(BIN) -portmap $(REF_CNI)/portmap -version $(VERSION) -o build/podroute-$(VERSION).tar
+	$(GO) run ./hack/image -bin $(BIN) -lbipam $(BIN)/podroute-lbipam -portmap $(REF_CNI)/portmap -version $(VERSION) -o build/podroute-$(VERSION).tar
 
 clean:
 	rm -rf $(BIN) build

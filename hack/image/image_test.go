@@ -18,7 +18,7 @@ import (
 	"time"
 )
 
-// buildBinaries builds podroute's three binaries the way make build does.
+// buildBinaries builds podroute's four binaries the way make build does.
 func buildBinaries(t *testing.T) string {
 	t.Helper()
 	dir := t.TempDir()
@@ -26,6 +26,7 @@ func buildBinaries(t *testing.T) string {
 		{"podroute", "../../cmd/podroute"},
 		{"podroute-agent", "../../cmd/podroute-agent"},
 		{"podroutectl", "../../cmd/podroutectl"},
+		{"podroute-lbipam", "../../cmd/podroute-lbipam"},
 	} {
 		cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", filepath.Join(dir, b.out), b.pkg)
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
@@ -84,7 +85,7 @@ func TestImage(t *testing.T) {
 	out := t.TempDir()
 	a, b := filepath.Join(out, "a.tar"), filepath.Join(out, "b.tar")
 	for _, o := range []string{a, b} {
-		if err := run([]string{"-bin", bin, "-portmap", portmap, "-version", "v0.0.0-test", "-o", o}); err != nil {
+		if err := run([]string{"-bin", bin, "-lbipam", filepath.Join(bin, "podroute-lbipam"), "-portmap", portmap, "-version", "v0.0.0-test", "-o", o}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -151,6 +152,7 @@ func TestImage(t *testing.T) {
 	}{
 		"usr/local/bin/podroute-agent":   {tar.TypeReg, 0o755, filepath.Join(bin, "podroute-agent")},
 		"usr/local/bin/podroutectl":      {tar.TypeReg, 0o755, filepath.Join(bin, "podroutectl")},
+		"usr/local/bin/podroute-lbipam":  {tar.TypeReg, 0o755, filepath.Join(bin, "podroute-lbipam")},
 		"opt/podroute/bin/podroute":      {tar.TypeReg, 0o755, filepath.Join(bin, "podroute")},
 		"opt/podroute/bin/podroute-ipam": {tar.TypeSymlink, 0o777, ""},
 		"opt/podroute/bin/portmap":       {tar.TypeReg, 0o755, portmap},
@@ -217,6 +219,9 @@ func testChroot(t *testing.T, layer []byte) {
 	if out := inRoot("", "/usr/local/bin/podroute-agent", "--help"); !strings.Contains(out, "-uninstall") {
 		t.Errorf("podroute-agent --help: %q", out)
 	}
+	if out := inRoot("", "/usr/local/bin/podroute-lbipam", "--help"); !strings.Contains(out, "--lease-namespace") {
+		t.Errorf("podroute-lbipam --help: %q", out)
+	}
 	if out := inRoot("", "/opt/podroute/bin/podroute-ipam"); !strings.Contains(strings.ToLower(out), "podroute") {
 		t.Errorf("podroute-ipam without CNI_COMMAND: %q", out)
 	}
@@ -257,6 +262,17 @@ func TestPortmapMustBeStatic(t *testing.T) {
 		if err == nil || !strings.HasPrefix(err.Error(), tc.want) {
 			t.Errorf("-portmap %s: %v, want an error starting %q", tc.portmap, err, tc.want)
 		}
+	}
+}
+
+// TestLBIPAMRequired: the image is not built without the allocator unless told so (-lbipam
+// empty), and the error names the flag.
+func TestLBIPAMRequired(t *testing.T) {
+	dir := t.TempDir()
+	missing := filepath.Join(dir, "podroute-lbipam")
+	err := run([]string{"-bin", dir, "-nft", "", "-portmap", "", "-lbipam", missing, "-o", filepath.Join(dir, "x.tar")})
+	if err == nil || !strings.HasPrefix(err.Error(), "-lbipam: ") || !strings.Contains(err.Error(), missing) {
+		t.Errorf("-lbipam %s: %v, want an error naming the flag and the file", missing, err)
 	}
 }
 

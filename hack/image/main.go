@@ -8,6 +8,8 @@
 //
 //	/usr/local/bin/podroute-agent       the node agent (the entrypoint)
 //	/usr/local/bin/podroutectl          the operator's CLI (kubectl exec ... podroutectl status)
+//	/usr/local/bin/podroute-lbipam      the LoadBalancer IP allocator, the command of the
+//	                                    Deployment podroute-lbipam (deploy/50-lbipam.yaml)
 //	/opt/podroute/bin/podroute          the CNI plugin the agent installs into /opt/cni/bin
 //	/opt/podroute/bin/podroute-ipam     -> podroute
 //	/opt/podroute/bin/portmap           the reference portmap plugin (hack/install-ref-cni.sh,
@@ -54,6 +56,9 @@ func main() {
 func run(args []string) error {
 	fs := flag.NewFlagSet("image", flag.ContinueOnError)
 	bin := fs.String("bin", "bin", "directory holding podroute, podroute-agent and podroutectl (make build)")
+	// Its own flag, like -portmap, so that a -bin directory of the three binaries above
+	// (test/lab's images) still builds: the allocator then comes from the repository's bin/.
+	lbipam := fs.String("lbipam", filepath.Join("bin", "podroute-lbipam"), "the LoadBalancer IP allocator to carry (make build writes it; empty: none, the Deployment podroute-lbipam cannot run)")
 	version := fs.String("version", "dev", "image tag")
 	out := fs.String("o", "build/podroute-image.tar", "output docker-archive tar")
 	nft := fs.String("nft", "/usr/sbin/nft", "the nft binary to carry, with the libraries ldd lists (empty: none; the agent then needs --masquerade=false)")
@@ -80,6 +85,12 @@ func run(args []string) error {
 			return fmt.Errorf("-portmap: %w", err)
 		}
 		spec.Files = append(spec.Files, File{Path: PluginDir + "/portmap", Source: *portmap, Mode: 0o755})
+	}
+	if *lbipam != "" {
+		if _, err := os.Stat(*lbipam); err != nil {
+			return fmt.Errorf("-lbipam: %w (make build)", err)
+		}
+		spec.Files = append(spec.Files, File{Path: "/usr/local/bin/podroute-lbipam", Source: *lbipam, Mode: 0o755})
 	}
 	if *nft != "" {
 		files, err := NativeFiles(*nft)
