@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"net/netip"
 	"slices"
+
+	"github.com/podroute/podroute/bgp"
 )
 
 // advertisements originates this node's pod CIDRs, with the communities the BGPConfiguration
@@ -37,7 +39,7 @@ func (a *advertisements) reconcile(ctx context.Context, d *desired) error {
 			continue
 		}
 		// Advertise replaces an earlier advertisement, so a change of communities is one call.
-		if err := r.Advertise(ctx, p, comms...); err != nil {
+		if err := r.Advertise(ctx, p, bgp.Attributes{Communities: comms}); err != nil {
 			errs = append(errs, fmt.Errorf("advertise %s: %w", p, err))
 			continue
 		}

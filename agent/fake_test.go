@@ -54,7 +54,7 @@ type fakeRouter struct {
 	started    bool
 	stopped    bool
 	neighbors  map[netip.Addr]bgp.Neighbor
-	advertised map[netip.Prefix][]bgp.Community
+	advertised map[netip.Prefix]bgp.Attributes
 	filter     bgp.ImportFilter
 	learned    []bgp.Route
 	calls      ops
@@ -63,7 +63,7 @@ type fakeRouter struct {
 }
 
 func newFakeRouter(cfg bgp.Config) *fakeRouter {
-	return &fakeRouter{cfg: cfg, neighbors: map[netip.Addr]bgp.Neighbor{}, advertised: map[netip.Prefix][]bgp.Community{},
+	return &fakeRouter{cfg: cfg, neighbors: map[netip.Addr]bgp.Neighbor{}, advertised: map[netip.Prefix]bgp.Attributes{},
 		filter: cfg.ImportFilter, calls: ops{}, fail: map[string]error{}}
 }
 
@@ -112,12 +112,12 @@ func (r *fakeRouter) RemoveNeighbor(_ context.Context, a netip.Addr) error {
 	delete(r.neighbors, a)
 	return nil
 }
-func (r *fakeRouter) Advertise(_ context.Context, p netip.Prefix, c ...bgp.Community) error {
+func (r *fakeRouter) Advertise(_ context.Context, p netip.Prefix, a bgp.Attributes) error {
 	if err := r.call("advertise"); err != nil {
 		return err
 	}
 	r.mu.Lock()
-	r.advertised[p] = c
+	r.advertised[p] = a
 	r.mu.Unlock()
 	return nil
 }

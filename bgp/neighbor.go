@@ -6,7 +6,10 @@ import (
 	"time"
 )
 
-// Neighbor kinds; informational only (shown in logs and PeerState).
+// Neighbor kinds. The node-to-node kinds (mesh, reflector, rr-client) are the cluster's own
+// nodes: they never get external-only routes (Attributes.ExternalOnly), and one end of
+// each such session dials (Neighbor.Passive). KindExternal, like no kind, is a router
+// outside the cluster.
 const (
 	KindMesh      = "mesh"
 	KindExternal  = "external"
@@ -85,7 +88,10 @@ type Neighbor struct {
 	// means our router ID.
 	RouteReflectorClusterID netip.Addr
 
-	// Kind is informational: KindMesh, KindExternal or KindReflector.
+	// Kind is KindMesh, KindReflector, KindReflectorClient (the cluster's own nodes),
+	// KindExternal or empty (an external router). It decides who gets external-only routes
+	// (Attributes.ExternalOnly: external neighbours only) and which end of a node-to-node
+	// session dials (see Passive); it is also shown in logs and PeerState.
 	Kind string
 
 	// BFD, when set, runs a BFD session (RFC 5880) with the peer beside BGP: when BFD
@@ -264,7 +270,3 @@ func (n Neighbor) port() uint16 {
 	}
 	return n.Port
 }
-
-// shapesPolicy tells whether the neighbor appears in the export policy's neighbor sets, so
-// adding, changing or removing it must rebuild the policy.
-func (n Neighbor) shapesPolicy() bool { return n.RouteReflectorClient || n.NoExport }

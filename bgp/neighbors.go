@@ -58,9 +58,10 @@ func (r *router) AddNeighbor(ctx context.Context, n Neighbor) (err error) {
 	if exists {
 		return fmt.Errorf("bgp: neighbor %s already configured", n.Address)
 	}
-	if n.shapesPolicy() {
-		// The export policy must allow reflection (or forbid export) before the session
-		// can come up.
+	shapes := r.shapesPolicy(n)
+	if shapes {
+		// The export policy must allow reflection (or forbid export, or keep external-only
+		// routes from a node) before the session can come up.
 		r.mu.Lock()
 		r.neighbors[n.Address] = n
 		r.mu.Unlock()
@@ -80,7 +81,7 @@ func (r *router) AddNeighbor(ctx context.Context, n Neighbor) (err error) {
 		r.mu.Lock()
 		delete(r.neighbors, n.Address)
 		r.mu.Unlock()
-		if n.shapesPolicy() {
+		if shapes {
 			_ = r.applyPoliciesLocked(ctx, false)
 		}
 		return fmt.Errorf("bgp: add neighbor %s (AS %d): %w", n.Address, n.ASN, err)
@@ -113,7 +114,10 @@ func (r *router) UpdateNeighbor(ctx context.Context, n Neighbor) (err error) {
 		r.neighbors[n.Address] = old
 		r.mu.Unlock()
 	}
-	rrChanged := old.RouteReflectorClient != n.RouteReflectorClient || old.NoExport != n.NoExport
+	// A change of the neighbour's export rules: its policy changes first, and a soft reset
+	// out then sends what it now gets and withdraws what it no longer does.
+	rrChanged := old.RouteReflectorClient != n.RouteReflectorClient || old.NoExport != n.NoExport ||
+		old.nodeToNode() != n.nodeToNode() && r.hasExternalOnly()
 	// Hold and keepalive times are agreed in OPEN: a change takes effect only on a new session.
 	timersChanged := old.HoldTime != n.HoldTime || old.KeepaliveTime != n.KeepaliveTime
 	if rrChanged {
@@ -176,7 +180,7 @@ func (r *router) RemoveNeighbor(ctx context.Context, addr netip.Addr) (err error
 	delete(r.problems, addr)
 	r.mu.Unlock()
 	r.refusals.retain(func(_ netip.Prefix, peer netip.Addr) bool { return peer != addr })
-	if n.shapesPolicy() {
+	if r.shapesPolicy(n) {
 		if err := r.applyPoliciesLocked(ctx, false); err != nil {
 			return err
 		}
@@ -324,6 +328,9 @@ func (n Neighbor) toAPI(cfg *Config, localRestarting bool) *api.Peer {
 			AuthPassword:    n.Password,
 			Description:     n.Kind,
 			AllowOwnAsn:     uint32(n.AllowOwnAS),
+			// Our own paths carry our AS towards iBGP peers when prepended
+			// (Attributes.ASPathPrepend); GoBGP would hold them back as a loop.
+			AllowAspathLoopLocal: n.ASN == cfg.ASN,
 		},
 		Timers: &api.Timers{Config: &api.TimersConfig{
 			HoldTime:          secs(n.holdTime()),

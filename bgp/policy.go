@@ -14,24 +14,31 @@ import (
 	"github.com/osrg/gobgp/v4/pkg/packet/bgp"
 )
 
-// applyPoliciesLocked installs the routing policy for the current filter and route
-// reflector clients. Needs opMu.
+// applyPoliciesLocked installs the routing policy for the current filter, neighbours and
+// external-only prefixes. Needs opMu.
 func (r *router) applyPoliciesLocked(ctx context.Context, initial bool) error {
 	r.mu.Lock()
 	f := r.filter
-	var clients, noExport []netip.Addr
+	var rules exportRules
 	for a, n := range r.neighbors {
 		if n.RouteReflectorClient {
-			clients = append(clients, a)
+			rules.rrClients = append(rules.rrClients, a)
 		}
 		if n.NoExport {
-			noExport = append(noExport, a)
+			rules.noExport = append(rules.noExport, a)
+		}
+		if n.nodeToNode() {
+			rules.internal = append(rules.internal, a)
 		}
 	}
+	for i, m := range r.externalOnly {
+		rules.externalOnly[i] = slices.SortedFunc(maps.Keys(m), netip.Prefix.Compare)
+	}
 	r.mu.Unlock()
-	slices.SortFunc(clients, netip.Addr.Compare)
-	slices.SortFunc(noExport, netip.Addr.Compare)
-	if err := r.srv.SetPolicies(ctx, f.policies(clients, noExport)); err != nil {
+	for _, l := range [][]netip.Addr{rules.rrClients, rules.noExport, rules.internal} {
+		slices.SortFunc(l, netip.Addr.Compare)
+	}
+	if err := r.srv.SetPolicies(ctx, f.policies(rules)); err != nil {
 		return fmt.Errorf("bgp: set routing policy: %w", err)
 	}
 	if !initial {
@@ -53,6 +60,102 @@ func (r *router) applyPoliciesLocked(ctx context.Context, initial bool) error {
 		}
 	}
 	return nil
+}
+
+// family indexes router.externalOnly and exportRules.externalOnly: 0 IPv4, 1 IPv6.
+func family(p netip.Prefix) int {
+	if p.Addr().Is4() {
+		return 0
+	}
+	return 1
+}
+
+// externalOnlyListedLocked tells whether the export policy keeps prefix from internal
+// neighbours. Needs mu.
+func (r *router) externalOnlyListedLocked(prefix netip.Prefix) bool {
+	_, ok := r.externalOnly[family(prefix)][prefix]
+	return ok
+}
+
+// setExternalOnlyLocked adds prefix to (on) or removes it from the export policy's
+// external-only prefixes. Needs opMu.
+//
+// A family's prefix set and its statement exist only while the set has prefixes (GoBGP
+// refuses an empty set), so the first prefix in and the last one out rebuild the whole
+// policy. Every other change edits the set in place: GoBGP's statements point at the
+// defined set it holds, and AddDefinedSet and DeleteDefinedSet edit that set under the
+// lock its policy evaluation takes, so a Service coming or going costs one entry instead
+// of rebuilding every node's origin sets.
+func (r *router) setExternalOnlyLocked(ctx context.Context, prefix netip.Prefix, on bool) error {
+	fam := family(prefix)
+	change := func(on bool) int {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if on {
+			r.externalOnly[fam][prefix] = struct{}{}
+		} else {
+			delete(r.externalOnly[fam], prefix)
+		}
+		return len(r.externalOnly[fam])
+	}
+	n := change(on)
+	var err error
+	if n == 0 || on && n == 1 {
+		err = r.applyPoliciesLocked(ctx, false)
+	} else {
+		set := &api.DefinedSet{
+			DefinedType: api.DefinedType_DEFINED_TYPE_PREFIX,
+			Name:        setExternalOnly[fam],
+			Prefixes:    []*api.Prefix{apiPrefix(prefix, prefix.Bits(), prefix.Bits())},
+		}
+		if on {
+			err = r.srv.AddDefinedSet(ctx, &api.AddDefinedSetRequest{DefinedSet: set})
+		} else {
+			err = r.srv.DeleteDefinedSet(ctx, &api.DeleteDefinedSetRequest{DefinedSet: set})
+		}
+	}
+	if err != nil {
+		change(!on)
+		return fmt.Errorf("update external-only prefixes: %w", err)
+	}
+	return nil
+}
+
+// resetInternalOutLocked re-runs the export policy towards every internal neighbour,
+// sending withdrawals for what it now refuses. Needs opMu.
+func (r *router) resetInternalOutLocked(ctx context.Context) error {
+	r.mu.Lock()
+	var addrs []netip.Addr
+	for a, n := range r.neighbors {
+		if n.nodeToNode() {
+			addrs = append(addrs, a)
+		}
+	}
+	r.mu.Unlock()
+	slices.SortFunc(addrs, netip.Addr.Compare)
+	for _, a := range addrs {
+		if err := r.srv.ResetPeer(ctx, &api.ResetPeerRequest{Address: a.String(), Soft: true, Direction: api.ResetPeerRequest_DIRECTION_OUT}); err != nil {
+			return fmt.Errorf("soft reset out %s: %w", a, err)
+		}
+	}
+	return nil
+}
+
+// shapesPolicy tells whether adding, changing or removing neighbour n must rebuild the
+// policy: it is in one of the export policy's neighbour sets. Needs opMu.
+func (r *router) shapesPolicy(n Neighbor) bool {
+	if n.RouteReflectorClient || n.NoExport {
+		return true
+	}
+	return n.nodeToNode() && r.hasExternalOnly()
+}
+
+// hasExternalOnly tells whether any prefix is external-only: only then does the export
+// policy list the internal neighbours.
+func (r *router) hasExternalOnly() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.externalOnly[0])+len(r.externalOnly[1]) > 0
 }
 
 func (r *router) UpdateImportFilter(ctx context.Context, f ImportFilter) (err error) {
@@ -134,7 +237,20 @@ const (
 	setPeerPrefix    = "podroute-peer-" // + neighbor address, and "-v4"/"-v6" for its prefixes
 	setRRClients     = "podroute-rr-clients"
 	setNoExport      = "podroute-no-export"
+	setInternal      = "podroute-internal"
 )
+
+// setExternalOnly names the external-only prefix sets, by family.
+var setExternalOnly = [2]string{"podroute-external-only-v4", "podroute-external-only-v6"}
+
+// exportRules are the inputs of the export policy besides the filter.
+type exportRules struct {
+	// rrClients, noExport and internal are neighbours: route-reflector clients, NoExport
+	// ones, and the cluster's own nodes (Kind mesh, reflector, rr-client).
+	rrClients, noExport, internal []netip.Addr
+	// externalOnly are the prefixes kept from internal neighbours, IPv4 then IPv6.
+	externalOnly [2][]netip.Prefix
+}
 
 // policies builds the whole routing policy: the import policy (assigned globally with
 // default REJECT) and the export policy (default REJECT).
@@ -153,10 +269,11 @@ const (
 // set against the address of the peer the path came from, so steps 4 and 5 single out
 // the validated neighbors.
 //
-// Export: nothing to NoExport neighbors; accept our own paths; accept everything towards
-// route-reflector clients (GoBGP decides what to reflect). Without the default reject a node
-// would re-advertise other nodes' routes to its eBGP peers as if it were transit for them.
-func (f *ImportFilter) policies(rrClients, noExport []netip.Addr) *api.SetPoliciesRequest {
+// Export: nothing to NoExport neighbors; no external-only prefix to internal neighbours;
+// accept our own paths; accept everything towards route-reflector clients (GoBGP decides
+// what to reflect). Without the default reject a node would re-advertise other nodes'
+// routes to its eBGP peers as if it were transit for them.
+func (f *ImportFilter) policies(rules exportRules) *api.SetPoliciesRequest {
 	req := &api.SetPoliciesRequest{}
 	accept := &api.Actions{RouteAction: api.RouteAction_ROUTE_ACTION_ACCEPT}
 	reject := &api.Actions{RouteAction: api.RouteAction_ROUTE_ACTION_REJECT}
@@ -251,12 +368,33 @@ func (f *ImportFilter) policies(rrClients, noExport []netip.Addr) *api.SetPolici
 	matchPrefixes(setAllow6, allow6, accept)
 
 	exp := &api.Policy{Name: exportPolicyName}
-	if addNeighborSet(setNoExport, noExport) {
+	if addNeighborSet(setNoExport, rules.noExport) {
 		exp.Statements = append(exp.Statements, &api.Statement{
 			Name:       "no-export",
 			Conditions: &api.Conditions{NeighborSet: &api.MatchSet{Type: api.MatchSet_TYPE_ANY, Name: setNoExport}},
 			Actions:    reject,
 		})
+	}
+	// The external-only sets are defined whenever they have prefixes, so that
+	// setExternalOnlyLocked can edit them in place, and referenced once there are internal
+	// neighbours. Exact-length entries, as for the origin sets above: a prefix matches
+	// only itself, never a longer pod CIDR inside it.
+	internal := addNeighborSet(setInternal, rules.internal)
+	for i, prefixes := range rules.externalOnly {
+		entries := make([]*api.Prefix, 0, len(prefixes))
+		for _, p := range prefixes {
+			entries = append(entries, apiPrefix(p, p.Bits(), p.Bits()))
+		}
+		if addPrefixSet(setExternalOnly[i], entries) && internal {
+			exp.Statements = append(exp.Statements, &api.Statement{
+				Name: "external-only-" + setExternalOnly[i],
+				Conditions: &api.Conditions{
+					NeighborSet: &api.MatchSet{Type: api.MatchSet_TYPE_ANY, Name: setInternal},
+					PrefixSet:   &api.MatchSet{Type: api.MatchSet_TYPE_ANY, Name: setExternalOnly[i]},
+				},
+				Actions: reject,
+			})
+		}
 	}
 	exp.Statements = append(exp.Statements, &api.Statement{
 		Name:       "export-local",
@@ -264,7 +402,7 @@ func (f *ImportFilter) policies(rrClients, noExport []netip.Addr) *api.SetPolici
 		Actions:    accept,
 	})
 	// The statement only exists when there are clients (see addNeighborSet).
-	if addNeighborSet(setRRClients, rrClients) {
+	if addNeighborSet(setRRClients, rules.rrClients) {
 		exp.Statements = append(exp.Statements, &api.Statement{
 			Name:       "reflect-to-clients",
 			Conditions: &api.Conditions{NeighborSet: &api.MatchSet{Type: api.MatchSet_TYPE_ANY, Name: setRRClients}},

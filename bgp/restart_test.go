@@ -57,7 +57,7 @@ func helperSpeaker(t fataler, raw string) {
 		t.Fatal(err)
 	}
 	for _, p := range spec.Prefixes {
-		if err := r.Advertise(ctx, pfx(p)); err != nil {
+		if err := r.Advertise(ctx, pfx(p), Attributes{}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -306,7 +306,7 @@ func TestGracefulStopKeepsReflectedRoutes(t *testing.T) {
 		if err := c.AddNeighbor(ctx, toRR); err != nil {
 			t.Fatal(err)
 		}
-		if err := c.Advertise(ctx, prefixes[i]); err != nil {
+		if err := c.Advertise(ctx, prefixes[i], Attributes{}); err != nil {
 			t.Fatal(err)
 		}
 		// Any withdrawal the reflector sends is seen as it arrives, before import policy.

@@ -19,7 +19,7 @@ import (
 // families are the address families of every session and of the global table.
 var families = []bgp.Family{bgp.RF_IPv4_UC, bgp.RF_IPv6_UC}
 
-func (r *router) Advertise(ctx context.Context, prefix netip.Prefix, communities ...Community) (err error) {
+func (r *router) Advertise(ctx context.Context, prefix netip.Prefix, attrs Attributes) (err error) {
 	defer guard("advertise", &err)
 	if !prefix.IsValid() {
 		return errors.New("bgp: advertise: invalid prefix")
@@ -28,9 +28,10 @@ func (r *router) Advertise(ctx context.Context, prefix netip.Prefix, communities
 	if prefix != prefix.Masked() {
 		return fmt.Errorf("bgp: advertise %s: host bits set", prefix)
 	}
-	comms := slices.Clone(communities)
-	slices.Sort(comms)
-	comms = slices.Compact(comms)
+	attrs, err = attrs.normalize()
+	if err != nil {
+		return fmt.Errorf("bgp: advertise %s: %w", prefix, err)
+	}
 	r.opMu.Lock()
 	defer r.opMu.Unlock()
 	if err := r.running(); err != nil {
@@ -38,21 +39,45 @@ func (r *router) Advertise(ctx context.Context, prefix netip.Prefix, communities
 	}
 	r.mu.Lock()
 	old, had := r.advertised[prefix]
+	listed := r.externalOnlyListedLocked(prefix)
 	r.mu.Unlock()
-	if had && slices.Equal(old.communities, comms) {
+	if had && old.attrs.equal(attrs) {
 		return nil
 	}
-	path, err := r.buildPath(prefix, comms)
+	path, err := r.buildPath(prefix, attrs)
 	if err != nil {
 		return fmt.Errorf("bgp: advertise %s: %w", prefix, err)
 	}
+	// The export policy learns of the change before the path: an external-only path must
+	// never reach an internal neighbour, and a path that stops being one is meant for
+	// everyone.
+	if attrs.ExternalOnly != listed {
+		if err := r.setExternalOnlyLocked(ctx, prefix, attrs.ExternalOnly); err != nil {
+			return fmt.Errorf("bgp: advertise %s: %w", prefix, err)
+		}
+	}
 	// Same prefix from the same (local) source: GoBGP replaces the old path.
 	if _, err := r.srv.AddPath(apiutil.AddPathRequest{Paths: []*apiutil.Path{path}}); err != nil {
+		if attrs.ExternalOnly != listed {
+			// The old path, if any, is still out there: its policy goes back too.
+			if rerr := r.setExternalOnlyLocked(ctx, prefix, listed); rerr != nil {
+				err = errors.Join(err, rerr)
+			}
+		}
 		return fmt.Errorf("bgp: advertise %s: %w", prefix, err)
 	}
 	r.mu.Lock()
-	r.advertised[prefix] = advertisement{communities: comms, path: path}
+	r.advertised[prefix] = advertisement{attrs: attrs, path: path}
 	r.mu.Unlock()
+	if had && attrs.ExternalOnly != old.attrs.ExternalOnly {
+		// The internal neighbours hear of neither change from the new path: GoBGP judges
+		// the old path by the current policy too, so sends no withdrawal for it, and does
+		// not resend a path equal to the one it replaces. A soft reset out of each brings
+		// them in line.
+		if err := r.resetInternalOutLocked(ctx); err != nil {
+			return fmt.Errorf("bgp: advertise %s: update internal neighbours: %w", prefix, err)
+		}
+	}
 	return nil
 }
 
@@ -60,7 +85,7 @@ func (r *router) Advertise(ctx context.Context, prefix netip.Prefix, communities
 // configured: GoBGP keeps a local path's explicit next hop towards iBGP and eBGP peers
 // alike, and only fills in the session's local address for an unspecified one, which
 // for an IPv6 prefix over an IPv4 session would be an IPv4 address in MP_REACH_NLRI.
-func (r *router) buildPath(prefix netip.Prefix, comms []Community) (*apiutil.Path, error) {
+func (r *router) buildPath(prefix netip.Prefix, a Attributes) (*apiutil.Path, error) {
 	nlri, err := bgp.NewIPAddrPrefix(prefix)
 	if err != nil {
 		return nil, err
@@ -90,9 +115,15 @@ func (r *router) buildPath(prefix netip.Prefix, comms []Community) (*apiutil.Pat
 		}
 		attrs = append(attrs, a)
 	}
-	if len(comms) > 0 {
-		vals := make([]uint32, len(comms))
-		for i, c := range comms {
+	if a.ASPathPrepend > 0 {
+		// The extra copies of our AS. GoBGP adds ours once more towards eBGP peers, and
+		// towards iBGP peers attaches an empty AS_PATH only to a path that has none.
+		asns := slices.Repeat([]uint32{r.cfg.ASN}, int(a.ASPathPrepend))
+		attrs = append(attrs, bgp.NewPathAttributeAsPath([]bgp.AsPathParamInterface{bgp.NewAs4PathParam(bgp.BGP_ASPATH_ATTR_TYPE_SEQ, asns)}))
+	}
+	if len(a.Communities) > 0 {
+		vals := make([]uint32, len(a.Communities))
+		for i, c := range a.Communities {
 			vals[i] = uint32(c)
 		}
 		attrs = append(attrs, bgp.NewPathAttributeCommunities(vals))
@@ -113,16 +144,23 @@ func (r *router) Withdraw(ctx context.Context, prefix netip.Prefix) (err error) 
 	}
 	r.mu.Lock()
 	adv, had := r.advertised[prefix]
+	listed := r.externalOnlyListedLocked(prefix)
 	r.mu.Unlock()
-	if !had {
-		return nil
+	if had {
+		if err := r.srv.DeletePath(apiutil.DeletePathRequest{Paths: []*apiutil.Path{adv.path}}); err != nil {
+			return fmt.Errorf("bgp: withdraw %s: %w", prefix, err)
+		}
+		r.mu.Lock()
+		delete(r.advertised, prefix)
+		r.mu.Unlock()
 	}
-	if err := r.srv.DeletePath(apiutil.DeletePathRequest{Paths: []*apiutil.Path{adv.path}}); err != nil {
-		return fmt.Errorf("bgp: withdraw %s: %w", prefix, err)
+	// Only once the path is gone may the policy forget it was external-only. A prefix
+	// left listed by an earlier failure is unlisted now.
+	if listed {
+		if err := r.setExternalOnlyLocked(ctx, prefix, false); err != nil {
+			return fmt.Errorf("bgp: withdraw %s: %w", prefix, err)
+		}
 	}
-	r.mu.Lock()
-	delete(r.advertised, prefix)
-	r.mu.Unlock()
 	return nil
 }
 

@@ -2,7 +2,8 @@
 // on top of an embedded GoBGP server. Nothing outside this package imports GoBGP.
 //
 // The agent configures a Router with its ASN and router ID, adds neighbors (the iBGP mesh,
-// ToR eBGP peers, route reflectors), advertises the node's pod CIDRs and reads back the
+// ToR eBGP peers, route reflectors), advertises the node's pod CIDRs (and Service
+// addresses, to external peers only: Attributes.ExternalOnly) and reads back the
 // learned best paths (with all ECMP next hops) to program the kernel. Learned routes are
 // filtered by a default-deny import policy (see ImportFilter) enforced by GoBGP's policy
 // engine; refused announcements are remembered and logged once per prefix and peer.
@@ -13,6 +14,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"time"
 )
 
@@ -46,10 +48,16 @@ type Router interface {
 	// RemoveNeighbor deconfigures a peer (with a CEASE) and drops the routes it sent.
 	RemoveNeighbor(ctx context.Context, addr netip.Addr) error
 
-	// Advertise originates prefix with the given communities, replacing any earlier
-	// advertisement of the same prefix. The next hop is Config.NextHopIPv4/IPv6, or the
-	// session's local address when that is unset.
-	Advertise(ctx context.Context, prefix netip.Prefix, communities ...Community) error
+	// Advertise originates prefix with attrs, replacing any earlier advertisement of the
+	// same prefix (a change of attributes is one call). The next hop is
+	// Config.NextHopIPv4/IPv6, or the session's local address when that is unset. Errors
+	// about attrs are *FieldError naming the field, e.g. "Attributes.ASPathPrepend".
+	//
+	// Turning ExternalOnly on or off for a prefix already advertised reaches the internal
+	// neighbours by a soft reset out of each of them (GoBGP neither withdraws a path its
+	// export policy newly refuses nor resends an unchanged one it newly allows), which
+	// resends them every route: a rare change, not one for each Service.
+	Advertise(ctx context.Context, prefix netip.Prefix, attrs Attributes) error
 	// Withdraw stops originating prefix. Withdrawing a prefix that is not advertised is
 	// not an error.
 	Withdraw(ctx context.Context, prefix netip.Prefix) error
@@ -123,6 +131,44 @@ type Config struct {
 
 	// Logger receives GoBGP's log and podroute's BGP messages. nil means slog.Default().
 	Logger *slog.Logger
+}
+
+// MaxASPathPrepend bounds Attributes.ASPathPrepend: more only lengthens paths.
+const MaxASPathPrepend = 10
+
+// Attributes are what an originated route carries besides its prefix and next hop.
+type Attributes struct {
+	// Communities are standard communities (RFC 1997) attached to the route.
+	Communities []Community
+	// ASPathPrepend repeats our AS that many extra times in the route's AS path (0..10),
+	// so routers can prefer or avoid it. An eBGP peer sees our AS ASPathPrepend+1 times
+	// (GoBGP prepends it once on export), an iBGP peer ASPathPrepend times; an iBGP peer
+	// drops a path carrying its own AS unless it allows that (Neighbor.AllowOwnAS on a
+	// podroute peer), so prepending is meant for routes to external peers.
+	ASPathPrepend uint8
+	// ExternalOnly keeps the route from the cluster's own nodes: it is exported to external
+	// neighbours only (Kind KindExternal or unset), never to KindMesh, KindReflector or
+	// KindReflectorClient ones. Service addresses are such routes: each node's kube-proxy
+	// serves them itself.
+	ExternalOnly bool
+}
+
+// normalize validates a and returns it with its communities sorted and deduplicated.
+func (a Attributes) normalize() (Attributes, error) {
+	if a.ASPathPrepend > MaxASPathPrepend {
+		return a, fieldErr("Attributes.ASPathPrepend", "%d is outside 0..%d", a.ASPathPrepend, MaxASPathPrepend)
+	}
+	a.Communities = slices.Clone(a.Communities)
+	slices.Sort(a.Communities)
+	a.Communities = slices.Compact(a.Communities)
+	if len(a.Communities) == 0 {
+		a.Communities = nil
+	}
+	return a, nil
+}
+
+func (a Attributes) equal(b Attributes) bool {
+	return slices.Equal(a.Communities, b.Communities) && a.ASPathPrepend == b.ASPathPrepend && a.ExternalOnly == b.ExternalOnly
 }
 
 // Community is a standard BGP community (RFC 1997), high 16 bits ASN, low 16 bits value.

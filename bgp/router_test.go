@@ -23,7 +23,7 @@ func TestIBGPAdvertiseWithdraw(t *testing.T) {
 	eventually(t, 15*time.Second, func() string { return b.established(t, a.ip) })
 
 	p := pfx("10.244.1.0/24")
-	if err := a.Advertise(ctx, p, NewCommunity(65000, 42)); err != nil {
+	if err := a.Advertise(ctx, p, Attributes{Communities: []Community{NewCommunity(65000, 42)}}); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, 5*time.Second, func() string {
@@ -109,7 +109,7 @@ func TestIPv6PrefixOverIPv4Session(t *testing.T) {
 	p6 := pfx("fd10:244:0:1::/64")
 	p4 := pfx("10.244.2.0/24")
 	for _, p := range []netip.Prefix{p6, p4} {
-		if err := a.Advertise(ctx, p); err != nil {
+		if err := a.Advertise(ctx, p, Attributes{}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -142,7 +142,7 @@ func TestECMP(t *testing.T) {
 	peer(t, b, c, nil)
 	anycast := pfx("10.244.99.0/24")
 	for _, s := range []*speaker{a, b} {
-		if err := s.Advertise(ctx, anycast); err != nil {
+		if err := s.Advertise(ctx, anycast, Attributes{}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -181,7 +181,7 @@ func TestImportPolicyRefusals(t *testing.T) {
 	b := startSpeaker(t, "127.0.4.2", port, func(c *Config) { c.ImportFilter = filter })
 	rogue := startSpeaker(t, "127.0.4.66", port, func(c *Config) { c.NextHopIPv6 = addr("fd00::66") })
 	peer(t, rogue, b, nil)
-	if err := b.Advertise(ctx, own); err != nil {
+	if err := b.Advertise(ctx, own, Attributes{}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -197,11 +197,11 @@ func TestImportPolicyRefusals(t *testing.T) {
 	}
 	announce := func(community uint16) {
 		for p := range bad {
-			if err := rogue.Advertise(ctx, p, NewCommunity(666, community)); err != nil {
+			if err := rogue.Advertise(ctx, p, Attributes{Communities: []Community{NewCommunity(666, community)}}); err != nil {
 				t.Fatal(err)
 			}
 		}
-		if err := rogue.Advertise(ctx, good, NewCommunity(666, community)); err != nil {
+		if err := rogue.Advertise(ctx, good, Attributes{Communities: []Community{NewCommunity(666, community)}}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -305,7 +305,7 @@ func TestImportPolicyRefusals(t *testing.T) {
 		}
 		return ""
 	})
-	if err := rogue.Advertise(ctx, outside); err != nil {
+	if err := rogue.Advertise(ctx, outside, Attributes{}); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, 5*time.Second, func() string {
@@ -347,16 +347,16 @@ func TestPeerOriginValidation(t *testing.T) {
 	ext := startSpeaker(t, "127.0.9.3", port, nil)
 	peer(t, mesh, b, nil)
 	peer(t, ext, b, func(n *Neighbor) { n.Kind = KindExternal })
-	if err := b.Advertise(ctx, own); err != nil {
+	if err := b.Advertise(ctx, own, Attributes{}); err != nil {
 		t.Fatal(err)
 	}
 	for _, p := range []string{"10.244.1.0/24", "fd10:244:0:1::/64", "10.244.2.0/24", "10.244.3.0/24", "fd10:244:0:3::/64", "10.244.1.128/25"} {
-		if err := mesh.Advertise(ctx, pfx(p)); err != nil {
+		if err := mesh.Advertise(ctx, pfx(p), Attributes{}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	for _, p := range []string{"10.244.2.0/24", "10.244.3.0/24"} {
-		if err := ext.Advertise(ctx, pfx(p)); err != nil {
+		if err := ext.Advertise(ctx, pfx(p), Attributes{}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -536,7 +536,7 @@ func TestFilterPolicyMatchesClassifier(t *testing.T) {
 	}
 
 	// The import policy runs the same rules in the same order.
-	req := f.policies(nil, nil)
+	req := f.policies(exportRules{})
 	var names []string
 	for _, s := range req.Policies[0].Statements {
 		names = append(names, s.Name)
@@ -576,7 +576,7 @@ func TestFilterPolicyMatchesClassifier(t *testing.T) {
 	// Without validated neighbors no neighbor set exists: an empty one matches everyone.
 	plain := f
 	plain.PeerPrefixes = nil
-	for _, d := range plain.policies(nil, nil).DefinedSets {
+	for _, d := range plain.policies(exportRules{}).DefinedSets {
 		if len(d.List) == 0 && len(d.Prefixes) == 0 {
 			t.Errorf("empty defined set %s", d.Name)
 		}
@@ -689,7 +689,7 @@ func TestNeighborLifecycle(t *testing.T) {
 	}
 	peer(t, a, b, withPassword)
 	p := pfx("10.244.6.0/24")
-	if err := a.Advertise(ctx, p); err != nil {
+	if err := a.Advertise(ctx, p, Attributes{}); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, 15*time.Second, func() string {
@@ -751,7 +751,7 @@ func TestStopWithdrawsRoutes(t *testing.T) {
 	a := startSpeaker(t, "127.0.8.1", port, nil)
 	b := startSpeaker(t, "127.0.8.2", port, nil)
 	p := pfx("10.244.8.0/24")
-	if err := a.Advertise(ctx, p); err != nil {
+	if err := a.Advertise(ctx, p, Attributes{}); err != nil {
 		t.Fatal(err)
 	}
 	peer(t, a, b, func(n *Neighbor) { n.GracefulRestart = true; n.RestartTime = 60 * time.Second })
@@ -771,7 +771,7 @@ func TestStopWithdrawsRoutes(t *testing.T) {
 		}
 		return ""
 	})
-	if err := a.Advertise(ctx, p); err == nil {
+	if err := a.Advertise(ctx, p, Attributes{}); err == nil {
 		t.Fatal("Advertise after Stop succeeded")
 	}
 	if err := a.Stop(false); err != nil {

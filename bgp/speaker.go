@@ -31,8 +31,8 @@ const (
 )
 
 type advertisement struct {
-	communities []Community
-	path        *apiutil.Path
+	attrs Attributes
+	path  *apiutil.Path
 }
 
 type peerProblem struct {
@@ -53,13 +53,17 @@ type router struct {
 	// filterResets counts the neighbours an import filter update re-judged (soft reset in).
 	filterResets atomic.Uint64
 
-	mu              sync.Mutex
-	state           lifecycle
-	done            chan struct{}
-	stopWatch       context.CancelFunc
-	neighbors       map[netip.Addr]Neighbor
-	problems        map[netip.Addr]peerProblem
-	advertised      map[netip.Prefix]advertisement
+	mu         sync.Mutex
+	state      lifecycle
+	done       chan struct{}
+	stopWatch  context.CancelFunc
+	neighbors  map[netip.Addr]Neighbor
+	problems   map[netip.Addr]peerProblem
+	advertised map[netip.Prefix]advertisement
+	// externalOnly lists the prefixes the export policy keeps from internal neighbours,
+	// IPv4 then IPv6. It changes before an external-only path is added and after it is
+	// deleted, so it can hold a prefix not (or not yet) advertised.
+	externalOnly    [2]map[netip.Prefix]struct{}
 	filter          ImportFilter
 	subs            map[chan struct{}]struct{}
 	restartingUntil time.Time
@@ -79,15 +83,16 @@ func New(cfg Config) (Router, error) {
 		l = slog.Default()
 	}
 	return &router{
-		cfg:        cfg,
-		log:        l,
-		refusals:   newRefusals(l),
-		done:       make(chan struct{}),
-		neighbors:  map[netip.Addr]Neighbor{},
-		problems:   map[netip.Addr]peerProblem{},
-		advertised: map[netip.Prefix]advertisement{},
-		filter:     f,
-		subs:       map[chan struct{}]struct{}{},
+		cfg:          cfg,
+		log:          l,
+		refusals:     newRefusals(l),
+		done:         make(chan struct{}),
+		neighbors:    map[netip.Addr]Neighbor{},
+		problems:     map[netip.Addr]peerProblem{},
+		advertised:   map[netip.Prefix]advertisement{},
+		externalOnly: [2]map[netip.Prefix]struct{}{{}, {}},
+		filter:       f,
+		subs:         map[chan struct{}]struct{}{},
 	}, nil
 }
 
