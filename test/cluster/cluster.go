@@ -9,7 +9,8 @@
 //   - worker nodes (three by default), each a network namespace with containerd and a
 //     kubelet, and a host name of its own;
 //   - kube-proxy as a DaemonSet (iptables or nftables mode), CoreDNS with the kube-dns
-//     Service, and podroute installed with `kubectl apply -f deploy/`;
+//     Service, and podroute installed with `kubectl apply -f deploy/` (the agent's DaemonSet
+//     and the LoadBalancer IP allocator's Deployment);
 //   - every image imported offline into each node's containerd: nothing is pulled.
 //
 // The cluster is dual-stack: pods and nodes have IPv4 and IPv6 addresses, Services are
@@ -26,6 +27,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -189,9 +191,10 @@ func Start(t testing.TB, opts Options) *Cluster {
 		ClusterCIDRs: strings.Join(clusterCIDRs, ","),
 		ServiceCIDRs: ServiceCIDRs,
 	})
+	setLBIPAMImage(t, deploy, Release)
 	c.kubectl(ctx, t, "apply", "-f", filepath.Join(deploy, "crds"))
 	c.kubectl(ctx, t, "wait", "--for", "condition=established", "--timeout=60s",
-		"crd/bgppeers.podroute.io", "crd/bgpconfigurations.podroute.io")
+		"crd/bgppeers.podroute.io", "crd/bgpconfigurations.podroute.io", "crd/loadbalancerippools.podroute.io")
 	c.kubectl(ctx, t, "apply", "-f", deploy)
 	c.apply(ctx, t, dir, "coredns.yaml", map[string]string{
 		"Domain":    DNSDomain,
@@ -220,6 +223,24 @@ func Start(t testing.TB, opts Options) *Cluster {
 	}
 	t.Logf("cluster: ready in %v (kube-proxy %s mode)", time.Since(start).Round(time.Second), opts.ProxyMode)
 	return c
+}
+
+// setLBIPAMImage edits the allocator's image in the copy of deploy/ as an operator does
+// (the same tag as the agent's, which lab.WriteDeploy sets).
+func setLBIPAMImage(t testing.TB, dir, release string) {
+	t.Helper()
+	path := filepath.Join(dir, "50-lbipam.yaml")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	re := regexp.MustCompile(`(?m)^(\s*image:) podroute/podroute:\S+.*$`)
+	if len(re.FindAll(b, -1)) != 1 {
+		t.Fatalf("%s: want one image line", path)
+	}
+	if err := os.WriteFile(path, re.ReplaceAll(b, []byte("${1} podroute/podroute:"+release)), 0o644); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // apply renders a manifest of manifests/ with data and applies it with kubectl.
@@ -279,12 +300,15 @@ func (c *Cluster) WaitReady(ctx context.Context) error {
 				return fmt.Errorf("daemonset %s/%s: %d of %d nodes ready", ds.ns, ds.name, d.Status.NumberReady, len(c.Nodes))
 			}
 		}
-		d, err := client.AppsV1().Deployments("kube-system").Get(ctx, "coredns", metav1.GetOptions{})
-		if err != nil {
-			return err
-		}
-		if d.Spec.Replicas == nil || d.Status.ReadyReplicas != *d.Spec.Replicas {
-			return fmt.Errorf("deployment kube-system/coredns: %d ready replicas", d.Status.ReadyReplicas)
+		// Deployments: their pods may not exist yet, which the pod check below cannot see.
+		for _, dep := range []struct{ ns, name string }{{"kube-system", "coredns"}, {"podroute-system", "podroute-lbipam"}} {
+			d, err := client.AppsV1().Deployments(dep.ns).Get(ctx, dep.name, metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			if d.Spec.Replicas == nil || d.Status.ReadyReplicas != *d.Spec.Replicas || d.Status.UpdatedReplicas != *d.Spec.Replicas {
+				return fmt.Errorf("deployment %s/%s: %d ready, %d updated replicas", dep.ns, dep.name, d.Status.ReadyReplicas, d.Status.UpdatedReplicas)
+			}
 		}
 		for _, ns := range []string{"kube-system", "podroute-system"} {
 			pods, err := client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})

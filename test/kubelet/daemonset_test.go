@@ -121,7 +121,7 @@ func (d *install) testInstall(t *testing.T) {
 	defer cancel()
 	d.kubectl(ctx, t, "apply", "-f", filepath.Join(d.dir, "crds"))
 	d.kubectl(ctx, t, "wait", "--for", "condition=established", "--timeout=60s",
-		"crd/bgppeers.podroute.io", "crd/bgpconfigurations.podroute.io")
+		"crd/bgppeers.podroute.io", "crd/bgpconfigurations.podroute.io", "crd/loadbalancerippools.podroute.io")
 	out := d.kubectl(ctx, t, "apply", "-f", d.dir)
 	for _, want := range []string{"namespace/podroute-system created", "daemonset.apps/podroute-agent created", "configmap/kubernetes-services-endpoint created"} {
 		if !strings.Contains(out, want) {
@@ -346,6 +346,9 @@ func nodeState(t *testing.T, n *lab.Node) string {
 
 // writeDeploy writes the test's copy of deploy/ as an operator edits it: the cluster's CIDRs,
 // the image tag of release, and the API server's address for agents without kube-proxy.
+// The LoadBalancer IP allocator is left out, as docs/install.md allows: its pods would
+// share the nodes with the ones whose sandboxes and addresses the tests count, and it is
+// tested in test/cluster and deploy/.
 func (d *install) writeDeploy(t *testing.T, release string) {
 	t.Helper()
 	lab.WriteDeploy(t, d.dir, lab.DeployOptions{
@@ -354,6 +357,9 @@ func (d *install) writeDeploy(t *testing.T, release string) {
 		ServiceCIDRs: d.lab.Kube.ServiceCIDR,
 		APIServer:    fmt.Sprintf("%s:%d", lab.FabricIPv4, lab.APIPort),
 	})
+	if err := os.Remove(filepath.Join(d.dir, "50-lbipam.yaml")); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func (d *install) kubectl(ctx context.Context, t *testing.T, args ...string) string {
