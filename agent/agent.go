@@ -19,6 +19,7 @@ import (
 	"github.com/podroute/podroute/egress"
 	"github.com/podroute/podroute/policy"
 	"github.com/podroute/podroute/routes"
+	"github.com/podroute/podroute/services"
 )
 
 // Agent is one node's podroute agent: it turns the Kubernetes objects into the desired state
@@ -29,15 +30,23 @@ type Agent struct {
 	cfg   Config
 	log   *slog.Logger
 	nodes nodeSource
+	// dyn reads podroute's resources; nil without the CRDs' client.
+	dyn dynamic.Interface
 	// settings and status are nil when the agent runs without the podroute CRDs' client.
-	settings *config.Watcher
+	settings settingsSource
 	status   *config.StatusWriter
 	statusCh chan config.Settings // latest settings whose status is not written yet
 	// election picks the one agent that writes status; nil: this agent writes.
 	election *election
 	// policy enforces NetworkPolicy on a loop of its own; nil when off.
-	policy  *networkPolicy
-	metrics *Metrics
+	policy *networkPolicy
+	// services are the cluster's Services and EndpointSlices, for Service address
+	// advertisement; nil when off.
+	services serviceSource
+	metrics  *Metrics
+	// kick asks the loop for a pass, for changes that come from no watch (kube-proxy
+	// found or lost).
+	kick chan struct{}
 
 	// newRouter builds the BGP speaker.
 	newRouter func(bgp.Config) (bgp.Router, error)
@@ -47,7 +56,8 @@ type Agent struct {
 	// The loop's own state: only Run's goroutine touches it.
 	speaker     *speaker
 	reconcilers []reconciler
-	me          self      // the last usable view of this node
+	me          self // the last usable view of this node
+	svcDecision serviceDecision
 	metricsAt   time.Time // last refresh of the peer gauges
 	said        *problemLog
 
@@ -67,6 +77,14 @@ type nodeSource interface {
 	Health() (ok bool, lastError string, since time.Time)
 }
 
+// settingsSource is the cluster's BGP configuration: BGPPeers and the BGPConfiguration
+// (config.Watcher).
+type settingsSource interface {
+	Run(ctx context.Context)
+	Changed() <-chan struct{}
+	Snapshot() config.Settings
+}
+
 // New builds an agent; Run starts it. dyn reads podroute's BGPPeer and BGPConfiguration
 // resources; nil runs the agent on its flags alone.
 func New(cfg Config, client kubernetes.Interface, dyn dynamic.Interface, log *slog.Logger) (*Agent, error) {
@@ -82,7 +100,9 @@ func New(cfg Config, client kubernetes.Interface, dyn dynamic.Interface, log *sl
 		nodes:     cluster.NewWatcher(client, log.With("component", "nodes")),
 		metrics:   newMetrics(),
 		newRouter: bgp.New,
+		dyn:       dyn,
 		said:      newProblemLog(log),
+		kick:      make(chan struct{}, 1),
 
 		kubeProxyEvery: kubeProxyEvery,
 	}
@@ -91,6 +111,9 @@ func New(cfg Config, client kubernetes.Interface, dyn dynamic.Interface, log *sl
 	if cfg.NetworkPolicy {
 		plog := log.With("component", "policy")
 		a.policy = &networkPolicy{source: cluster.NewPolicyWatcher(client, cfg.NodeName, plog), log: plog, said: a.said, metrics: a.metrics, logDrops: cfg.PolicyLogDrops}
+	}
+	if cfg.ServiceAdvertisement {
+		a.services = services.NewWatcher(client, log.With("component", "services"))
 	}
 	if dyn != nil {
 		defaults := cfg.defaults()
@@ -162,6 +185,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		go a.watchKubeProxy(ctx)
 	}
 	go a.nodes.Run(ctx)
+	var servicesChanged <-chan struct{}
+	if a.services != nil {
+		go a.services.Run(ctx)
+		servicesChanged = a.services.Changed()
+	}
 	var settingsChanged <-chan struct{}
 	if a.settings != nil {
 		go a.settings.Run(ctx)
@@ -193,6 +221,8 @@ func (a *Agent) Run(ctx context.Context) error {
 			return nil
 		case <-a.nodes.Changed():
 		case <-settingsChanged:
+		case <-servicesChanged:
+		case <-a.kick:
 		case _, ok := <-bgpEvents:
 			if !ok {
 				bgpEvents = nil
@@ -222,6 +252,7 @@ func (a *Agent) buildReconcilers(table routeTable, masq masquerader, started tim
 	}
 	a.reconcilers = append(a.reconcilers,
 		&advertisements{speaker: a.speaker, log: a.log.With("component", "bgp")},
+		&serviceRoutes{speaker: a.speaker, log: a.log.With("component", "services")},
 		&kernelRoutes{
 			speaker: a.speaker, table: table, log: a.log.With("component", "routes"), metrics: a.metrics,
 			now: time.Now, started: started, restarting: a.restarting, staleTimeout: a.cfg.StaleTimeout,
@@ -316,14 +347,19 @@ func (a *Agent) desire(snap *snapshot) (*desired, error) {
 	a.said.set("peer", t.problems, "peer left out", "reason")
 	snap.Problems = append(snap.Problems, t.problems...)
 	filter := importFilter(&cfg, me, nodes, t.origin)
+	svcRoutes, svcProblems, svcSynced := a.desireServices(s.Configuration, nodes)
+	a.said.set("service", svcProblems, "Service address not advertised", "problem")
+	snap.Problems = append(snap.Problems, svcProblems...)
 	return &desired{
-		cfg:      cfg,
-		settings: s,
-		me:       me,
-		nodes:    nodes,
-		peers:    t.peers,
-		filter:   filter,
-		speaker:  speakerConfig(&cfg, me, filter, a.restarting, a.log.With("component", "bgp")),
+		cfg:            cfg,
+		settings:       s,
+		me:             me,
+		nodes:          nodes,
+		peers:          t.peers,
+		filter:         filter,
+		speaker:        speakerConfig(&cfg, me, filter, a.restarting, a.log.With("component", "bgp")),
+		services:       svcRoutes,
+		servicesSynced: svcSynced,
 	}, meErr
 }
 

@@ -164,6 +164,13 @@ func (a *Agent) Routes() (agentapi.Routes, error) {
 		adv = append(adv, p.String())
 	}
 	out := agentapi.Routes{Advertised: adv}
+	for _, sr := range snap.ServiceRoutes {
+		r := agentapi.ServiceRoute{Prefix: sr.Prefix.String(), Class: string(sr.Class), Services: slices.Clone(sr.Services), ASPathPrepend: sr.ASPathPrepend}
+		for _, c := range sr.Communities {
+			r.Communities = append(r.Communities, c.String())
+		}
+		out.Services = append(out.Services, r)
+	}
 	if r == nil {
 		return out, errNoSpeaker
 	}

@@ -64,6 +64,11 @@ type Config struct {
 	// second per chain.
 	PolicyLogDrops bool
 
+	// ServiceAdvertisement advertises the Service addresses the BGPConfiguration allows
+	// (serviceClusterIPs, serviceExternalIPs, serviceLoadBalancerIPs) to external peers,
+	// from this node when it can serve them; it watches every Service and EndpointSlice.
+	ServiceAdvertisement bool
+
 	// LeaseNamespace holds the Lease that elects the one agent writing the status of the
 	// cluster-wide podroute objects (BGPPeers, the BGPConfiguration). Empty: every agent
 	// writes (without the CRDs' client there is nothing to write).

@@ -131,6 +131,13 @@ func (a *Agent) setKubeProxy(st kubeProxyState) {
 	if st.key == prev.key {
 		return
 	}
+	if (st.Mode != "") != (prev.Mode != "") {
+		// Whether this node advertises Service addresses depends on it.
+		select {
+		case a.kick <- struct{}{}:
+		default:
+		}
+	}
 	switch {
 	case st.Problem != "":
 		a.log.Warn("kube-proxy", "node", a.cfg.NodeName, "problem", st.Problem)

@@ -7,6 +7,7 @@ import (
 	"github.com/podroute/podroute/bgp"
 	"github.com/podroute/podroute/cluster"
 	"github.com/podroute/podroute/config"
+	"github.com/podroute/podroute/services"
 )
 
 // desired is what this node wants, computed in one place from the Kubernetes objects at the
@@ -24,6 +25,10 @@ type desired struct {
 	filter bgp.ImportFilter
 	// speaker is the BGP speaker's identity; a change needs a new speaker.
 	speaker bgp.Config
+	// services are the Service addresses this node advertises; servicesSynced is false
+	// until the Services were listed once (nothing is changed before).
+	services       []services.Advertisement
+	servicesSynced bool
 }
 
 // reconciler applies one slice of the desired state to the kernel or the BGP speaker. Each

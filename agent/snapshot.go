@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/podroute/podroute/bgp"
+	"github.com/podroute/podroute/services"
 )
 
 // snapshot is what the local API shows: the agent's state after its last pass, built by the
@@ -25,6 +26,8 @@ type snapshot struct {
 	router     bgp.Router
 	Peers      map[netip.Addr]peerSpec
 	Advertised []netip.Prefix
+	// ServiceRoutes are the Service addresses advertised, by prefix.
+	ServiceRoutes []services.Advertisement
 
 	Installed     map[netip.Prefix]bool
 	InstallErrors map[netip.Prefix]string

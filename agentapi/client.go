@@ -69,6 +69,13 @@ func (c *Client) Routes(ctx context.Context) (Routes, error) {
 	return rs, err
 }
 
+// LoadBalancerPools are the cluster's LoadBalancerIPPools and their usage.
+func (c *Client) LoadBalancerPools(ctx context.Context) (LoadBalancerPools, error) {
+	var lp LoadBalancerPools
+	err := c.get(ctx, PathLoadBalancerPools, &lp)
+	return lp, err
+}
+
 // PodPolicies are the NetworkPolicies that select a pod and what they allow.
 func (c *Client) PodPolicies(ctx context.Context, namespace, pod string) (PodPolicies, error) {
 	var pp PodPolicies

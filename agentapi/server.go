@@ -53,6 +53,7 @@ func NewServer(src Source, log *slog.Logger) *Server {
 	s.mux.Handle(PathRoutes, s.readOnly(s.routes))
 	s.mux.Handle(PathPolicy, s.readOnly(s.podPolicies))
 	s.mux.Handle(PathPolicyCheck, s.readOnly(s.checkPolicy))
+	s.mux.Handle(PathLoadBalancerPools, s.readOnly(s.loadBalancerPools))
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no such path %s in the podroute agent API", r.URL.Path))
 	})
@@ -223,7 +224,35 @@ func (s *Server) routes(*http.Request) (any, error) {
 	if rs.Advertised == nil {
 		rs.Advertised = []string{}
 	}
+	if rs.Services == nil {
+		rs.Services = []ServiceRoute{}
+	}
+	for i := range rs.Services {
+		if rs.Services[i].Services == nil {
+			rs.Services[i].Services = []string{}
+		}
+	}
 	return rs, nil
+}
+
+func (s *Server) loadBalancerPools(r *http.Request) (any, error) {
+	ps, ok := s.src.(PoolSource)
+	if !ok {
+		return nil, MarkError(ErrNotFound, errors.New("this podroute agent does not read LoadBalancerIPPools"))
+	}
+	lp, err := ps.LoadBalancerPools(r.Context())
+	if err != nil {
+		return nil, fmt.Errorf("listing LoadBalancerIPPools: %w", err)
+	}
+	if lp.Pools == nil {
+		lp.Pools = []LoadBalancerPool{}
+	}
+	for i := range lp.Pools {
+		if lp.Pools[i].Addresses == nil {
+			lp.Pools[i].Addresses = []string{}
+		}
+	}
+	return lp, nil
 }
 
 // policySource is the Source's PolicySource, or an error for an agent without one.

@@ -73,6 +73,10 @@ func fixedSource() *fakeSource {
 			},
 			Refused:    []Refusal{{Prefix: "0.0.0.0/0", Peer: "192.0.2.1", Reason: "default route", Count: 3, FirstSeen: t0, LastSeen: t0}},
 			Advertised: []string{"10.244.1.0/24"},
+			Services: []ServiceRoute{
+				{Prefix: "203.0.113.10/32", Class: "loadBalancerIPs", Services: []string{"shop/web"}, Communities: []string{"64512:400"}, ASPathPrepend: 1},
+				{Prefix: "10.96.0.0/16", Class: "clusterIPs", Services: []string{}},
+			},
 		},
 	}
 }

@@ -2,7 +2,10 @@
 // podroutectl and for operators. Nothing of it listens on a network address.
 package agentapi
 
-import "time"
+import (
+	"context"
+	"time"
+)
 
 // Paths served on the socket.
 const (
@@ -13,6 +16,8 @@ const (
 	// an address), to= (namespace/name), port= and protocol= (tcp, udp, sctp).
 	PathPolicy      = "/v1/policy"
 	PathPolicyCheck = "/v1/policy/check"
+	// PathLoadBalancerPools lists the cluster's LoadBalancerIPPools with their usage.
+	PathLoadBalancerPools = "/v1/loadbalancer-pools"
 )
 
 // DefaultSocket is where the agent listens unless told otherwise.
@@ -117,6 +122,20 @@ type Routes struct {
 	Routes     []Route   `json:"routes"`
 	Refused    []Refusal `json:"refused"`
 	Advertised []string  `json:"advertised"`
+	// Services are the Service addresses this node advertises to its external peers.
+	Services []ServiceRoute `json:"services"`
+}
+
+// ServiceRoute is a Service address this node advertises.
+type ServiceRoute struct {
+	Prefix string `json:"prefix"`
+	// Class is clusterIPs, externalIPs or loadBalancerIPs (the BGPConfiguration's names).
+	Class string `json:"class"`
+	// Services are namespace/name of the Services behind the address; none for a whole
+	// cluster IP range.
+	Services      []string `json:"services"`
+	Communities   []string `json:"communities,omitempty"`
+	ASPathPrepend uint8    `json:"asPathPrepend,omitempty"`
 }
 
 // Source is what the agent implements to feed the API.
@@ -208,4 +227,37 @@ type PolicyJudgement struct {
 type PolicySource interface {
 	PodPolicies(namespace, pod string) (PodPolicies, error)
 	CheckPolicy(q PolicyCheck) (PolicyVerdict, error)
+}
+
+// LoadBalancerPools is the answer on PathLoadBalancerPools: the cluster's LoadBalancerIPPools
+// and their usage, as the allocator last wrote it in their status.
+type LoadBalancerPools struct {
+	// Installed is false when the API server does not serve LoadBalancerIPPools (the CRD is
+	// not installed).
+	Installed bool               `json:"installed"`
+	Pools     []LoadBalancerPool `json:"pools"`
+}
+
+// LoadBalancerPool is one LoadBalancerIPPool.
+type LoadBalancerPool struct {
+	Name      string   `json:"name"`
+	Addresses []string `json:"addresses"`
+	// IPv4 and IPv6 are the allocator's counts; nil before it counted that family.
+	IPv4 *PoolUsage `json:"ipv4,omitempty"`
+	IPv6 *PoolUsage `json:"ipv6,omitempty"`
+	// Valid is the Valid condition's status (True, False), empty before the allocator
+	// judged the pool; Message says why when False.
+	Valid   string `json:"valid,omitempty"`
+	Message string `json:"message,omitempty"`
+}
+
+// PoolUsage counts one family's addresses of a pool.
+type PoolUsage struct {
+	Allocated int64 `json:"allocated"`
+	Total     int64 `json:"total"`
+}
+
+// PoolSource is implemented by agents that read LoadBalancerIPPools.
+type PoolSource interface {
+	LoadBalancerPools(ctx context.Context) (LoadBalancerPools, error)
 }

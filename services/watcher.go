@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"reflect"
 	"slices"
+	"sync/atomic"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -23,6 +24,9 @@ type Watcher struct {
 	services  cache.SharedIndexInformer
 	endpoints cache.SharedIndexInformer
 	changed   chan struct{}
+	// generation counts changes, so a reader can tell that nothing changed since it last
+	// decided, without comparing the objects.
+	generation atomic.Uint64
 }
 
 // NewWatcher prepares the informers; Run starts them.
@@ -77,6 +81,9 @@ func (w *Watcher) WaitForSync(ctx context.Context) bool {
 // changed in a way advertisement reads.
 func (w *Watcher) Changed() <-chan struct{} { return w.changed }
 
+// Generation changes whenever Changed is signalled (before the signal is sent).
+func (w *Watcher) Generation() uint64 { return w.generation.Load() }
+
 // Snapshot is the Services and their endpoints, sorted by namespace/name.
 type Snapshot struct {
 	Services  []Service
@@ -104,6 +111,7 @@ func (w *Watcher) Snapshot() Snapshot {
 }
 
 func (w *Watcher) poke() {
+	w.generation.Add(1)
 	select {
 	case w.changed <- struct{}{}:
 	default:

@@ -97,6 +97,7 @@ func newFlagSet(o *options, env environment) *pflag.FlagSet {
 	fs.StringVar(&o.socket, "socket", agentapi.DefaultSocket, "unix socket of the local API (podroutectl)")
 	fs.StringVar(&o.healthAddr, "health-address", "", "also serve /healthz, /readyz and /metrics on this TCP address, e.g. 127.0.0.1:9649 (default: off)")
 	fs.BoolVar(&c.NetworkPolicy, "network-policy", true, "enforce NetworkPolicy for this node's pods (nftables table inet podroute-policy)")
+	fs.BoolVar(&c.ServiceAdvertisement, "service-advertisement", true, "advertise the Service addresses the BGPConfiguration allows (serviceClusterIPs, serviceExternalIPs, serviceLoadBalancerIPs) to external BGP peers, from this node while it can serve them (watches every Service and EndpointSlice)")
 	fs.BoolVar(&c.PolicyLogDrops, "policy-log-drops", false, "log what NetworkPolicy drops to the kernel log (prefix \"podroute-policy drop\"), at most 10 packets a second per chain; the drops are counted in metrics either way")
 	fs.StringVar(&c.LeaseNamespace, "lease-namespace", env.namespace, "namespace of the Lease (podroute-agent) electing the one agent that writes the status of BGPPeers and the BGPConfiguration (env POD_NAMESPACE; empty: every agent writes)")
 	fs.DurationVar(&c.ResyncInterval, "resync-interval", 30*time.Second, "period of the safety-net reconcile")

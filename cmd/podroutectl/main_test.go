@@ -30,7 +30,12 @@ type fakeSource struct {
 	status    agentapi.Status
 	neighbors []agentapi.Neighbor
 	routes    agentapi.Routes
+	pools     agentapi.LoadBalancerPools
 	err       error
+}
+
+func (f *fakeSource) LoadBalancerPools(context.Context) (agentapi.LoadBalancerPools, error) {
+	return f.pools, f.err
 }
 
 func (f *fakeSource) Status() agentapi.Status                 { return f.status }
@@ -67,7 +72,17 @@ func fixture() *fakeSource {
 				{Prefix: "0.0.0.0/0", Peer: "192.0.2.1", Reason: "default route not allowed", Count: 42, FirstSeen: now.Add(-time.Hour), LastSeen: now.Add(-3 * time.Second)},
 			},
 			Advertised: []string{"fd00:10:244:1::/64", "10.244.1.0/24"},
+			Services: []agentapi.ServiceRoute{
+				{Prefix: "203.0.113.10/32", Class: "loadBalancerIPs", Services: []string{"shop/web", "shop/web-udp"}, Communities: []string{"64512:400"}},
+				{Prefix: "10.96.0.0/16", Class: "clusterIPs"},
+				{Prefix: "2001:db8:1b::10/128", Class: "loadBalancerIPs", Services: []string{"shop/web"}, Communities: []string{"64512:400", "65000:1"}, ASPathPrepend: 2},
+			},
 		},
+		pools: agentapi.LoadBalancerPools{Installed: true, Pools: []agentapi.LoadBalancerPool{
+			{Name: "public", Addresses: []string{"203.0.113.0/28", "2001:db8:1b::/120"}, IPv4: &agentapi.PoolUsage{Allocated: 3, Total: 16},
+				IPv6: &agentapi.PoolUsage{Allocated: 1, Total: 256}, Valid: "True"},
+			{Name: "shadow", Addresses: []string{"203.0.113.8/29"}, Valid: "False", Message: "overlaps pool public"},
+		}},
 	}
 }
 
@@ -198,6 +213,12 @@ Advertised by this node (2):
 PREFIX
 10.244.1.0/24
 fd00:10:244:1::/64
+
+Service addresses advertised to external peers (3):
+PREFIX               CLASS            SERVICES               COMMUNITIES        PREPEND
+10.96.0.0/16         clusterIPs       -                      -                  -
+203.0.113.10/32      loadBalancerIPs  shop/web,shop/web-udp  64512:400          -
+2001:db8:1b::10/128  loadBalancerIPs  shop/web               64512:400 65000:1  2
 `
 	if got != want {
 		t.Errorf("got:\n%s\nwant:\n%s", got, want)
@@ -220,6 +241,11 @@ Ready:           yes
 Routes:          learned 3, installed 4, advertised 2, refused 2, failed 1
 Last reconcile:  12s ago
 Agent version:   v0.1.0
+
+LoadBalancer pools (2):
+NAME    IPV4 USED  IPV6 USED  VALID                        ADDRESSES
+public  3/16       1/256      True                         203.0.113.0/28,2001:db8:1b::/120
+shadow  -          -          False: overlaps pool public  203.0.113.8/29
 `
 	if got != want {
 		t.Errorf("got:\n%s\nwant:\n%s", got, want)
@@ -261,7 +287,8 @@ func TestEmptyStates(t *testing.T) {
 	got := ok(t, ctl(t, nil, "--socket", sock, "bgp", "routes"))
 	want := "Learned routes (0):\nno routes learned from BGP peers\n\n" +
 		"Refused by the import filter (0):\nno announcements refused\n\n" +
-		"Advertised by this node (0):\nthis node advertises no prefixes\n"
+		"Advertised by this node (0):\nthis node advertises no prefixes\n\n" +
+		"Service addresses advertised to external peers (0):\nthis node advertises no Service address\n"
 	if got != want {
 		t.Errorf("routes:\n%s\nwant:\n%s", got, want)
 	}

@@ -148,6 +148,23 @@ func renderRoutes(w io.Writer, format string, rs agentapi.Routes, now time.Time)
 			return err
 		}
 	}
+
+	fmt.Fprintf(&b, "\nService addresses advertised to external peers (%d):\n", len(rs.Services))
+	if len(rs.Services) == 0 {
+		fmt.Fprintln(&b, "this node advertises no Service address")
+	} else {
+		t := newTable(&b, "PREFIX", "CLASS", "SERVICES", "COMMUNITIES", "PREPEND")
+		for _, s := range rs.Services {
+			prepend := "-"
+			if s.ASPathPrepend > 0 {
+				prepend = strconv.Itoa(int(s.ASPathPrepend))
+			}
+			t.row(s.Prefix, s.Class, dash(strings.Join(s.Services, ",")), dash(strings.Join(s.Communities, " ")), prepend)
+		}
+		if err := t.flush(); err != nil {
+			return err
+		}
+	}
 	_, err := w.Write(b.Bytes())
 	return err
 }
@@ -158,6 +175,7 @@ func sortRoutes(rs agentapi.Routes) agentapi.Routes {
 		Routes:     slices.Clone(rs.Routes),
 		Refused:    slices.Clone(rs.Refused),
 		Advertised: slices.Clone(rs.Advertised),
+		Services:   slices.Clone(rs.Services),
 	}
 	slices.SortStableFunc(out.Routes, func(a, b agentapi.Route) int { return comparePrefixes(a.Prefix, b.Prefix) })
 	slices.SortStableFunc(out.Refused, func(a, b agentapi.Refusal) int {
@@ -170,6 +188,10 @@ func sortRoutes(rs agentapi.Routes) agentapi.Routes {
 	}
 	if out.Refused == nil {
 		out.Refused = []agentapi.Refusal{}
+	}
+	slices.SortStableFunc(out.Services, func(a, b agentapi.ServiceRoute) int { return comparePrefixes(a.Prefix, b.Prefix) })
+	if out.Services == nil {
+		out.Services = []agentapi.ServiceRoute{}
 	}
 	if out.Advertised == nil {
 		out.Advertised = []string{}
@@ -256,6 +278,43 @@ func renderStatus(w io.Writer, format string, st agentapi.Status, now time.Time)
 		t.row(label, p)
 	}
 	return t.flush()
+}
+
+// renderPools lists the LoadBalancerIPPools under the status; a failure to list them is said
+// there, not as the command's error: the node's own state above is what status is for.
+func renderPools(w io.Writer, lp agentapi.LoadBalancerPools, err error) error {
+	var b bytes.Buffer
+	switch {
+	case err != nil:
+		fmt.Fprintf(&b, "\nLoadBalancer pools: unknown (%v)\n", err)
+	case !lp.Installed:
+		fmt.Fprintln(&b, "\nLoadBalancer pools: none (the LoadBalancerIPPool CRD is not installed)")
+	case len(lp.Pools) == 0:
+		fmt.Fprintln(&b, "\nLoadBalancer pools: none")
+	default:
+		fmt.Fprintf(&b, "\nLoadBalancer pools (%d):\n", len(lp.Pools))
+		t := newTable(&b, "NAME", "IPV4 USED", "IPV6 USED", "VALID", "ADDRESSES")
+		for _, p := range lp.Pools {
+			valid := dash(p.Valid)
+			if p.Message != "" {
+				valid += ": " + p.Message
+			}
+			t.row(p.Name, usage(p.IPv4), usage(p.IPv6), valid, dash(strings.Join(p.Addresses, ",")))
+		}
+		if err := t.flush(); err != nil {
+			return err
+		}
+	}
+	_, err = w.Write(b.Bytes())
+	return err
+}
+
+// usage is "allocated/total" of one family of a pool.
+func usage(u *agentapi.PoolUsage) string {
+	if u == nil {
+		return "-"
+	}
+	return fmt.Sprintf("%d/%d", u.Allocated, u.Total)
 }
 
 // versionInfo is the output of podroutectl version.

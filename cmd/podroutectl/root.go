@@ -168,7 +168,8 @@ func newStatusCmd(a *app) *cobra.Command {
 		Short: "Show the node's routing state at a glance",
 		Long: `status shows the node as the agent sees it: its pod CIDRs, AS and router ID, whether
 the CNI config is written, whether the Kubernetes API watch and the BGP speaker are up,
-whether the node is ready (and if not, why), route counts, and the last reconcile.
+whether the node is ready (and if not, why), route counts, and the last reconcile; then
+the cluster's LoadBalancerIPPools with the addresses allocated and available per family.
 
 Routes counts: learned (best paths from BGP), installed (agent routes in the kernel,
 blackholes included), advertised (prefixes this node originates), refused (announcements
@@ -182,7 +183,11 @@ in the last reconcile).`,
 			if err != nil {
 				return err
 			}
-			return renderStatus(a.stdout, a.output, st, a.now())
+			if err := renderStatus(a.stdout, a.output, st, a.now()); err != nil || a.output != formatTable {
+				return err
+			}
+			pools, err := call(cmd, a, (*agentapi.Client).LoadBalancerPools)
+			return renderPools(a.stdout, pools, err)
 		},
 	}
 }

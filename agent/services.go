@@ -1,0 +1,158 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+
+	"github.com/podroute/podroute/bgp"
+	"github.com/podroute/podroute/cluster"
+	"github.com/podroute/podroute/config"
+	"github.com/podroute/podroute/services"
+)
+
+// serviceSource is the cluster's Services and EndpointSlices (services.Watcher).
+type serviceSource interface {
+	Run(ctx context.Context)
+	Synced() bool
+	Changed() <-chan struct{}
+	Generation() uint64
+	Snapshot() services.Snapshot
+}
+
+// serviceDecision caches services.Desired: it is recomputed only when one of its inputs
+// changed, not on every BGP or kernel event that starts a pass.
+type serviceDecision struct {
+	key      string
+	routes   []services.Advertisement
+	problems []string
+}
+
+// desireServices decides which Service addresses this node advertises. synced is false until
+// the Services and EndpointSlices were listed once: until then nothing is advertised or
+// withdrawn, so a restarted agent never withdraws, for want of a list, what its peers still
+// hold from its previous run.
+func (a *Agent) desireServices(cfg config.Configuration, nodes []cluster.Node) (routes []services.Advertisement, problems []string, synced bool) {
+	if a.services == nil || !a.services.Synced() {
+		return nil, nil, false
+	}
+	serving := a.kubeProxyServes()
+	excluded, found := false, false
+	for i := range nodes {
+		if nodes[i].Name == a.cfg.NodeName {
+			_, excluded = nodes[i].Labels[services.LabelExcludeFromLB]
+			found = true
+		}
+	}
+	key := fmt.Sprint(a.services.Generation(), serving, excluded, found,
+		cfg.ServiceClusterIPs, cfg.ServiceExternalIPs, cfg.ServiceLoadBalancerIPs, cfg.Advertisements)
+	if a.svcDecision.key != key {
+		// The generation is read before the snapshot: a change in between makes the next
+		// pass decide again rather than keep a decision older than its key says.
+		snap := a.services.Snapshot()
+		r, p := services.Desired(services.Input{
+			Services:  snap.Services,
+			Endpoints: snap.Endpoints,
+			Nodes:     nodes,
+			NodeName:  a.cfg.NodeName,
+			KubeProxy: serving,
+			Config:    cfg,
+		})
+		a.svcDecision = serviceDecision{key: key, routes: r, problems: p}
+	}
+	return a.svcDecision.routes, a.svcDecision.problems, true
+}
+
+// kubeProxyServes tells whether this node's kube-proxy serves Service addresses: it answered
+// with a mode (any mode captures LoadBalancer and external IPs). With the check turned off
+// (no --kube-proxy-metrics-address) the operator vouches for it.
+func (a *Agent) kubeProxyServes() bool {
+	if a.cfg.KubeProxyMetricsAddress == "" {
+		return true
+	}
+	return a.kubeProxy.Load().Mode != ""
+}
+
+// serviceRoutes originates the Service addresses this node serves (services.Desired) to its
+// external peers only: every node's kube-proxy serves Service addresses itself, so they are
+// never sent to other nodes (bgp.Attributes.ExternalOnly), and the import filter refuses
+// them from peers. An unchanged advertisement is never resent.
+type serviceRoutes struct {
+	speaker *speaker
+	log     *slog.Logger
+
+	generation int
+	applied    map[netip.Prefix]services.Advertisement
+}
+
+func (s *serviceRoutes) name() string { return "service-advertisements" }
+
+func (s *serviceRoutes) reconcile(ctx context.Context, d *desired) error {
+	if !d.servicesSynced {
+		return nil
+	}
+	r, gen := s.speaker.current()
+	if r == nil {
+		return nil
+	}
+	if gen != s.generation || s.applied == nil {
+		s.generation, s.applied = gen, map[netip.Prefix]services.Advertisement{}
+	}
+	want := make(map[netip.Prefix]bool, len(d.services))
+	var errs []error
+	for _, adv := range d.services {
+		// A pod CIDR is the pod advertisement's to make; a Service range configured over
+		// one must not take it over (nor withdraw it when the Service goes).
+		if slices.Contains(d.me.PodCIDRs, adv.Prefix) {
+			continue
+		}
+		want[adv.Prefix] = true
+		old, had := s.applied[adv.Prefix]
+		if had && sameAttributes(old.Attributes, adv.Attributes) {
+			s.applied[adv.Prefix] = adv // the Services behind it may have changed
+			continue
+		}
+		attrs := bgp.Attributes{Communities: adv.Communities, ASPathPrepend: adv.ASPathPrepend, ExternalOnly: true}
+		if err := r.Advertise(ctx, adv.Prefix, attrs); err != nil {
+			errs = append(errs, fmt.Errorf("advertise Service address %s: %w", adv.Prefix, err))
+			continue
+		}
+		s.applied[adv.Prefix] = adv
+		s.log.Info("advertising Service address", "prefix", adv.Prefix, "class", adv.Class, "services", adv.Services,
+			"communities", fmt.Sprint(adv.Communities), "asPathPrepend", adv.ASPathPrepend)
+	}
+	for _, p := range sortedKeys(s.applied) {
+		if want[p] {
+			continue
+		}
+		if err := r.Withdraw(ctx, p); err != nil {
+			errs = append(errs, fmt.Errorf("withdraw Service address %s: %w", p, err))
+			continue
+		}
+		s.log.Info("withdrew Service address", "prefix", p, "class", s.applied[p].Class, "services", s.applied[p].Services)
+		delete(s.applied, p)
+	}
+	return errors.Join(errs...)
+}
+
+func (s *serviceRoutes) report(snap *snapshot) {
+	for _, p := range sortedKeys(s.applied) {
+		snap.ServiceRoutes = append(snap.ServiceRoutes, s.applied[p])
+	}
+}
+
+func sameAttributes(a, b config.Attributes) bool {
+	return a.ASPathPrepend == b.ASPathPrepend && slices.Equal(a.Communities, b.Communities)
+}
+
+func sortedKeys[V any](m map[netip.Prefix]V) []netip.Prefix {
+	keys := make([]netip.Prefix, 0, len(m))
+	for p := range m {
+		keys = append(keys, p)
+	}
+	slices.SortFunc(keys, netip.Prefix.Compare)
+	return keys
+}
