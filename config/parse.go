@@ -406,7 +406,24 @@ func (c *BGPConfiguration) Parse(defaults Configuration) (Configuration, field.E
 		}
 		// A bad entry drops the whole list to the default (nothing advertised) rather than
 		// advertising a partial list the operator did not write.
-		if ps, ok := parsePrefixes(path.Child(f.name), f.in, &errs); ok {
+		ps, ok := parsePrefixes(path.Child(f.name), f.in, &errs)
+		// A Service route over pod addresses would draw those pods' traffic from the
+		// rack to whichever nodes advertise it. (Only a list that parsed whole lines up
+		// with the spec's indices.)
+		whole := ok
+		for i, p := range ps {
+			if !whole {
+				break
+			}
+			for _, c := range cfg.ClusterCIDRs {
+				if p.Overlaps(c) {
+					errs = append(errs, field.Invalid(path.Child(f.name).Index(i), f.in[i],
+						fmt.Sprintf("overlaps the cluster's pod addresses %s (clusterCIDRs): a Service route there would take pods' traffic", c)))
+					ok = false
+				}
+			}
+		}
+		if ok {
 			*f.out = ps
 		} else {
 			*f.out = nil

@@ -182,6 +182,28 @@ func TestConfigurationParse(t *testing.T) {
 	if cfg.ASN != 65000 || len(cfg.Communities) != 0 || cfg.ClusterCIDRs[0].String() != "10.244.0.0/16" || cfg.NodeToNodeMesh {
 		t.Errorf("fallbacks: %+v", cfg)
 	}
+
+	// A Service list over pod addresses is refused whole: a /32 from it would draw a pod's
+	// traffic at the rack to the nodes advertising the Service.
+	pods := &BGPConfiguration{ObjectMeta: metav1.ObjectMeta{Name: "default"}, Spec: BGPConfigurationSpec{
+		ClusterCIDRs:           []string{"10.244.0.0/16"},
+		ServiceLoadBalancerIPs: []string{"203.0.113.0/24", "10.244.7.0/24"},
+		ServiceExternalIPs:     []string{"10.0.0.0/8"},
+		ServiceClusterIPs:      []string{"10.96.0.0/12"},
+	}}
+	cfg, errs = pods.Parse(defaults)
+	got = errs.ToAggregate().Error()
+	for _, want := range []string{
+		`spec.serviceLoadBalancerIPs[1]: Invalid value: "10.244.7.0/24": overlaps the cluster's pod addresses 10.244.0.0/16 (clusterCIDRs)`,
+		`spec.serviceExternalIPs[0]: Invalid value: "10.0.0.0/8": overlaps the cluster's pod addresses 10.244.0.0/16`,
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("errors %q lack %q", got, want)
+		}
+	}
+	if len(errs) != 2 || len(cfg.ServiceLoadBalancerIPs) != 0 || len(cfg.ServiceExternalIPs) != 0 || len(cfg.ServiceClusterIPs) != 1 {
+		t.Errorf("pod overlap: %d errors, lists %+v %+v %+v", len(errs), cfg.ServiceLoadBalancerIPs, cfg.ServiceExternalIPs, cfg.ServiceClusterIPs)
+	}
 }
 
 func TestOverrides(t *testing.T) {
