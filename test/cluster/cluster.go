@@ -27,7 +27,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -191,7 +190,6 @@ func Start(t testing.TB, opts Options) *Cluster {
 		ClusterCIDRs: strings.Join(clusterCIDRs, ","),
 		ServiceCIDRs: ServiceCIDRs,
 	})
-	setLBIPAMImage(t, deploy, Release)
 	c.kubectl(ctx, t, "apply", "-f", filepath.Join(deploy, "crds"))
 	c.kubectl(ctx, t, "wait", "--for", "condition=established", "--timeout=60s",
 		"crd/bgppeers.podroute.io", "crd/bgpconfigurations.podroute.io", "crd/loadbalancerippools.podroute.io")
@@ -223,24 +221,6 @@ func Start(t testing.TB, opts Options) *Cluster {
 	}
 	t.Logf("cluster: ready in %v (kube-proxy %s mode)", time.Since(start).Round(time.Second), opts.ProxyMode)
 	return c
-}
-
-// setLBIPAMImage edits the allocator's image in the copy of deploy/ as an operator does
-// (the same tag as the agent's, which lab.WriteDeploy sets).
-func setLBIPAMImage(t testing.TB, dir, release string) {
-	t.Helper()
-	path := filepath.Join(dir, "50-lbipam.yaml")
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	re := regexp.MustCompile(`(?m)^(\s*image:) podroute/podroute:\S+.*$`)
-	if len(re.FindAll(b, -1)) != 1 {
-		t.Fatalf("%s: want one image line", path)
-	}
-	if err := os.WriteFile(path, re.ReplaceAll(b, []byte("${1} podroute/podroute:"+release)), 0o644); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // apply renders a manifest of manifests/ with data and applies it with kubectl.

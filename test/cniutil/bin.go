@@ -20,7 +20,7 @@ import (
 const BinDirEnv = "PODROUTE_TEST_BIN_DIR"
 
 // commands are the binaries the tests exec, built from the working tree.
-var commands = []string{"./cmd/podroute", "./cmd/podroute-agent", "./cmd/podroutectl"}
+var commands = []string{"./cmd/podroute", "./cmd/podroute-agent", "./cmd/podroutectl", "./cmd/podroute-lbipam"}
 
 var (
 	binOnce sync.Once
@@ -29,7 +29,7 @@ var (
 )
 
 // Binaries returns the directory of podroute's binaries for the tests to exec: podroute,
-// podroute-ipam (a link to it), podroute-agent and podroutectl, built from the working tree
+// podroute-ipam (a link to it), podroute-agent, podroutectl and podroute-lbipam, built from the working tree
 // by the first call in each test process (so a test never runs what an older `make build`
 // left in bin/), and the reference portmap plugin beside them, as `make build` lays out
 // bin/. The directory is build/testbin, shared by the test processes of one tree: builds

@@ -22,7 +22,7 @@ func AgentImage(t testing.TB, bin, version string) string {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	for _, name := range []string{"podroute", "podroutectl"} {
+	for _, name := range []string{"podroute", "podroutectl", "podroute-lbipam"} {
 		if err := copyFile(filepath.Join(bin, name), filepath.Join(dir, name), 0o755); err != nil {
 			t.Fatal(err)
 		}
@@ -31,7 +31,7 @@ func AgentImage(t testing.TB, bin, version string) string {
 	for _, args := range [][]string{
 		{"build", "-trimpath", "-ldflags", "-s -w -X github.com/podroute/podroute/agent.Version=" + version,
 			"-o", filepath.Join(dir, "podroute-agent"), "./cmd/podroute-agent"},
-		{"run", "./hack/image", "-bin", dir, "-version", version, "-o", tar},
+		{"run", "./hack/image", "-bin", dir, "-lbipam", filepath.Join(dir, "podroute-lbipam"), "-version", version, "-o", tar},
 	} {
 		cmd := exec.Command("go", args...)
 		cmd.Dir = root
@@ -78,6 +78,9 @@ func WriteDeploy(t testing.TB, dir string, opts DeployOptions) {
 			{`(?m)^(\s*serviceCIDRs:).*$`, fmt.Sprintf(`${1} "%s"`, opts.ServiceCIDRs)},
 		},
 		"30-daemonset.yaml": {
+			{`(?m)^(\s*image:) podroute/podroute:\S+.*$`, "${1} podroute/podroute:" + opts.Release},
+		},
+		"50-lbipam.yaml": {
 			{`(?m)^(\s*image:) podroute/podroute:\S+.*$`, "${1} podroute/podroute:" + opts.Release},
 		},
 	}
