@@ -704,6 +704,7 @@ func agentAccess() (allowed, denied []access) {
 		{verb: "watch", resource: "services"},
 		{verb: "list", group: disc, resource: "endpointslices"},
 		{verb: "watch", group: disc, resource: "endpointslices"},
+		{verb: "list", group: pr, resource: "loadbalancerippools"},
 	}
 	denied = []access{
 		{verb: "get", group: coord, resource: "leases", namespace: namespace, name: "other"},
@@ -769,7 +770,11 @@ func agentAccess() (allowed, denied []access) {
 		{verb: "get", group: disc, resource: "endpointslices", namespace: "default", name: "web-1"},
 		{verb: "update", group: disc, resource: "endpointslices", namespace: "default", name: "web-1"},
 		{verb: "list", resource: "endpoints"},
-		{verb: "list", group: pr, resource: "loadbalancerippools"},
+		// Pools are listed for podroutectl status; their spec and status are the allocator's.
+		{verb: "watch", group: pr, resource: "loadbalancerippools"},
+		{verb: "get", group: pr, resource: "loadbalancerippools", name: "public"},
+		{verb: "update", group: pr, resource: "loadbalancerippools", sub: "status", name: "public"},
+		{verb: "create", group: pr, resource: "loadbalancerippools"},
 	}
 	return allowed, denied
 }
