@@ -1,23 +1,36 @@
 // Package demo_test is podroute's local lab: the README's main job. It builds a small rack
 // of real components in network namespaces (a kube-apiserver with etcd, three nodes each
-// running podroute-agent, an FRR top-of-rack router, pods wired by the CNI plugin), prints
-// what it built, the BGP sessions as podroutectl and FRR see them, and cross-node pings.
+// running kube-proxy and podroute-agent, an FRR top-of-rack router, pods wired by the CNI
+// plugin), prints what it built, the BGP sessions as podroutectl and FRR see them, and
+// cross-node pings. Then a Service of type LoadBalancer: podroute-lbipam gives it an address
+// from a LoadBalancerIPPool, every node advertises it to the ToR, and a host behind the ToR
+// reaches the pods through it.
 //
 // The test suite runs it like any test. `make lab` runs the same binary and, with
 // PODROUTE_LAB_HOLD=1, keeps the lab up until Ctrl-C, then tears everything down.
 package demo_test
 
 import (
+	"context"
 	"fmt"
+	"io"
+	"maps"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
 	"github.com/podroute/podroute/config"
+	"github.com/podroute/podroute/lbipam"
 	"github.com/podroute/podroute/test/lab"
 )
 
@@ -26,6 +39,13 @@ const (
 	torASN  = 65101
 	settle  = 60 * time.Second
 	pingTTL = 3 * time.Second
+
+	proxyMode = "iptables"
+	// lbPool is the LoadBalancerIPPool's range, listed in serviceLoadBalancerIPs too (a
+	// documentation range the lab uses nowhere else).
+	lbPool = "203.0.113.0/28"
+	// lbRequests is how many connections the client opens to the LoadBalancer address.
+	lbRequests = 12
 )
 
 func say(format string, a ...any) { fmt.Printf("\n== "+format+"\n", a...) }
@@ -44,10 +64,16 @@ func TestLab(t *testing.T) {
 	crds.Peer("tor", config.BGPPeerSpec{PeerAddress: torAddr.String(), PeerASN: torASN, ExportPodCIDRs: &exp})
 	fmt.Printf("BGPConfiguration default: AS %d, node-to-node mesh on; BGPPeer tor: %s AS %d, all nodes\n", config.DefaultASN, torAddr, torASN)
 
-	say("nodes: network namespaces on the rack segment, one podroute-agent each")
+	say("nodes: network namespaces on the rack segment, one kube-proxy (%s mode) and one podroute-agent each", proxyMode)
 	var ns []*lab.Node
 	for i := 1; i <= nodes; i++ {
-		n := l.AddNode(t, fmt.Sprintf("node-%d", i), lab.NodeOptions{Index: i})
+		// kube-proxy first: the agent looks for it when it starts (and every 30 s after),
+		// and advertises no Service address without it.
+		n := l.AddNode(t, fmt.Sprintf("node-%d", i), lab.NodeOptions{Index: i, NoAgent: true})
+		n.StartKubeProxy(t, lab.KubeProxyOptions{Mode: proxyMode})
+		if err := n.Agent.Start(); err != nil {
+			t.Fatal(err)
+		}
 		if err := tor.AddNeighbor(lab.Neighbor{Address: n.IPv4, ASN: config.DefaultASN, Description: n.Name}); err != nil {
 			t.Fatal(err)
 		}
@@ -133,6 +159,8 @@ func TestLab(t *testing.T) {
 			}
 		}
 	}
+
+	lb := loadBalancer(t, l, crds, tor, ns, pods)
 	if t.Failed() {
 		return
 	}
@@ -143,6 +171,7 @@ func TestLab(t *testing.T) {
 		fmt.Printf("  ip netns exec %s ip route\n", ns[0].NetNS.Name)
 		fmt.Printf("  %s/podroutectl --socket %s bgp neighbors\n", l.BinDir(), ns[0].Socket)
 		fmt.Printf("  vtysh -N %s -c 'show bgp summary'\n", tor.NetNS.Name)
+		fmt.Printf("  ip netns exec %s curl http://%s/hostname\n", lb.client.NetNS.Name, lb.ip)
 		fmt.Printf("Press Ctrl-C to tear it down.\n")
 		sig := make(chan os.Signal, 1)
 		signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
@@ -150,6 +179,187 @@ func TestLab(t *testing.T) {
 		signal.Stop(sig)
 		say("tearing down")
 	}
+}
+
+// lbDemo is what the LoadBalancer section built, for the hints of a held lab.
+type lbDemo struct {
+	client *lab.Host
+	ip     netip.Addr
+}
+
+// loadBalancer shows a Service of type LoadBalancer reached from a host behind the ToR:
+// podroute-lbipam gives it an address from a LoadBalancerIPPool, every node's agent
+// advertises that address to the ToR (kube-proxy serves it on every node), FRR spreads the
+// client's connections over the nodes and kube-proxy over the pods.
+func loadBalancer(t *testing.T, l *lab.Lab, crds *lab.CRDs, tor *lab.Router, ns []*lab.Node, pods []*lab.Pod) lbDemo {
+	t.Helper()
+	say("LoadBalancer addresses: LoadBalancerIPPool %q, podroute-lbipam allocating, advertised by the nodes", lbPool)
+	crds.Pool("lab", lbipam.PoolSpec{Addresses: []string{lbPool}})
+	crds.PatchConfiguration(map[string]any{"serviceLoadBalancerIPs": []string{lbPool}})
+	alloc := l.StartLBIPAM(t)
+	fmt.Printf("LoadBalancerIPPool lab: %s; BGPConfiguration default: serviceLoadBalancerIPs [%s]\n", lbPool, lbPool)
+	fmt.Printf("podroute-lbipam: %s, one replica (no leader election), on the lab's API server\n", alloc.Binary)
+
+	say("Service web: type LoadBalancer, externalTrafficPolicy Cluster, port 80 -> agnhost netexec on 8080 in every pod")
+	for _, p := range pods {
+		p.StartServer(t, 8080)
+	}
+	svc := l.CreateServiceFor(t, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "web"},
+		Spec: corev1.ServiceSpec{
+			Type:                  corev1.ServiceTypeLoadBalancer,
+			ExternalTrafficPolicy: corev1.ServiceExternalTrafficPolicyCluster,
+			Ports:                 []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080), Protocol: corev1.ProtocolTCP}},
+		},
+	}, pods)
+	fmt.Println("The lab runs no controller manager: the Service has no selector, and the lab writes its")
+	fmt.Println("EndpointSlice itself, every pod a ready endpoint on its node:")
+	for _, p := range pods {
+		fmt.Printf("  %-6s %-15s nodeName %-7s ready\n", p.Name, p.IPv4, p.Node.Name)
+	}
+	ips := l.LoadBalancerIPs(t, svc.Namespace, svc.Name, settle)
+	if running, err := alloc.Running(); !running {
+		t.Fatal(err)
+	}
+	pool := netip.MustParsePrefix(lbPool)
+	ip := ips[0]
+	if len(ips) != 1 || !pool.Contains(ip) {
+		t.Fatalf("Service web: LoadBalancer addresses %v, want one of %s", ips, pool)
+	}
+	fmt.Printf("\n$ kubectl get service web\n")
+	fmt.Printf("%-5s %-13s %-14s %-14s %s\n", "NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)")
+	fmt.Printf("%-5s %-13s %-14s %-14s %d:%d/TCP\n", svc.Name, svc.Spec.Type, svc.Spec.ClusterIP, ip, svc.Spec.Ports[0].Port, svc.Spec.Ports[0].NodePort)
+
+	say("client: a host behind the ToR on a link of its own; the nodes route its subnet via the ToR")
+	client := l.AddHost(t, "client", tor)
+	fab := l.DefaultSegment()
+	for _, n := range ns {
+		if err := n.IP(
+			[]string{"route", "replace", client.PrefixV4.String(), "via", tor.Addr4(fab).String()},
+			[]string{"-6", "route", "replace", client.PrefixV6.String(), "via", tor.Addr6(fab).String()},
+		); err != nil {
+			t.Fatalf("%s: route to the client: %v", n.Name, err)
+		}
+	}
+	// FRR's kernel hashes ECMP on addresses alone by default: one client would always go
+	// through the same node. Hash on ports too, so each connection may take another.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if out, err := tor.Exec(ctx, "sysctl", "-w", "net.ipv4.fib_multipath_hash_policy=1"); err != nil {
+		t.Fatalf("tor: %v: %s", err, out)
+	}
+	fmt.Printf("client %s (gateway %s, the ToR); every node: %s via %s\n", client.Addr(false), client.Link.AIPv4, client.PrefixV4, tor.Addr4(fab))
+
+	host := netip.PrefixFrom(ip, 32)
+	var want []netip.Addr
+	for _, n := range ns {
+		want = append(want, n.IPv4)
+	}
+	slices.SortFunc(want, netip.Addr.Compare)
+	lab.Eventually(t, settle, fmt.Sprintf("tor: %s via every node", host), func() error {
+		nhs, err := tor.BGPRoute(host)
+		if err == nil && !slices.Equal(nhs, want) {
+			err = fmt.Errorf("next hops %v, want %v", nhs, want)
+		}
+		return err
+	})
+	say("node-1: podroutectl bgp routes")
+	out, err := ns[0].Ctl("bgp", "routes")
+	if err != nil {
+		t.Errorf("podroutectl: %v\n%s", err, out)
+	}
+	fmt.Print(string(out))
+	say("tor (FRR): show ip route %s: every node a next hop (ECMP)", host)
+	rt, err := tor.Vtysh("show ip route " + host.String())
+	if err != nil {
+		t.Errorf("vtysh: %v", err)
+	}
+	fmt.Print(rt)
+
+	say("traffic: %d connections from the client to http://%s/ (GET /hostname, then /clientip)", lbRequests, ip)
+	byPod, byNode := map[string]int{}, map[string]int{}
+	for i := 1; i <= lbRequests; i++ {
+		var name, seen string
+		// The first connection may beat kube-proxy's rules or the client's route: retry it.
+		err := lab.Poll(context.Background(), settle, 200*time.Millisecond, func() error {
+			var err error
+			name, seen, err = lbRequest(client, ip)
+			return err
+		})
+		if err != nil {
+			t.Errorf("client -> %s: %v", ip, err)
+			fmt.Printf("connection %2d: FAIL: %v\n", i, err)
+			continue
+		}
+		// With externalTrafficPolicy Cluster, the node the ToR picked masquerades the
+		// client: the pod sees that node's address.
+		via := seen
+		for _, n := range ns {
+			if n.IPv4.String() == seen {
+				via = n.Name
+			}
+		}
+		byPod[name]++
+		byNode[via]++
+		fmt.Printf("connection %2d: answered by %-6s through %-7s (the pod saw %s)\n", i, name, via, seen)
+	}
+	fmt.Printf("answers by pod: %s; connections by node: %s\n", tally(byPod), tally(byNode))
+	if len(byPod) < 2 {
+		t.Errorf("the client's %d connections were all answered by %v: want more than one pod", lbRequests, byPod)
+	}
+	if len(byNode) < 2 {
+		t.Errorf("the client's %d connections all went through %v: want more than one node", lbRequests, byNode)
+	}
+	for name := range byPod {
+		if !slices.ContainsFunc(pods, func(p *lab.Pod) bool { return p.Name == name }) {
+			t.Errorf("answer from %q, which is none of the lab's pods", name)
+		}
+	}
+	return lbDemo{client: client, ip: ip}
+}
+
+// lbRequest opens one connection from the client to ip:80 and asks /hostname and /clientip
+// on it: the pod that answered, and the address it saw the client as.
+func lbRequest(client *lab.Host, ip netip.Addr) (name, seen string, err error) {
+	tr := &http.Transport{DialContext: client.Dialer(), MaxConnsPerHost: 1}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr, Timeout: 2 * time.Second}
+	get := func(path string) (string, error) {
+		url := "http://" + netip.AddrPortFrom(ip, 80).String() + path
+		resp, err := c.Get(url)
+		if err != nil {
+			return "", err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil {
+			return "", fmt.Errorf("GET %s: %w", url, err)
+		}
+		if resp.StatusCode != http.StatusOK {
+			return "", fmt.Errorf("GET %s: %s", url, resp.Status)
+		}
+		return strings.TrimSpace(string(b)), nil
+	}
+	if name, err = get("/hostname"); err != nil {
+		return "", "", err
+	}
+	if seen, err = get("/clientip"); err != nil {
+		return "", "", err
+	}
+	ap, err := netip.ParseAddrPort(seen)
+	if err != nil {
+		return "", "", fmt.Errorf("/clientip answered %q: %w", seen, err)
+	}
+	return name, ap.Addr().Unmap().String(), nil
+}
+
+// tally is "a 3, b 2" in name order.
+func tally(m map[string]int) string {
+	var s []string
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		s = append(s, fmt.Sprintf("%s %d", k, m[k]))
+	}
+	return strings.Join(s, ", ")
 }
 
 func joinPrefixes(ps []netip.Prefix) string {

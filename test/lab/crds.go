@@ -13,12 +13,14 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
 	"sigs.k8s.io/yaml"
 
 	"github.com/podroute/podroute/config"
+	"github.com/podroute/podroute/lbipam"
 	"github.com/podroute/podroute/test/cniutil"
 )
 
@@ -66,7 +68,7 @@ func InstallCRDs(t testing.TB, l *Lab) *CRDs {
 		}
 	}
 	Eventually(t, 30*time.Second, "custom resources served", func() error {
-		for _, gvr := range []schema.GroupVersionResource{config.BGPPeerGVR, config.BGPConfigurationGVR} {
+		for _, gvr := range []schema.GroupVersionResource{config.BGPPeerGVR, config.BGPConfigurationGVR, lbipam.PoolGVR} {
 			if _, err := dyn.Resource(gvr).List(ctx, metav1.ListOptions{}); err != nil {
 				return err
 			}
@@ -94,6 +96,37 @@ func (c *CRDs) Create(gvr schema.GroupVersionResource, obj any) {
 func (c *CRDs) Configuration(spec config.BGPConfigurationSpec) {
 	c.t.Helper()
 	c.Create(config.BGPConfigurationGVR, &config.BGPConfiguration{ObjectMeta: metav1.ObjectMeta{Name: config.ConfigurationName}, Spec: spec})
+}
+
+// PatchConfiguration merge-patches the spec of the BGPConfiguration "default".
+func (c *CRDs) PatchConfiguration(spec map[string]any) {
+	c.t.Helper()
+	b, _ := json.Marshal(map[string]any{"spec": spec})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := c.Dyn.Resource(config.BGPConfigurationGVR).Patch(ctx, config.ConfigurationName, types.MergePatchType, b, metav1.PatchOptions{}); err != nil {
+		c.t.Fatalf("patch BGPConfiguration %s: %v", config.ConfigurationName, err)
+	}
+}
+
+// Pool creates a LoadBalancerIPPool (cluster-scoped), for podroute-lbipam.
+func (c *CRDs) Pool(name string, spec lbipam.PoolSpec) {
+	c.t.Helper()
+	m, err := runtime.DefaultUnstructuredConverter.ToUnstructured(&spec)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	u := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": config.APIVersion,
+		"kind":       "LoadBalancerIPPool",
+		"metadata":   map[string]any{"name": name},
+		"spec":       m,
+	}}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := c.Dyn.Resource(lbipam.PoolGVR).Create(ctx, u, metav1.CreateOptions{}); err != nil {
+		c.t.Fatalf("create LoadBalancerIPPool %s: %v", name, err)
+	}
 }
 
 // Peer creates a BGPPeer, failing the test if it cannot.
