@@ -9,6 +9,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	api "github.com/osrg/gobgp/v4/api"
 )
 
 // serviceFilter accepts pod CIDRs and Service addresses alike, so a route missing on a
@@ -101,8 +103,9 @@ func (s *speaker) expectAdvertised(t *testing.T, want map[netip.Addr]uint64) {
 	})
 }
 
-// TestASPathPrepend: an eBGP peer sees our AS once more than prepended, an iBGP peer
-// exactly as often; a change of prepend is one Advertise.
+// TestASPathPrepend: an external eBGP peer sees our AS once more than prepended, an
+// external iBGP peer (a router of our AS outside the cluster) exactly as often; a change
+// of prepend is one Advertise.
 func TestASPathPrepend(t *testing.T) {
 	ctx := context.Background()
 	port := freePort(t)
@@ -110,7 +113,8 @@ func TestASPathPrepend(t *testing.T) {
 	ebgp := startSpeaker(t, "127.0.11.2", port, func(c *Config) { c.ASN, c.ImportFilter = 65001, serviceFilter })
 	ibgp := startSpeaker(t, "127.0.11.3", port, func(c *Config) { c.ImportFilter = serviceFilter })
 	peerAS(t, a, ebgp, withKind(KindExternal), withKind(KindExternal))
-	// GoBGP drops a path carrying its own AS unless allowed, iBGP or not.
+	// GoBGP drops a path carrying its own AS unless allowed, iBGP or not. No loop check
+	// holds our prepended path back from an iBGP peer: the policy prepends after it.
 	peerAS(t, a, ibgp, withKind(KindExternal), func(n *Neighbor) { n.Kind, n.AllowOwnAS = KindExternal, MaxASPathPrepend })
 
 	p := pfx("10.96.0.10/32")
@@ -357,5 +361,161 @@ func TestExportPolicyExternalOnly(t *testing.T) {
 	}
 	if _, ok := sets[setInternal]; ok {
 		t.Error("empty internal neighbour set defined")
+	}
+}
+
+// expectASPaths waits until s has learned exactly the prefixes of want, each with that AS
+// path (nil: an empty one).
+func (s *speaker) expectASPaths(t *testing.T, want map[netip.Prefix][]uint32) {
+	t.Helper()
+	eventually(t, 15*time.Second, func() string {
+		got := s.asPaths(t)
+		if !maps.EqualFunc(got, want, slices.Equal) {
+			return fmt.Sprintf("%s learned AS paths %v, want %v", s.ip, got, want)
+		}
+		return ""
+	})
+}
+
+// TestASPathPrependExternalOnly: prepending applies towards external neighbours only. A
+// mesh node gets our paths with an empty AS path (and keeps them, its loop detection
+// seeing no AS of its own), while an eBGP peer sees our AS once more than prepended; a
+// change of count reaches the eBGP peer, moving the prefix between the policy's sets in
+// place or rebuilding it; external-only routes are prepended too.
+func TestASPathPrependExternalOnly(t *testing.T) {
+	ctx := context.Background()
+	port := freePort(t)
+	a := startSpeaker(t, "127.0.14.1", port, func(c *Config) { c.NextHopIPv6 = addr("fd00::14:1") })
+	mesh := startSpeaker(t, "127.0.14.2", port, func(c *Config) { c.ImportFilter = serviceFilter })
+	ext := startSpeaker(t, "127.0.14.3", port, func(c *Config) { c.ASN, c.ImportFilter = 65001, serviceFilter })
+	// The eBGP peer first: the prepend statements start without the internal neighbour
+	// set, which the mesh node's arrival brings in.
+	peerAS(t, a, ext, withKind(KindExternal), withKind(KindExternal))
+
+	pod := pfx("10.244.1.0/24")
+	pod6 := pfx("fd10:244:0:1::/64")
+	svc := pfx("10.96.0.10/32")
+	lb := pfx("10.96.0.11/32")
+	ours := func(n int) []uint32 { return slices.Repeat([]uint32{testASN}, n) }
+	advertise := func(p netip.Prefix, attrs Attributes) {
+		t.Helper()
+		if err := a.Advertise(ctx, p, attrs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	advertise(pod, Attributes{ASPathPrepend: 2})
+	advertise(pod6, Attributes{ASPathPrepend: 2})
+	advertise(svc, Attributes{ASPathPrepend: 1, ExternalOnly: true})
+	ext.expectASPaths(t, map[netip.Prefix][]uint32{pod: ours(3), pod6: ours(3), svc: ours(2)})
+
+	peerAS(t, a, mesh, nil, nil)
+	mesh.expectASPaths(t, map[netip.Prefix][]uint32{pod: nil, pod6: nil})
+	mesh.expectPrefixes(t, a.ip, pod, pod6)
+
+	// 2 -> 0 empties the IPv4 set of count 2 (a rebuild), 0 -> 4 starts that of 4
+	// (another); the path itself never changes.
+	advertise(pod, Attributes{})
+	ext.expectASPaths(t, map[netip.Prefix][]uint32{pod: ours(1), pod6: ours(3), svc: ours(2)})
+	advertise(pod, Attributes{ASPathPrepend: 4})
+	ext.expectASPaths(t, map[netip.Prefix][]uint32{pod: ours(5), pod6: ours(3), svc: ours(2)})
+
+	// A second prefix of count 4 joins its set in place; then pod moves from the set of 4
+	// to that of 1, both keeping other prefixes: two edits in place.
+	advertise(lb, Attributes{ASPathPrepend: 4, ExternalOnly: true})
+	ext.expectASPaths(t, map[netip.Prefix][]uint32{pod: ours(5), pod6: ours(3), svc: ours(2), lb: ours(5)})
+	advertise(pod, Attributes{ASPathPrepend: 1})
+	ext.expectASPaths(t, map[netip.Prefix][]uint32{pod: ours(2), pod6: ours(3), svc: ours(2), lb: ours(5)})
+	// A change of communities with one of count goes out as a new path.
+	comm := NewCommunity(64512, 100)
+	advertise(pod6, Attributes{ASPathPrepend: 3, Communities: []Community{comm}})
+	ext.expectASPaths(t, map[netip.Prefix][]uint32{pod: ours(2), pod6: ours(4), svc: ours(2), lb: ours(5)})
+	if r, _ := ext.route(t, pod6); !slices.Equal(r.Paths[0].Communities, []Community{comm}) {
+		t.Errorf("%s carries communities %v, want %v", pod6, r.Paths[0].Communities, comm)
+	}
+	// Through all this the mesh node got every path unprepended, and no Service address.
+	mesh.expectASPaths(t, map[netip.Prefix][]uint32{pod: nil, pod6: nil})
+	mesh.expectPrefixes(t, a.ip, pod, pod6)
+	a.expectAdvertised(t, map[netip.Addr]uint64{mesh.ip: 2, ext.ip: 4})
+
+	// Withdrawn, the prefixes leave the policy's sets.
+	for _, p := range []netip.Prefix{pod, pod6, svc, lb} {
+		if err := a.Withdraw(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ext.expectASPaths(t, map[netip.Prefix][]uint32{})
+	mesh.expectASPaths(t, map[netip.Prefix][]uint32{})
+	r := a.Router.(*router)
+	r.mu.Lock()
+	left := len(r.prepend[0]) + len(r.prepend[1])
+	sizes := r.prependSizes
+	r.mu.Unlock()
+	if left != 0 || sizes != [2][MaxASPathPrepend + 1]int{} {
+		t.Errorf("%d prefixes still prepended after their withdrawal (set sizes %v)", left, sizes)
+	}
+}
+
+// TestExportPolicyPrepend checks the prepend statements: one per count and family with
+// prefixes, after the external-only ones, for our own paths towards neighbours outside
+// the internal set (any neighbour while there is none).
+func TestExportPolicyPrepend(t *testing.T) {
+	var f ImportFilter
+	rules := exportRules{
+		asn:          testASN,
+		internal:     []netip.Addr{addr("192.0.2.2")},
+		externalOnly: [2][]netip.Prefix{{pfx("10.96.0.10/32")}, nil},
+	}
+	rules.prepend[1][0] = []netip.Prefix{pfx("10.96.0.10/32"), pfx("10.244.1.0/24")}
+	rules.prepend[3][1] = []netip.Prefix{pfx("fd10:244:0:1::/64")}
+	for _, internal := range []bool{true, false} {
+		if !internal {
+			rules.internal = nil
+		}
+		req := f.policies(rules)
+		var names []string
+		stmts := map[string]*api.Statement{}
+		for _, s := range req.Policies[1].Statements {
+			names = append(names, s.Name)
+			stmts[s.Name] = s
+		}
+		want := []string{"prepend-podroute-prepend-1-v4", "prepend-podroute-prepend-3-v6", "export-local"}
+		if internal {
+			want = slices.Insert(want, 0, "external-only-"+setExternalOnly[0])
+		}
+		if !slices.Equal(names, want) {
+			t.Errorf("internal %v: export statements %v, want %v", internal, names, want)
+			continue
+		}
+		for _, c := range []struct {
+			set     string
+			repeat  uint32
+			entries []string
+		}{
+			{"podroute-prepend-1-v4", 1, []string{"10.96.0.10/32 32..32", "10.244.1.0/24 24..24"}},
+			{"podroute-prepend-3-v6", 3, []string{"fd10:244:0:1::/64 64..64"}},
+		} {
+			s := stmts["prepend-"+c.set]
+			if s.Conditions.GetPrefixSet().GetName() != c.set || s.Conditions.GetRouteType() != api.Conditions_ROUTE_TYPE_LOCAL {
+				t.Errorf("internal %v: %s conditions %v", internal, s.Name, s.Conditions)
+			}
+			ns := s.Conditions.GetNeighborSet()
+			if internal && (ns.GetName() != setInternal || ns.GetType() != api.MatchSet_TYPE_INVERT) || !internal && ns != nil {
+				t.Errorf("internal %v: %s neighbour condition %v", internal, s.Name, ns)
+			}
+			if p := s.Actions.GetAsPrepend(); p.GetAsn() != testASN || p.GetRepeat() != c.repeat || s.Actions.GetRouteAction() != api.RouteAction_ROUTE_ACTION_ACCEPT {
+				t.Errorf("internal %v: %s actions %v", internal, s.Name, s.Actions)
+			}
+			var entries []string
+			for _, d := range req.DefinedSets {
+				if d.Name == c.set {
+					for _, p := range d.Prefixes {
+						entries = append(entries, fmt.Sprintf("%s %d..%d", p.IpPrefix, p.MaskLengthMin, p.MaskLengthMax))
+					}
+				}
+			}
+			if !slices.Equal(entries, c.entries) {
+				t.Errorf("internal %v: set %s %v, want %v", internal, c.set, entries, c.entries)
+			}
+		}
 	}
 }

@@ -7,9 +7,9 @@ import (
 )
 
 // Neighbor kinds. The node-to-node kinds (mesh, reflector, rr-client) are the cluster's own
-// nodes: they never get external-only routes (Attributes.ExternalOnly), and one end of
-// each such session dials (Neighbor.Passive). KindExternal, like no kind, is a router
-// outside the cluster.
+// nodes: they never get external-only routes (Attributes.ExternalOnly) nor AS-path
+// prepending (Attributes.ASPathPrepend), and one end of each such session dials
+// (Neighbor.Passive). KindExternal, like no kind, is a router outside the cluster.
 const (
 	KindMesh      = "mesh"
 	KindExternal  = "external"
@@ -90,8 +90,9 @@ type Neighbor struct {
 
 	// Kind is KindMesh, KindReflector, KindReflectorClient (the cluster's own nodes),
 	// KindExternal or empty (an external router). It decides who gets external-only routes
-	// (Attributes.ExternalOnly: external neighbours only) and which end of a node-to-node
-	// session dials (see Passive); it is also shown in logs and PeerState.
+	// and AS-path prepending (Attributes.ExternalOnly, ASPathPrepend: external neighbours
+	// only) and which end of a node-to-node session dials (see Passive); it is also shown
+	// in logs and PeerState.
 	Kind string
 
 	// BFD, when set, runs a BFD session (RFC 5880) with the peer beside BGP: when BFD

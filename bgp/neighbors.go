@@ -61,7 +61,7 @@ func (r *router) AddNeighbor(ctx context.Context, n Neighbor) (err error) {
 	shapes := r.shapesPolicy(n)
 	if shapes {
 		// The export policy must allow reflection (or forbid export, or keep external-only
-		// routes from a node) before the session can come up.
+		// routes and prepending from a node) before the session can come up.
 		r.mu.Lock()
 		r.neighbors[n.Address] = n
 		r.mu.Unlock()
@@ -117,7 +117,7 @@ func (r *router) UpdateNeighbor(ctx context.Context, n Neighbor) (err error) {
 	// A change of the neighbour's export rules: its policy changes first, and a soft reset
 	// out then sends what it now gets and withdraws what it no longer does.
 	rrChanged := old.RouteReflectorClient != n.RouteReflectorClient || old.NoExport != n.NoExport ||
-		old.nodeToNode() != n.nodeToNode() && r.hasExternalOnly()
+		old.nodeToNode() != n.nodeToNode() && r.listsInternal()
 	// Hold and keepalive times are agreed in OPEN: a change takes effect only on a new session.
 	timersChanged := old.HoldTime != n.HoldTime || old.KeepaliveTime != n.KeepaliveTime
 	if rrChanged {
@@ -328,9 +328,6 @@ func (n Neighbor) toAPI(cfg *Config, localRestarting bool) *api.Peer {
 			AuthPassword:    n.Password,
 			Description:     n.Kind,
 			AllowOwnAsn:     uint32(n.AllowOwnAS),
-			// Our own paths carry our AS towards iBGP peers when prepended
-			// (Attributes.ASPathPrepend); GoBGP would hold them back as a loop.
-			AllowAspathLoopLocal: n.ASN == cfg.ASN,
 		},
 		Timers: &api.Timers{Config: &api.TimersConfig{
 			HoldTime:          secs(n.holdTime()),

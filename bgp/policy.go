@@ -4,6 +4,7 @@ package bgp
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"net/netip"
@@ -14,12 +15,12 @@ import (
 	"github.com/osrg/gobgp/v4/pkg/packet/bgp"
 )
 
-// applyPoliciesLocked installs the routing policy for the current filter, neighbours and
-// external-only prefixes. Needs opMu.
+// applyPoliciesLocked installs the routing policy for the current filter, neighbours,
+// external-only and prepended prefixes. Needs opMu.
 func (r *router) applyPoliciesLocked(ctx context.Context, initial bool) error {
 	r.mu.Lock()
 	f := r.filter
-	var rules exportRules
+	rules := exportRules{asn: r.cfg.ASN}
 	for a, n := range r.neighbors {
 		if n.RouteReflectorClient {
 			rules.rrClients = append(rules.rrClients, a)
@@ -34,7 +35,17 @@ func (r *router) applyPoliciesLocked(ctx context.Context, initial bool) error {
 	for i, m := range r.externalOnly {
 		rules.externalOnly[i] = slices.SortedFunc(maps.Keys(m), netip.Prefix.Compare)
 	}
+	for fam, m := range r.prepend {
+		for p, n := range m {
+			rules.prepend[n][fam] = append(rules.prepend[n][fam], p)
+		}
+	}
 	r.mu.Unlock()
+	for n := range rules.prepend {
+		for _, l := range rules.prepend[n] {
+			slices.SortFunc(l, netip.Prefix.Compare)
+		}
+	}
 	for _, l := range [][]netip.Addr{rules.rrClients, rules.noExport, rules.internal} {
 		slices.SortFunc(l, netip.Addr.Compare)
 	}
@@ -121,13 +132,96 @@ func (r *router) setExternalOnlyLocked(ctx context.Context, prefix netip.Prefix,
 	return nil
 }
 
+// prependedLocked is the count the export policy prepends prefix with towards external
+// neighbours, 0 for none. Needs mu.
+func (r *router) prependedLocked(prefix netip.Prefix) uint8 {
+	return r.prepend[family(prefix)][prefix]
+}
+
+// setPrependLocked makes the export policy prepend prefix n times towards external
+// neighbours (n 0: not at all). Needs opMu.
+//
+// Each (count, family) pair has its own prefix set and statement, which exist only while
+// the set has prefixes: a change that empties a set or fills an empty one rebuilds the
+// whole policy, once. Any other change edits the sets in place, as setExternalOnlyLocked
+// does: the prefix is added to its new set before it leaves its old one, and the
+// statements accept on their first match, so meanwhile the path is prepended by one count
+// or the other, never by their sum nor by none.
+func (r *router) setPrependLocked(ctx context.Context, prefix netip.Prefix, n uint8) error {
+	fam := family(prefix)
+	change := func(from, to uint8) {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if from > 0 {
+			r.prependSizes[fam][from]--
+		}
+		if to > 0 {
+			r.prependSizes[fam][to]++
+			r.prepend[fam][prefix] = to
+		} else {
+			delete(r.prepend[fam], prefix)
+		}
+	}
+	r.mu.Lock()
+	old := r.prependedLocked(prefix)
+	rebuild := n > 0 && r.prependSizes[fam][n] == 0 || old > 0 && r.prependSizes[fam][old] == 1
+	r.mu.Unlock()
+	if old == n {
+		return nil
+	}
+	change(old, n)
+	if rebuild {
+		if err := r.applyPoliciesLocked(ctx, false); err != nil {
+			change(n, old)
+			return fmt.Errorf("update prepended prefixes: %w", err)
+		}
+		return nil
+	}
+	set := func(count uint8) *api.DefinedSet {
+		return &api.DefinedSet{
+			DefinedType: api.DefinedType_DEFINED_TYPE_PREFIX,
+			Name:        setPrepend(fam, count),
+			Prefixes:    []*api.Prefix{apiPrefix(prefix, prefix.Bits(), prefix.Bits())},
+		}
+	}
+	if n > 0 {
+		if err := r.srv.AddDefinedSet(ctx, &api.AddDefinedSetRequest{DefinedSet: set(n)}); err != nil {
+			change(n, old)
+			return fmt.Errorf("update prepended prefixes: %w", err)
+		}
+	}
+	if old > 0 {
+		if err := r.srv.DeleteDefinedSet(ctx, &api.DeleteDefinedSetRequest{DefinedSet: set(old)}); err != nil {
+			if n > 0 {
+				if rerr := r.srv.DeleteDefinedSet(ctx, &api.DeleteDefinedSetRequest{DefinedSet: set(n)}); rerr != nil {
+					err = errors.Join(err, rerr)
+				}
+			}
+			change(n, old)
+			return fmt.Errorf("update prepended prefixes: %w", err)
+		}
+	}
+	return nil
+}
+
 // resetInternalOutLocked re-runs the export policy towards every internal neighbour,
 // sending withdrawals for what it now refuses. Needs opMu.
 func (r *router) resetInternalOutLocked(ctx context.Context) error {
+	return r.resetOutLocked(ctx, Neighbor.nodeToNode)
+}
+
+// resetExternalOutLocked re-runs the export policy towards every external neighbour
+// (NoExport ones get nothing anyway). Needs opMu.
+func (r *router) resetExternalOutLocked(ctx context.Context) error {
+	return r.resetOutLocked(ctx, func(n Neighbor) bool { return !n.nodeToNode() && !n.NoExport })
+}
+
+// resetOutLocked soft-resets out the neighbours for which pick is true. Needs opMu.
+func (r *router) resetOutLocked(ctx context.Context, pick func(Neighbor) bool) error {
 	r.mu.Lock()
 	var addrs []netip.Addr
 	for a, n := range r.neighbors {
-		if n.nodeToNode() {
+		if pick(n) {
 			addrs = append(addrs, a)
 		}
 	}
@@ -147,15 +241,15 @@ func (r *router) shapesPolicy(n Neighbor) bool {
 	if n.RouteReflectorClient || n.NoExport {
 		return true
 	}
-	return n.nodeToNode() && r.hasExternalOnly()
+	return n.nodeToNode() && r.listsInternal()
 }
 
-// hasExternalOnly tells whether any prefix is external-only: only then does the export
-// policy list the internal neighbours.
-func (r *router) hasExternalOnly() bool {
+// listsInternal tells whether any prefix is external-only or prepended: only then does
+// the export policy refer to the internal neighbours.
+func (r *router) listsInternal() bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return len(r.externalOnly[0])+len(r.externalOnly[1]) > 0
+	return len(r.externalOnly[0])+len(r.externalOnly[1])+len(r.prepend[0])+len(r.prepend[1]) > 0
 }
 
 func (r *router) UpdateImportFilter(ctx context.Context, f ImportFilter) (err error) {
@@ -243,6 +337,11 @@ const (
 // setExternalOnly names the external-only prefix sets, by family.
 var setExternalOnly = [2]string{"podroute-external-only-v4", "podroute-external-only-v6"}
 
+// setPrepend names the prefix set of the given family whose paths are prepended n times.
+func setPrepend(fam int, n uint8) string {
+	return fmt.Sprintf("podroute-prepend-%d-v%d", n, [2]int{4, 6}[fam])
+}
+
 // exportRules are the inputs of the export policy besides the filter.
 type exportRules struct {
 	// rrClients, noExport and internal are neighbours: route-reflector clients, NoExport
@@ -250,6 +349,10 @@ type exportRules struct {
 	rrClients, noExport, internal []netip.Addr
 	// externalOnly are the prefixes kept from internal neighbours, IPv4 then IPv6.
 	externalOnly [2][]netip.Prefix
+	// prepend are the prefixes prepended towards external neighbours, by count (index 0
+	// unused) then family; asn is what they are prepended with, our AS.
+	prepend [MaxASPathPrepend + 1][2][]netip.Prefix
+	asn     uint32
 }
 
 // policies builds the whole routing policy: the import policy (assigned globally with
@@ -270,9 +373,10 @@ type exportRules struct {
 // the validated neighbors.
 //
 // Export: nothing to NoExport neighbors; no external-only prefix to internal neighbours;
-// accept our own paths; accept everything towards route-reflector clients (GoBGP decides
-// what to reflect). Without the default reject a node would re-advertise other nodes'
-// routes to its eBGP peers as if it were transit for them.
+// accept our own paths, prepended with our AS the prefix's count of times towards
+// neighbours other than internal ones; accept everything towards route-reflector clients
+// (GoBGP decides what to reflect). Without the default reject a node would re-advertise
+// other nodes' routes to its eBGP peers as if it were transit for them.
 func (f *ImportFilter) policies(rules exportRules) *api.SetPoliciesRequest {
 	req := &api.SetPoliciesRequest{}
 	accept := &api.Actions{RouteAction: api.RouteAction_ROUTE_ACTION_ACCEPT}
@@ -393,6 +497,37 @@ func (f *ImportFilter) policies(rules exportRules) *api.SetPoliciesRequest {
 					PrefixSet:   &api.MatchSet{Type: api.MatchSet_TYPE_ANY, Name: setExternalOnly[i]},
 				},
 				Actions: reject,
+			})
+		}
+	}
+	// Prepending happens on export, after GoBGP's AS loop check and its own prepend
+	// towards eBGP peers, and never towards the cluster's nodes, which would drop a path
+	// carrying their own AS. Each statement accepts, so a prefix briefly in two sets
+	// (setPrependLocked) is prepended by the first only. Exact-length entries again.
+	for n := uint8(1); n <= MaxASPathPrepend; n++ {
+		for fam, prefixes := range rules.prepend[n] {
+			entries := make([]*api.Prefix, 0, len(prefixes))
+			for _, p := range prefixes {
+				entries = append(entries, apiPrefix(p, p.Bits(), p.Bits()))
+			}
+			name := setPrepend(fam, n)
+			if !addPrefixSet(name, entries) {
+				continue
+			}
+			c := &api.Conditions{
+				PrefixSet: &api.MatchSet{Type: api.MatchSet_TYPE_ANY, Name: name},
+				RouteType: api.Conditions_ROUTE_TYPE_LOCAL,
+			}
+			if internal {
+				c.NeighborSet = &api.MatchSet{Type: api.MatchSet_TYPE_INVERT, Name: setInternal}
+			}
+			exp.Statements = append(exp.Statements, &api.Statement{
+				Name:       "prepend-" + name,
+				Conditions: c,
+				Actions: &api.Actions{
+					RouteAction: api.RouteAction_ROUTE_ACTION_ACCEPT,
+					AsPrepend:   &api.AsPrependAction{Asn: rules.asn, Repeat: uint32(n)},
+				},
 			})
 		}
 	}

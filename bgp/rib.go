@@ -40,6 +40,7 @@ func (r *router) Advertise(ctx context.Context, prefix netip.Prefix, attrs Attri
 	r.mu.Lock()
 	old, had := r.advertised[prefix]
 	listed := r.externalOnlyListedLocked(prefix)
+	prepended := r.prependedLocked(prefix)
 	r.mu.Unlock()
 	if had && old.attrs.equal(attrs) {
 		return nil
@@ -49,26 +50,50 @@ func (r *router) Advertise(ctx context.Context, prefix netip.Prefix, attrs Attri
 		return fmt.Errorf("bgp: advertise %s: %w", prefix, err)
 	}
 	// The export policy learns of the change before the path: an external-only path must
-	// never reach an internal neighbour, and a path that stops being one is meant for
-	// everyone.
+	// never reach an internal neighbour, a path that stops being one is meant for
+	// everyone, and a new path goes out prepended as asked from the start.
 	if attrs.ExternalOnly != listed {
 		if err := r.setExternalOnlyLocked(ctx, prefix, attrs.ExternalOnly); err != nil {
 			return fmt.Errorf("bgp: advertise %s: %w", prefix, err)
 		}
 	}
-	// Same prefix from the same (local) source: GoBGP replaces the old path.
-	if _, err := r.srv.AddPath(apiutil.AddPathRequest{Paths: []*apiutil.Path{path}}); err != nil {
+	// undo puts the policy of the old path back (that path, if any, is still out there);
+	// prepend tells whether its prepending changed too.
+	undo := func(err error, prepend bool) error {
 		if attrs.ExternalOnly != listed {
-			// The old path, if any, is still out there: its policy goes back too.
 			if rerr := r.setExternalOnlyLocked(ctx, prefix, listed); rerr != nil {
+				err = errors.Join(err, rerr)
+			}
+		}
+		if prepend {
+			if rerr := r.setPrependLocked(ctx, prefix, prepended); rerr != nil {
 				err = errors.Join(err, rerr)
 			}
 		}
 		return fmt.Errorf("bgp: advertise %s: %w", prefix, err)
 	}
+	if attrs.ASPathPrepend != prepended {
+		if err := r.setPrependLocked(ctx, prefix, attrs.ASPathPrepend); err != nil {
+			return undo(err, false) // setPrependLocked changed nothing
+		}
+	}
+	// Same prefix from the same (local) source: GoBGP replaces the old path.
+	if _, err := r.srv.AddPath(apiutil.AddPathRequest{Paths: []*apiutil.Path{path}}); err != nil {
+		return undo(err, attrs.ASPathPrepend != prepended)
+	}
 	r.mu.Lock()
 	r.advertised[prefix] = advertisement{attrs: attrs, path: path}
 	r.mu.Unlock()
+	// The prepend count is not in the path: with the same communities the new path
+	// equals the old one, which GoBGP does not send again, so the external neighbours
+	// get it with its new prepending by a soft reset out of each. (A path that changed
+	// goes out with the current policy by itself.)
+	if had && slices.Equal(old.attrs.Communities, attrs.Communities) &&
+		(old.attrs.ASPathPrepend != attrs.ASPathPrepend || prepended != attrs.ASPathPrepend) {
+		if err := r.resetExternalOutLocked(ctx); err != nil {
+			return fmt.Errorf("bgp: advertise %s: update external neighbours: %w", prefix, err)
+		}
+	}
 	if had && attrs.ExternalOnly != old.attrs.ExternalOnly {
 		// The internal neighbours hear of neither change from the new path: GoBGP judges
 		// the old path by the current policy too, so sends no withdrawal for it, and does
@@ -81,7 +106,9 @@ func (r *router) Advertise(ctx context.Context, prefix netip.Prefix, attrs Attri
 	return nil
 }
 
-// buildPath makes the local path for prefix. The next hop is set explicitly when
+// buildPath makes the local path for prefix, with no AS_PATH: the export policy prepends
+// (Attributes.ASPathPrepend), GoBGP adds our AS towards eBGP peers and an empty AS_PATH
+// towards iBGP ones. The next hop is set explicitly when
 // configured: GoBGP keeps a local path's explicit next hop towards iBGP and eBGP peers
 // alike, and only fills in the session's local address for an unspecified one, which
 // for an IPv6 prefix over an IPv4 session would be an IPv4 address in MP_REACH_NLRI.
@@ -115,12 +142,6 @@ func (r *router) buildPath(prefix netip.Prefix, a Attributes) (*apiutil.Path, er
 		}
 		attrs = append(attrs, a)
 	}
-	if a.ASPathPrepend > 0 {
-		// The extra copies of our AS. GoBGP adds ours once more towards eBGP peers, and
-		// towards iBGP peers attaches an empty AS_PATH only to a path that has none.
-		asns := slices.Repeat([]uint32{r.cfg.ASN}, int(a.ASPathPrepend))
-		attrs = append(attrs, bgp.NewPathAttributeAsPath([]bgp.AsPathParamInterface{bgp.NewAs4PathParam(bgp.BGP_ASPATH_ATTR_TYPE_SEQ, asns)}))
-	}
 	if len(a.Communities) > 0 {
 		vals := make([]uint32, len(a.Communities))
 		for i, c := range a.Communities {
@@ -145,6 +166,7 @@ func (r *router) Withdraw(ctx context.Context, prefix netip.Prefix) (err error) 
 	r.mu.Lock()
 	adv, had := r.advertised[prefix]
 	listed := r.externalOnlyListedLocked(prefix)
+	prepended := r.prependedLocked(prefix)
 	r.mu.Unlock()
 	if had {
 		if err := r.srv.DeletePath(apiutil.DeletePathRequest{Paths: []*apiutil.Path{adv.path}}); err != nil {
@@ -154,10 +176,15 @@ func (r *router) Withdraw(ctx context.Context, prefix netip.Prefix) (err error) 
 		delete(r.advertised, prefix)
 		r.mu.Unlock()
 	}
-	// Only once the path is gone may the policy forget it was external-only. A prefix
-	// left listed by an earlier failure is unlisted now.
+	// Only once the path is gone may the policy forget it was external-only or
+	// prepended. A prefix left listed by an earlier failure is unlisted now.
 	if listed {
 		if err := r.setExternalOnlyLocked(ctx, prefix, false); err != nil {
+			return fmt.Errorf("bgp: withdraw %s: %w", prefix, err)
+		}
+	}
+	if prepended > 0 {
+		if err := r.setPrependLocked(ctx, prefix, 0); err != nil {
 			return fmt.Errorf("bgp: withdraw %s: %w", prefix, err)
 		}
 	}

@@ -56,7 +56,10 @@ type Router interface {
 	// Turning ExternalOnly on or off for a prefix already advertised reaches the internal
 	// neighbours by a soft reset out of each of them (GoBGP neither withdraws a path its
 	// export policy newly refuses nor resends an unchanged one it newly allows), which
-	// resends them every route: a rare change, not one for each Service.
+	// resends them every route: a rare change, not one for each Service. Likewise a new
+	// ASPathPrepend for a prefix already advertised with the same communities reaches the
+	// external neighbours by a soft reset out of each (the count is not in the path, so
+	// the path is unchanged): a change of configuration, not of each Service.
 	Advertise(ctx context.Context, prefix netip.Prefix, attrs Attributes) error
 	// Withdraw stops originating prefix. Withdrawing a prefix that is not advertised is
 	// not an error.
@@ -140,11 +143,15 @@ const MaxASPathPrepend = 10
 type Attributes struct {
 	// Communities are standard communities (RFC 1997) attached to the route.
 	Communities []Community
-	// ASPathPrepend repeats our AS that many extra times in the route's AS path (0..10),
-	// so routers can prefer or avoid it. An eBGP peer sees our AS ASPathPrepend+1 times
-	// (GoBGP prepends it once on export), an iBGP peer ASPathPrepend times; an iBGP peer
-	// drops a path carrying its own AS unless it allows that (Neighbor.AllowOwnAS on a
-	// podroute peer), so prepending is meant for routes to external peers.
+	// ASPathPrepend repeats our AS that many extra times (0..10) in the route's AS path
+	// towards external neighbours (Kind KindExternal or unset), so routers outside the
+	// cluster can prefer or avoid it: the export policy prepends it per neighbour. An
+	// external eBGP peer sees our AS ASPathPrepend+1 times (GoBGP adds it once more), an
+	// external iBGP peer (a router of our AS outside the cluster) ASPathPrepend times, and
+	// it drops a path carrying its own AS unless it allows that (Neighbor.AllowOwnAS on a
+	// podroute peer). The cluster's own nodes (KindMesh, KindReflector,
+	// KindReflectorClient) get the route unprepended, with an empty AS path, as their loop
+	// detection would drop it otherwise.
 	ASPathPrepend uint8
 	// ExternalOnly keeps the route from the cluster's own nodes: it is exported to external
 	// neighbours only (Kind KindExternal or unset), never to KindMesh, KindReflector or

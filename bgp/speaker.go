@@ -63,7 +63,13 @@ type router struct {
 	// externalOnly lists the prefixes the export policy keeps from internal neighbours,
 	// IPv4 then IPv6. It changes before an external-only path is added and after it is
 	// deleted, so it can hold a prefix not (or not yet) advertised.
-	externalOnly    [2]map[netip.Prefix]struct{}
+	externalOnly [2]map[netip.Prefix]struct{}
+	// prepend maps each prefix whose path the export policy prepends towards external
+	// neighbours to its count (1..MaxASPathPrepend), IPv4 then IPv6; prependSizes counts
+	// the prefixes of each family and count. Like externalOnly it changes before the path
+	// is added and after it is deleted.
+	prepend         [2]map[netip.Prefix]uint8
+	prependSizes    [2][MaxASPathPrepend + 1]int
 	filter          ImportFilter
 	subs            map[chan struct{}]struct{}
 	restartingUntil time.Time
@@ -91,6 +97,7 @@ func New(cfg Config) (Router, error) {
 		problems:     map[netip.Addr]peerProblem{},
 		advertised:   map[netip.Prefix]advertisement{},
 		externalOnly: [2]map[netip.Prefix]struct{}{{}, {}},
+		prepend:      [2]map[netip.Prefix]uint8{{}, {}},
 		filter:       f,
 		subs:         map[chan struct{}]struct{}{},
 	}, nil
