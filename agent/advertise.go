@@ -11,14 +11,15 @@ import (
 	"github.com/podroute/podroute/bgp"
 )
 
-// advertisements originates this node's pod CIDRs, with the communities the BGPConfiguration
-// asks for. An unchanged advertisement is never resent.
+// advertisements originates this node's pod CIDRs, with the communities and AS-path
+// prepending the BGPConfiguration asks for (spec.advertisements.podCIDRs). An unchanged
+// advertisement is never resent.
 type advertisements struct {
 	speaker *speaker
 	log     *slog.Logger
 
 	generation int
-	applied    map[netip.Prefix]string // prefix -> the communities it went out with
+	applied    map[netip.Prefix]string // prefix -> the attributes it went out with
 }
 
 func (a *advertisements) name() string { return "advertisements" }
@@ -31,19 +32,20 @@ func (a *advertisements) reconcile(ctx context.Context, d *desired) error {
 	if gen != a.generation || a.applied == nil {
 		a.generation, a.applied = gen, map[netip.Prefix]string{}
 	}
-	comms := d.settings.Configuration.Communities
-	key := fmt.Sprint(comms)
+	pod := d.settings.Configuration.Advertisements.PodCIDRs
+	attrs := bgp.Attributes{Communities: pod.Communities, ASPathPrepend: pod.ASPathPrepend}
+	key := fmt.Sprint(attrs)
 	var errs []error
 	for _, p := range d.me.PodCIDRs {
 		if k, ok := a.applied[p]; ok && k == key {
 			continue
 		}
-		// Advertise replaces an earlier advertisement, so a change of communities is one call.
-		if err := r.Advertise(ctx, p, bgp.Attributes{Communities: comms}); err != nil {
+		// Advertise replaces an earlier advertisement, so a change of attributes is one call.
+		if err := r.Advertise(ctx, p, attrs); err != nil {
 			errs = append(errs, fmt.Errorf("advertise %s: %w", p, err))
 			continue
 		}
-		a.log.Info("advertising pod CIDR", "prefix", p, "communities", key)
+		a.log.Info("advertising pod CIDR", "prefix", p, "communities", fmt.Sprint(attrs.Communities), "asPathPrepend", attrs.ASPathPrepend)
 		a.applied[p] = key
 	}
 	for p := range a.applied {
