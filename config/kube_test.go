@@ -25,6 +25,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"sigs.k8s.io/yaml"
 
+	"github.com/podroute/podroute/bgp"
 	"github.com/podroute/podroute/cluster"
 	"github.com/podroute/podroute/test/kube"
 )
@@ -240,6 +241,7 @@ func testSchema(ctx context.Context, t *testing.T, client dynamic.Interface) {
 				LoadBalancerIPs: &AdvertisementSpec{Communities: []string{"64512:400"}, ASPathPrepend: ptr[int64](2)},
 				PodCIDRs:        &AdvertisementSpec{ASPathPrepend: ptr[int64](1)},
 			},
+			MeshBFD: &BFDSpec{MinTx: "200ms", Multiplier: ptr[int64](4)},
 		}
 		got, err := configs.Create(ctx, configObject(t, ConfigurationName, spec), metav1.CreateOptions{})
 		if err != nil {
@@ -252,7 +254,8 @@ func testSchema(ctx context.Context, t *testing.T, client dynamic.Interface) {
 		}
 		cfg, errs := back.Parse(DefaultConfiguration())
 		if len(errs) != 0 || len(cfg.ServiceClusterIPs) != 2 || cfg.Advertisements.LoadBalancerIPs.ASPathPrepend != 2 ||
-			cfg.Advertisements.PodCIDRs.Communities[0].String() != "64512:100" || cfg.Advertisements.PodCIDRs.ASPathPrepend != 1 {
+			cfg.Advertisements.PodCIDRs.Communities[0].String() != "64512:100" || cfg.Advertisements.PodCIDRs.ASPathPrepend != 1 ||
+			cfg.MeshBFD == nil || cfg.MeshBFD.MinTx != 200*time.Millisecond || cfg.MeshBFD.Multiplier != 4 {
 			t.Errorf("stored and parsed back: %+v %v", cfg, errs)
 		}
 	})
@@ -690,6 +693,67 @@ func testWatcher(ctx context.Context, t *testing.T, c *kube.Cluster, admin dynam
 				return fmt.Errorf("configuration %+v, want the defaults back", s.Configuration)
 			}
 			return nil
+		})
+	})
+
+	t.Run("BFDDroppedNotThePeer", func(t *testing.T) {
+		// The schema takes any spec.bfd; the agent refuses this one (a 5ms interval, and
+		// BFD on a multihop peer) and runs the session without BFD.
+		spec := BGPPeerSpec{PeerAddress: "10.0.4.1", PeerASN: 65004, EBGPMultihop: ptr[int64](2),
+			BFD: &BFDSpec{MinTx: "5ms", Multiplier: ptr[int64](3)}}
+		if _, err := peers.Create(ctx, peerObject(t, "tor-bfd", spec), metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = peers.Delete(ctx, "tor-bfd", metav1.DeleteOptions{}) }()
+		peerOf := func(s Settings) (Peer, bool) {
+			i := slices.IndexFunc(s.Peers, func(p Peer) bool { return p.Name == "tor-bfd" })
+			if i < 0 {
+				return Peer{}, false
+			}
+			return s.Peers[i], true
+		}
+		eventually(t, 10*time.Second, "tor-bfd configured without BFD", func() error {
+			p, ok := peerOf(w.Snapshot())
+			if !ok || p.BFD != nil || len(p.BFDErrors) != 2 {
+				return fmt.Errorf("tor-bfd %+v (configured %v)", p, ok)
+			}
+			return nil
+		})
+		eventually(t, 10*time.Second, "tor-bfd Valid=False naming spec.bfd, Accepted=True", func() error {
+			syncStatus()
+			got, err := peers.Get(ctx, "tor-bfd", metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			for _, want := range []string{`spec.bfd.minTx: Invalid value: "5ms": must be at least 50ms`, "spec.bfd: Forbidden: BFD is single-hop only (RFC 5881): not with spec.ebgpMultihop", "(the peer is configured without BFD)"} {
+				if err := expectCondition(got, ConditionValid, metav1.ConditionFalse, want); err != nil {
+					return err
+				}
+			}
+			return expectCondition(got, ConditionAccepted, metav1.ConditionTrue, "")
+		})
+
+		// Fixed: BFD runs, with the default minRx.
+		got, err := peers.Get(ctx, "tor-bfd", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		unstructured.RemoveNestedField(got.Object, "spec", "ebgpMultihop")
+		_ = unstructured.SetNestedField(got.Object, "100ms", "spec", "bfd", "minTx")
+		if _, err := peers.Update(ctx, got, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 10*time.Second, "tor-bfd with BFD, Valid=True", func() error {
+			p, _ := peerOf(w.Snapshot())
+			if want := (bgp.BFDConfig{MinTx: 100 * time.Millisecond, MinRx: DefaultBFDInterval, Multiplier: 3}); p.BFD == nil || *p.BFD != want {
+				return fmt.Errorf("tor-bfd BFD %+v, want %+v", p.BFD, want)
+			}
+			syncStatus()
+			got, err := peers.Get(ctx, "tor-bfd", metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			return expectCondition(got, ConditionValid, metav1.ConditionTrue, "")
 		})
 	})
 

@@ -52,6 +52,11 @@ type Peer struct {
 	// ExportPodCIDRs is whether the nodes advertise their pod CIDRs to this peer: the
 	// peer's own setting, else the cluster's.
 	ExportPodCIDRs bool
+	// BFD is the BFD session's timers; nil runs no BFD, also when spec.bfd is invalid.
+	BFD *bgp.BFDConfig
+	// BFDErrors are why spec.bfd was dropped. They do not make the peer invalid: the
+	// session runs without BFD, and the Valid condition names them.
+	BFDErrors field.ErrorList
 	// Nodes are the names of the nodes it selects, sorted; set when the Watcher knows the
 	// Nodes (Options.Nodes).
 	Nodes []string
@@ -96,6 +101,8 @@ type Configuration struct {
 	// Advertisements are the path attributes per class. PodCIDRs.Communities always equals
 	// Communities, whichever field set them.
 	Advertisements Advertisements
+	// MeshBFD is the BFD timers of the sessions between nodes; nil runs no BFD.
+	MeshBFD *bgp.BFDConfig
 }
 
 // Class is a class of advertised prefix; each has its own communities and prepending.
@@ -197,14 +204,16 @@ func ToUnstructured(obj any) (*unstructured.Unstructured, error) {
 
 // Validate checks the BGPPeer on its own (what the CRD schema checks and more), naming
 // the fields: "spec.peerASN: Invalid value: 0: must be 1..4294967295". Checks that need
-// the cluster configuration, Secrets or Nodes happen in Parse and in the Watcher.
+// the cluster configuration, Secrets or Nodes happen in Parse and in the Watcher. The
+// errors of spec.bfd are included (Parse keeps them apart, in Peer.BFDErrors).
 func (p *BGPPeer) Validate() field.ErrorList {
-	_, errs := p.Spec.parse(field.NewPath("spec"))
-	return errs
+	peer, errs := p.Spec.parse(field.NewPath("spec"))
+	return append(errs, peer.BFDErrors...)
 }
 
 // Parse validates the BGPPeer against the cluster configuration cfg and returns it in
-// typed form. The password is not resolved (the Watcher does that).
+// typed form. The password is not resolved (the Watcher does that). The errors returned
+// make the peer invalid; those of spec.bfd only turn BFD off and are in Peer.BFDErrors.
 func (p *BGPPeer) Parse(cfg Configuration) (Peer, field.ErrorList) {
 	path := field.NewPath("spec")
 	peer, errs := p.Spec.parse(path)
@@ -316,7 +325,57 @@ func (s *BGPPeerSpec) parse(path *field.Path) (Peer, field.ErrorList) {
 	if s.ExportPodCIDRs != nil {
 		p.ExportPodCIDRs = *s.ExportPodCIDRs
 	}
+	if s.BFD != nil {
+		p.BFD, p.BFDErrors = parseBFD(path.Child("bfd"), s.BFD)
+		// GoBGP has only single-hop BFD (RFC 5881), for directly connected peers.
+		bp := path.Child("bfd")
+		if s.EBGPMultihop != nil {
+			p.BFDErrors = append(p.BFDErrors, field.Forbidden(bp, "BFD is single-hop only (RFC 5881): not with spec.ebgpMultihop"))
+		}
+		if s.TTLSecurity != nil && *s.TTLSecurity > 1 {
+			p.BFDErrors = append(p.BFDErrors, field.Forbidden(bp, "BFD is single-hop only (RFC 5881): not with spec.ttlSecurity above 1"))
+		}
+		if len(p.BFDErrors) > 0 {
+			p.BFD = nil
+		}
+	}
 	return p, errs
+}
+
+// parseBFD returns the BFD timers, or nil with the errors naming the fields under path.
+// Absent fields take DefaultBFDInterval and DefaultBFDMultiplier.
+func parseBFD(path *field.Path, s *BFDSpec) (*bgp.BFDConfig, field.ErrorList) {
+	var errs field.ErrorList
+	interval := func(name, v string) time.Duration {
+		if v == "" {
+			return DefaultBFDInterval
+		}
+		d, err := time.ParseDuration(v)
+		switch {
+		case err != nil:
+			errs = append(errs, field.Invalid(path.Child(name), v, "must be a duration such as \"300ms\""))
+		case d%time.Microsecond != 0:
+			errs = append(errs, field.Invalid(path.Child(name), v, "must be a whole number of microseconds"))
+		case d < MinBFDInterval:
+			errs = append(errs, field.Invalid(path.Child(name), v,
+				fmt.Sprintf("must be at least %s: BFD runs in the agent's process, and shorter intervals declare live peers down when the node is busy", MinBFDInterval)))
+		case d > MaxBFDInterval:
+			errs = append(errs, field.Invalid(path.Child(name), v, fmt.Sprintf("must be at most %s", MaxBFDInterval)))
+		}
+		return d
+	}
+	c := &bgp.BFDConfig{MinTx: interval("minTx", s.MinTx), MinRx: interval("minRx", s.MinRx), Multiplier: DefaultBFDMultiplier}
+	if m := s.Multiplier; m != nil {
+		if *m < 1 || *m > MaxBFDMultiplier {
+			errs = append(errs, field.Invalid(path.Child("multiplier"), *m, fmt.Sprintf("must be 1..%d", MaxBFDMultiplier)))
+		} else {
+			c.Multiplier = uint32(*m)
+		}
+	}
+	if len(errs) > 0 {
+		return nil, errs
+	}
+	return c, nil
 }
 
 // Validate checks the BGPConfiguration on its own, naming the fields.
@@ -332,6 +391,10 @@ func (c *BGPConfiguration) Validate() field.ErrorList {
 func (c *BGPConfiguration) Parse(defaults Configuration) (Configuration, field.ErrorList) {
 	cfg := defaults
 	cfg.Communities = append([]bgp.Community(nil), defaults.Communities...)
+	if defaults.MeshBFD != nil {
+		bfd := *defaults.MeshBFD
+		cfg.MeshBFD = &bfd
+	}
 	cfg.ClusterCIDRs = append([]netip.Prefix(nil), defaults.ClusterCIDRs...)
 	cfg.ServiceCIDRs = append([]netip.Prefix(nil), defaults.ServiceCIDRs...)
 	cfg.ServiceClusterIPs = append([]netip.Prefix(nil), defaults.ServiceClusterIPs...)
@@ -430,6 +493,14 @@ func (c *BGPConfiguration) Parse(defaults Configuration) (Configuration, field.E
 		}
 	}
 	cfg.parseAdvertisements(path, s, &errs)
+	if s.MeshBFD != nil {
+		// Invalid timers leave the default in place (no BFD between nodes).
+		if bfd, berrs := parseBFD(path.Child("meshBFD"), s.MeshBFD); len(berrs) > 0 {
+			errs = append(errs, berrs...)
+		} else {
+			cfg.MeshBFD = bfd
+		}
+	}
 	return cfg, errs
 }
 

@@ -418,3 +418,93 @@ func TestConfigurationParseServices(t *testing.T) {
 		t.Errorf("fallbacks: %+v", cfg)
 	}
 }
+
+// spec.bfd is off unless set; a bad one drops BFD, naming the field, and leaves the peer
+// valid so its session still runs.
+func TestPeerBFD(t *testing.T) {
+	cfg := DefaultConfiguration()
+	p := validPeer()
+	p.Spec.EBGPMultihop = nil
+	if peer, errs := p.Parse(cfg); len(errs) != 0 || peer.BFD != nil || peer.BFDErrors != nil {
+		t.Fatalf("without spec.bfd: BFD %+v, errors %v %v", peer.BFD, errs, peer.BFDErrors)
+	}
+
+	p.Spec.BFD = &BFDSpec{MinTx: "100ms", MinRx: "250ms", Multiplier: ptr[int64](5)}
+	peer, errs := p.Parse(cfg)
+	if want := (bgp.BFDConfig{MinTx: 100 * time.Millisecond, MinRx: 250 * time.Millisecond, Multiplier: 5}); len(errs) != 0 || len(peer.BFDErrors) != 0 || peer.BFD == nil || *peer.BFD != want {
+		t.Fatalf("BFD %+v, want %+v (errors %v %v)", peer.BFD, want, errs, peer.BFDErrors)
+	}
+	// What the speaker gets must be what it accepts.
+	if err := (bgp.Neighbor{Address: peer.Address, ASN: peer.ASN, BFD: peer.BFD}).Validate(); err != nil {
+		t.Fatalf("the speaker refuses the parsed timers: %v", err)
+	}
+	p.Spec.BFD = &BFDSpec{}
+	if peer, _ = p.Parse(cfg); peer.BFD == nil || *peer.BFD != (bgp.BFDConfig{MinTx: DefaultBFDInterval, MinRx: DefaultBFDInterval, Multiplier: DefaultBFDMultiplier}) {
+		t.Fatalf("bfd: {} gives %+v, want the defaults", peer.BFD)
+	}
+
+	for _, tc := range []struct {
+		name   string
+		mutate func(*BGPPeerSpec)
+		want   string
+	}{
+		{"tooFast", func(s *BGPPeerSpec) { s.BFD.MinTx = "5ms" }, `spec.bfd.minTx: Invalid value: "5ms": must be at least 50ms`},
+		{"belowFloor", func(s *BGPPeerSpec) { s.BFD.MinRx = "49ms" }, `spec.bfd.minRx: Invalid value: "49ms": must be at least 50ms`},
+		{"tooSlow", func(s *BGPPeerSpec) { s.BFD.MinRx = "2h" }, `spec.bfd.minRx: Invalid value: "2h": must be at most 1h11m34.967295s`},
+		{"syntax", func(s *BGPPeerSpec) { s.BFD.MinTx = "100" }, `spec.bfd.minTx: Invalid value: "100": must be a duration such as "300ms"`},
+		{"nanoseconds", func(s *BGPPeerSpec) { s.BFD.MinTx = "100000001ns" }, "spec.bfd.minTx: Invalid value: \"100000001ns\": must be a whole number of microseconds"},
+		{"multiplier0", func(s *BGPPeerSpec) { s.BFD.Multiplier = ptr[int64](0) }, "spec.bfd.multiplier: Invalid value: 0: must be 1..255"},
+		{"multiplier256", func(s *BGPPeerSpec) { s.BFD.Multiplier = ptr[int64](256) }, "spec.bfd.multiplier: Invalid value: 256: must be 1..255"},
+		{"multihop", func(s *BGPPeerSpec) { s.EBGPMultihop = ptr[int64](2) }, "spec.bfd: Forbidden: BFD is single-hop only (RFC 5881): not with spec.ebgpMultihop"},
+		{"gtsm", func(s *BGPPeerSpec) { s.TTLSecurity = ptr[int64](2) }, "spec.bfd: Forbidden: BFD is single-hop only (RFC 5881): not with spec.ttlSecurity above 1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := validPeer()
+			p.Spec.EBGPMultihop = nil
+			p.Spec.BFD = &BFDSpec{MinTx: "100ms", MinRx: "100ms", Multiplier: ptr[int64](3)}
+			tc.mutate(&p.Spec)
+			peer, errs := p.Parse(cfg)
+			if len(errs) != 0 {
+				t.Fatalf("a bad spec.bfd made the peer invalid: %v", errs)
+			}
+			if peer.BFD != nil {
+				t.Errorf("BFD %+v kept", peer.BFD)
+			}
+			if !strings.Contains(peer.BFDErrors.ToAggregate().Error(), tc.want) {
+				t.Errorf("BFD errors %v, want one containing %q", peer.BFDErrors, tc.want)
+			}
+			if !strings.Contains(p.Validate().ToAggregate().Error(), tc.want) {
+				t.Errorf("Validate %v lacks %q", p.Validate(), tc.want)
+			}
+		})
+	}
+	// GTSM with one hop is a directly connected peer: BFD is fine.
+	p = validPeer()
+	p.Spec.EBGPMultihop, p.Spec.TTLSecurity = nil, ptr[int64](1)
+	p.Spec.BFD = &BFDSpec{}
+	if peer, _ := p.Parse(cfg); peer.BFD == nil || peer.BFDErrors != nil {
+		t.Errorf("ttlSecurity 1: BFD %+v, errors %v", peer.BFD, peer.BFDErrors)
+	}
+}
+
+// spec.meshBFD is off unless set; a bad one is named and leaves the default (off).
+func TestConfigurationMeshBFD(t *testing.T) {
+	c := &BGPConfiguration{ObjectMeta: metav1.ObjectMeta{Name: "default"}}
+	if cfg, _ := c.Parse(DefaultConfiguration()); cfg.MeshBFD != nil {
+		t.Fatalf("mesh BFD %+v without spec.meshBFD", cfg.MeshBFD)
+	}
+	c.Spec.MeshBFD = &BFDSpec{MinTx: "200ms", Multiplier: ptr[int64](4)}
+	cfg, errs := c.Parse(DefaultConfiguration())
+	if want := (bgp.BFDConfig{MinTx: 200 * time.Millisecond, MinRx: DefaultBFDInterval, Multiplier: 4}); len(errs) != 0 || cfg.MeshBFD == nil || *cfg.MeshBFD != want {
+		t.Fatalf("mesh BFD %+v, want %+v (%v)", cfg.MeshBFD, want, errs)
+	}
+	c.Spec.MeshBFD.MinRx = "10ms"
+	c.Spec.NodeToNodeMesh = ptr(false)
+	cfg, errs = c.Parse(DefaultConfiguration())
+	if got := errs.ToAggregate().Error(); len(errs) != 1 || !strings.Contains(got, `spec.meshBFD.minRx: Invalid value: "10ms": must be at least 50ms`) {
+		t.Errorf("errors %v", errs)
+	}
+	if cfg.MeshBFD != nil || cfg.NodeToNodeMesh {
+		t.Errorf("a bad spec.meshBFD must leave BFD off and the other fields applied: %+v", cfg)
+	}
+}

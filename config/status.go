@@ -94,7 +94,8 @@ func (sw *StatusWriter) Sync(ctx context.Context, s Settings) error {
 	if s.PeersInstalled {
 		for _, p := range s.Peers {
 			seen[p.Object.UID] = true
-			conds := []metav1.Condition{verdict(nil, "")}
+			// A bad spec.bfd only turns BFD off: Valid names it, the peer is still accepted.
+			conds := []metav1.Condition{verdict(p.BFDErrors, "the peer is configured without BFD")}
 			if s.NodesChecked {
 				acc := metav1.Condition{Type: ConditionAccepted, Status: metav1.ConditionTrue, Reason: ReasonNodesSelected, Message: "selected by at least one node"}
 				if len(p.Nodes) == 0 {

@@ -1,6 +1,8 @@
 package config
 
 import (
+	"time"
+
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 )
@@ -34,6 +36,25 @@ const (
 	DefaultNodeToNodeMesh = true
 	DefaultExportPodCIDRs = true
 	DefaultPort           = 179
+)
+
+// BFD timers' defaults and bounds (spec.bfd, spec.meshBFD).
+const (
+	// DefaultBFDInterval and DefaultBFDMultiplier apply to fields a BFDSpec leaves out:
+	// FRR's defaults, detecting a dead peer in 900ms.
+	DefaultBFDInterval   = 300 * time.Millisecond
+	DefaultBFDMultiplier = 3
+	// MinBFDInterval is the shortest minTx and minRx podroute accepts. GoBGP's BFD runs
+	// in the agent's Go process, not in the kernel: on a busy 2-CPU node scheduling and
+	// garbage-collection pauses delay its packets by tens of milliseconds, so shorter
+	// intervals (with multiplier 3, a detection time under 150ms) declare live peers dead.
+	// Antrea, on the same GoBGP v4.8.0 BFD, warns of spurious resets under CPU load and
+	// suggests 500ms x 4 until a cluster has flap data (antrea-io/antrea PR 8360).
+	MinBFDInterval = 50 * time.Millisecond
+	// MaxBFDInterval is the protocol's limit: 32 bits of microseconds.
+	MaxBFDInterval = time.Duration(1<<32-1) * time.Microsecond
+	// MaxBFDMultiplier is the protocol's limit: an 8-bit field.
+	MaxBFDMultiplier = 255
 )
 
 // Condition types podroute writes.
@@ -87,6 +108,28 @@ type BGPPeerSpec struct {
 	Port *int64 `json:"port,omitempty"`
 	// ExportPodCIDRs overrides BGPConfiguration spec.exportPodCIDRs for this peer.
 	ExportPodCIDRs *bool `json:"exportPodCIDRs,omitempty"`
+	// BFD runs a BFD session beside the BGP session; nil (the default) runs none. Off by
+	// default because GoBGP v4.8.0's BFD sends no AdminDown when the agent stops, so every
+	// agent restart looks like a dead node to the peer's BFD, which resets the session and
+	// defeats graceful restart. A bad value drops BFD for this peer, not the peer.
+	BFD *BFDSpec `json:"bfd,omitempty"`
+}
+
+// BFDSpec is a BFD session's timers. Durations are strings like the BGP timers ("300ms"),
+// but in whole microseconds. Every field is optional: an empty BFDSpec runs BFD with
+// DefaultBFDInterval both ways and DefaultBFDMultiplier. Checked by the agent, not by the
+// CRD schema, so a bad value turns BFD off for the session instead of refusing the object.
+type BFDSpec struct {
+	// MinTx is our desired minimum interval between BFD packets, MinBFDInterval at least.
+	// GoBGP v4.8.0 transmits at MinTx even when the peer asks for a slower rate, so keep it
+	// at or above the peer's receive interval.
+	MinTx string `json:"minTx,omitempty"`
+	// MinRx is the shortest interval between received BFD packets we accept, MinBFDInterval
+	// at least.
+	MinRx string `json:"minRx,omitempty"`
+	// Multiplier is how many intervals without a packet declare the peer down, 1..255;
+	// int64 so that an out-of-range value still decodes and is reported as a field error.
+	Multiplier *int64 `json:"multiplier,omitempty"`
 }
 
 // SecretKeyRef names one key of a Secret.
@@ -129,6 +172,10 @@ type BGPConfigurationSpec struct {
 	ServiceLoadBalancerIPs []string `json:"serviceLoadBalancerIPs,omitempty"`
 	// Advertisements sets communities and AS-path prepending per class of prefix.
 	Advertisements *AdvertisementsSpec `json:"advertisements,omitempty"`
+	// MeshBFD runs BFD on the sessions between nodes (mesh and route reflectors); nil (the
+	// default) runs none, for the reason given at BGPPeerSpec.BFD: with it, every agent
+	// restart resets the other nodes' sessions to this one.
+	MeshBFD *BFDSpec `json:"meshBFD,omitempty"`
 }
 
 // AdvertisementsSpec holds the path attributes of each class of advertised prefix, so
