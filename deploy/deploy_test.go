@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"slices"
 	"sort"
@@ -336,8 +337,23 @@ func checkLBIPAM(t *testing.T, docs []doc) {
 	if !slices.Equal(c.Command, []string{"/usr/local/bin/podroute-lbipam"}) {
 		t.Errorf("command %q", c.Command)
 	}
-	if e := c.Env; len(e) != 1 || e[0].Name != "POD_NAMESPACE" || e[0].ValueFrom == nil || e[0].ValueFrom.FieldRef == nil || e[0].ValueFrom.FieldRef.FieldPath != "metadata.namespace" {
-		t.Errorf("env %+v, want POD_NAMESPACE from metadata.namespace", e)
+	if e := c.Env; len(e) != 3 || e[0].Name != "POD_NAMESPACE" || e[0].ValueFrom == nil || e[0].ValueFrom.FieldRef == nil || e[0].ValueFrom.FieldRef.FieldPath != "metadata.namespace" {
+		t.Errorf("env %+v, want POD_NAMESPACE from metadata.namespace, then the CIDRs", e)
+	}
+	// The reserved ranges come from the agent's ConfigMap, with the same keys.
+	agentEnv := map[string]corev1.EnvVar{}
+	for _, e := range ds.Spec.Template.Spec.Containers[0].Env {
+		agentEnv[e.Name] = e
+	}
+	for _, e := range c.Env[1:] {
+		if a, ok := agentEnv[e.Name]; !ok || !reflect.DeepEqual(a.ValueFrom, e.ValueFrom) {
+			t.Errorf("env %s %+v, the agent's %+v", e.Name, e.ValueFrom, a.ValueFrom)
+		}
+	}
+	for _, a := range []string{"--cluster-cidrs=$(CLUSTER_CIDRS)", "--service-cidrs=$(SERVICE_CIDRS)"} {
+		if !slices.Contains(c.Args, a) {
+			t.Errorf("args %q lack %s", c.Args, a)
+		}
 	}
 	if !slices.Contains(c.Args, "--health-address=:9650") {
 		t.Errorf("args %q lack --health-address=:9650", c.Args)
@@ -789,6 +805,8 @@ func lbipamAccess() (allowed, denied []access) {
 		{verb: "list", group: pr, resource: "loadbalancerippools"},
 		{verb: "watch", group: pr, resource: "loadbalancerippools"},
 		{verb: "update", group: pr, resource: "loadbalancerippools", sub: "status", name: "public"},
+		{verb: "list", resource: "nodes"},
+		{verb: "watch", resource: "nodes"},
 		{verb: "create", resource: "events", namespace: "default"},
 		{verb: "patch", resource: "events", namespace: "web"},
 		{verb: "get", group: coord, resource: "leases", namespace: namespace, name: lbipam.DefaultLeaseName},
@@ -811,7 +829,8 @@ func lbipamAccess() (allowed, denied []access) {
 		{verb: "list", resource: "secrets", namespace: namespace},
 		{verb: "get", resource: "secrets", namespace: namespace, name: "tor-rack1"},
 		{verb: "list", resource: "pods"},
-		{verb: "list", resource: "nodes"},
+		{verb: "get", resource: "nodes", name: "node-1"},
+		{verb: "update", resource: "nodes", sub: "status", name: "node-1"},
 		{verb: "list", group: disc, resource: "endpointslices"},
 		{verb: "delete", resource: "events", namespace: "default", name: "x"},
 		{verb: "delete", group: coord, resource: "leases", namespace: namespace, name: lbipam.DefaultLeaseName},

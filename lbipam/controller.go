@@ -56,8 +56,20 @@ const (
 // DefaultLeaseName is the Lease the controllers elect a leader with.
 const DefaultLeaseName = "podroute-lbipam"
 
+// Reserved is a range no pool may overlap, and what it is (for the condition).
+type Reserved struct {
+	Prefix netip.Prefix
+	// What names it in the refusal: "the cluster's pod addresses (--cluster-cidrs)".
+	What string
+}
+
 // Options configure a Controller.
 type Options struct {
+	// Reserved are the cluster's own ranges (pod CIDRs, the Service CIDR): a pool
+	// overlapping one is refused, as is a pool holding a Node's address, which the
+	// controller learns from the Nodes: a LoadBalancer address there would take that
+	// node's or those pods' traffic at the rack.
+	Reserved []Reserved
 	// LoadBalancerClass is the class served besides Services without one (default
 	// DefaultLoadBalancerClass).
 	LoadBalancerClass string
@@ -81,7 +93,9 @@ type Controller struct {
 	log      *slog.Logger
 	services cache.SharedIndexInformer
 	pools    cache.SharedIndexInformer
+	nodes    cache.SharedIndexInformer
 	factory  informers.SharedInformerFactory
+	nfactory informers.SharedInformerFactory
 	dfactory dynamicinformer.DynamicSharedInformerFactory
 	changed  chan struct{}
 	recorder record.EventRecorder
@@ -115,7 +129,11 @@ func NewController(client kubernetes.Interface, dyn dynamic.Interface, opts Opti
 	c.services = c.factory.Core().V1().Services().Informer()
 	c.dfactory = dynamicinformer.NewDynamicSharedInformerFactory(dyn, 0)
 	c.pools = c.dfactory.ForResource(PoolGVR).Informer()
-	for _, inf := range []cache.SharedIndexInformer{c.services, c.pools} {
+	// Nodes only for their addresses: a cluster's Nodes are large, and nothing else of them
+	// is read.
+	c.nfactory = informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(nodeAddresses))
+	c.nodes = c.nfactory.Core().V1().Nodes().Informer()
+	for _, inf := range []cache.SharedIndexInformer{c.services, c.pools, c.nodes} {
 		_, _ = inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 			AddFunc:    func(any) { c.poke() },
 			UpdateFunc: func(any, any) { c.poke() },
@@ -137,7 +155,7 @@ func (c *Controller) Leading() bool {
 // Synced reports whether the Service and pool caches have their first full lists: the
 // replica can then lead, or take over, at once.
 func (c *Controller) Synced() bool {
-	return c.services.HasSynced() && c.pools.HasSynced()
+	return c.services.HasSynced() && c.pools.HasSynced() && c.nodes.HasSynced()
 }
 
 func (c *Controller) setLeading(v bool) {
@@ -153,10 +171,12 @@ func (c *Controller) Run(ctx context.Context) error {
 	defer c.events.Shutdown()
 	c.factory.Start(ctx.Done())
 	c.dfactory.Start(ctx.Done())
+	c.nfactory.Start(ctx.Done())
 	defer c.factory.Shutdown()
 	defer c.dfactory.Shutdown()
-	c.log.Info("waiting for Services and LoadBalancerIPPools")
-	if !cache.WaitForCacheSync(ctx.Done(), c.services.HasSynced, c.pools.HasSynced) {
+	defer c.nfactory.Shutdown()
+	c.log.Info("waiting for Services, LoadBalancerIPPools and Nodes")
+	if !cache.WaitForCacheSync(ctx.Done(), c.services.HasSynced, c.pools.HasSynced, c.nodes.HasSynced) {
 		return fmt.Errorf("lbipam: caches not synced: %w", ctx.Err())
 	}
 	if c.opts.LeaseNamespace == "" {
@@ -275,7 +295,7 @@ func (c *Controller) restore(ctx context.Context) (*Allocator, map[string]string
 		objs[i] = &pl.Items[i]
 		live[pl.Items[i].GetName()] = pl.Items[i].GetResourceVersion()
 	}
-	pools, _ := parsePools(objs)
+	pools, _ := parsePools(objs, c.reserved())
 	a.SetPools(pools)
 	sl, err := c.client.CoreV1().Services("").List(ctx, metav1.ListOptions{})
 	if err != nil {
@@ -331,9 +351,41 @@ func sortOldestFirst(svcs []*corev1.Service) {
 	})
 }
 
+// reserved is Options.Reserved and every Node's address.
+func (c *Controller) reserved() []Reserved {
+	out := slices.Clone(c.opts.Reserved)
+	for _, o := range c.nodes.GetStore().List() {
+		n, ok := o.(*corev1.Node)
+		if !ok {
+			continue
+		}
+		for _, na := range n.Status.Addresses {
+			if a, err := netip.ParseAddr(na.Address); err == nil {
+				a = a.Unmap()
+				out = append(out, Reserved{Prefix: netip.PrefixFrom(a, a.BitLen()), What: fmt.Sprintf("Node %s's address", n.Name)})
+			}
+		}
+	}
+	return out
+}
+
+// nodeAddresses keeps a Node's name and addresses.
+func nodeAddresses(obj any) (any, error) {
+	n, ok := obj.(*corev1.Node)
+	if !ok {
+		return obj, nil
+	}
+	t := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.Name, UID: n.UID, ResourceVersion: n.ResourceVersion}}
+	for _, a := range n.Status.Addresses {
+		t.Status.Addresses = append(t.Status.Addresses, corev1.NodeAddress{Type: a.Type, Address: a.Address})
+	}
+	return t, nil
+}
+
 // parsePools returns the valid pools and each pool's problems (nil when valid). Of two
-// pools that overlap, the one whose name sorts later is refused.
-func parsePools(objs []*unstructured.Unstructured) ([]Pool, map[string]string) {
+// pools that overlap, the one whose name sorts later is refused; so is a pool overlapping a
+// reserved range.
+func parsePools(objs []*unstructured.Unstructured, reserved []Reserved) ([]Pool, map[string]string) {
 	slices.SortFunc(objs, func(a, b *unstructured.Unstructured) int { return cmp.Compare(a.GetName(), b.GetName()) })
 	var pools []Pool
 	problems := map[string]string{}
@@ -348,6 +400,10 @@ func parsePools(objs []*unstructured.Unstructured) ([]Pool, map[string]string) {
 			problems[o.Name] = errs.ToAggregate().Error()
 			continue
 		}
+		if bad := overlapsReserved(o, reserved); bad != "" {
+			problems[o.Name] = bad
+			continue
+		}
 		if other := overlapping(pools, p); other != "" {
 			problems[o.Name] = fmt.Sprintf("spec.addresses: Invalid value: overlaps LoadBalancerIPPool %s", other)
 			continue
@@ -355,6 +411,23 @@ func parsePools(objs []*unstructured.Unstructured) ([]Pool, map[string]string) {
 		pools = append(pools, p)
 	}
 	return pools, problems
+}
+
+// overlapsReserved names the first entry of spec.addresses overlapping a reserved range, and
+// the range.
+func overlapsReserved(o *LoadBalancerIPPool, reserved []Reserved) string {
+	for i, s := range o.Spec.Addresses {
+		r, err := ParseRange(s)
+		if err != nil {
+			continue // Parse accepted the pool, so every entry parses
+		}
+		for _, res := range reserved {
+			if r.overlaps(Range{First: res.Prefix.Masked().Addr(), Last: lastAddr(res.Prefix)}) {
+				return fmt.Sprintf("spec.addresses[%d]: Invalid value: %q: overlaps %s %s", i, s, res.What, res.Prefix)
+			}
+		}
+	}
+	return ""
 }
 
 func overlapping(pools []Pool, p Pool) string {
@@ -377,7 +450,7 @@ func (c *Controller) sync(ctx context.Context, alloc *Allocator) (again bool) {
 			poolObjs = append(poolObjs, u)
 		}
 	}
-	pools, problems := parsePools(poolObjs)
+	pools, problems := parsePools(poolObjs, c.reserved())
 	alloc.SetPools(pools)
 
 	var svcs []*corev1.Service

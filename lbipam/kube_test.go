@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"strings"
 	"sync"
@@ -107,7 +108,8 @@ func (h *harness) restrict(admin *rest.Config) {
 }
 
 func (h *harness) start(name string, leaderElection bool) (*Controller, context.CancelFunc, <-chan error) {
-	opts := Options{Identity: name, Logger: kube.TestLogger(h.t, slog.LevelInfo, name)}
+	opts := Options{Identity: name, Logger: kube.TestLogger(h.t, slog.LevelInfo, name),
+		Reserved: []Reserved{{Prefix: netip.MustParsePrefix("10.244.0.0/16"), What: "the cluster's pod addresses (--cluster-cidrs)"}}}
 	if leaderElection {
 		opts.LeaseNamespace = "default"
 		opts.LeaseDuration, opts.RenewDeadline, opts.RetryPeriod = 4*time.Second, 3*time.Second, 200*time.Millisecond
@@ -244,6 +246,22 @@ func TestController(t *testing.T) {
 	if err := createPool(ctx, t, h.dyn, "overlap", PoolSpec{Addresses: []string{"203.0.113.4-203.0.113.9"}}); err != nil {
 		t.Fatal(err)
 	}
+	// Over the pod addresses, and over a Node's address: refused, naming the entry and what
+	// it would take over.
+	if err := createPool(ctx, t, h.dyn, "in-pods", PoolSpec{Addresses: []string{"198.18.0.0/30", "10.244.3.0/28"}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := createPool(ctx, t, h.dyn, "on-node", PoolSpec{Addresses: []string{"198.51.100.8/29"}}); err != nil {
+		t.Fatal(err)
+	}
+	node, err := h.cs.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "worker-9"}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	node.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "198.51.100.10"}}
+	if _, err := h.cs.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 
 	c1, cancel1, done1 := h.start("c1", true)
 	eventually(t, 30*time.Second, "c1 leads", func() error {
@@ -359,6 +377,23 @@ func TestController(t *testing.T) {
 			}
 			return nil
 		})
+		for name, want := range map[string]string{
+			"in-pods": `spec.addresses[1]: Invalid value: "10.244.3.0/28": overlaps the cluster's pod addresses (--cluster-cidrs) 10.244.0.0/16`,
+			"on-node": `spec.addresses[0]: Invalid value: "198.51.100.8/29": overlaps Node worker-9's address 198.51.100.10/32`,
+		} {
+			eventually(t, 30*time.Second, name+" refused", func() error {
+				u, err := h.dyn.Resource(PoolGVR).Get(ctx, name, metav1.GetOptions{})
+				if err != nil {
+					return err
+				}
+				p, _ := PoolFromUnstructured(u)
+				cond := meta.FindStatusCondition(p.Status.Conditions, ConditionValid)
+				if cond == nil || cond.Status != metav1.ConditionFalse || !strings.Contains(cond.Message, want) {
+					return fmt.Errorf("conditions %+v, want False with %q", p.Status.Conditions, want)
+				}
+				return nil
+			})
+		}
 		eventually(t, 30*time.Second, "overlapping pool refused", func() error {
 			u, err := h.dyn.Resource(PoolGVR).Get(ctx, "overlap", metav1.GetOptions{})
 			if err != nil {

@@ -9,6 +9,8 @@ var ClusterRoleRules = []rbacv1.PolicyRule{
 	{APIGroups: []string{""}, Resources: []string{"services"}, Verbs: []string{"get", "list", "watch"}},
 	{APIGroups: []string{""}, Resources: []string{"services/status"}, Verbs: []string{"update"}},
 	{APIGroups: []string{"podroute.io"}, Resources: []string{"loadbalancerippools"}, Verbs: []string{"list", "watch"}},
+	// Nodes for their addresses, which no pool may hold.
+	{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"list", "watch"}},
 	{APIGroups: []string{"podroute.io"}, Resources: []string{"loadbalancerippools/status"}, Verbs: []string{"update"}},
 	// Events on Services (their namespace) and on pools (namespace "default").
 	{APIGroups: []string{""}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"strconv"
@@ -47,6 +48,9 @@ type options struct {
 	leaseName      string
 	class          string
 	healthAddr     string
+	clusterCIDRs   []string
+	serviceCIDRs   []string
+	reserved       []lbipam.Reserved
 	logLevel       slog.Level
 	version        bool
 }
@@ -63,6 +67,8 @@ func newFlagSet(o *options, namespace string) *pflag.FlagSet {
 	fs.StringVar(&o.leaseNamespace, "lease-namespace", namespace, "namespace of the Lease electing the one replica that allocates (env POD_NAMESPACE); empty: no election, run one replica only")
 	fs.StringVar(&o.leaseName, "lease-name", lbipam.DefaultLeaseName, "name of that Lease")
 	fs.StringVar(&o.class, "load-balancer-class", lbipam.DefaultLoadBalancerClass, "the spec.loadBalancerClass served, besides Services without one")
+	fs.StringSliceVar(&o.clusterCIDRs, "cluster-cidrs", nil, "the cluster's pod CIDRs (comma-separated): a pool overlapping them is refused, as is a pool holding a Node's address")
+	fs.StringSliceVar(&o.serviceCIDRs, "service-cidrs", nil, "the cluster's Service CIDRs (comma-separated): a pool overlapping them is refused")
 	fs.StringVar(&o.healthAddr, "health-address", "", "serve /healthz and /readyz on this TCP address, e.g. 0.0.0.0:9650 (default: off); ready once the Service and pool caches are synced, leading or not")
 	fs.Var(levelValue{&o.logLevel}, "log-level", "debug, info, warn or error")
 	fs.Lookup("log-level").DefValue = "info"
@@ -102,6 +108,25 @@ func parseFlags(args []string, namespace string) (*options, error) {
 	// any other class could never match a Service.
 	if errs := validation.IsQualifiedName(o.class); len(errs) > 0 {
 		return nil, fmt.Errorf("--load-balancer-class %q: not a qualified name: %s", o.class, strings.Join(errs, "; "))
+	}
+	for _, f := range []struct {
+		flag, what string
+		in         []string
+	}{
+		{"cluster-cidrs", "the cluster's pod addresses (--cluster-cidrs)", o.clusterCIDRs},
+		{"service-cidrs", "the cluster's Service addresses (--service-cidrs)", o.serviceCIDRs},
+	} {
+		for _, s := range f.in {
+			s = strings.TrimSpace(s)
+			if s == "" {
+				continue // an empty ConfigMap value
+			}
+			p, err := netip.ParsePrefix(s)
+			if err != nil || p != p.Masked() {
+				return nil, fmt.Errorf("--%s %q: not a CIDR", f.flag, s)
+			}
+			o.reserved = append(o.reserved, lbipam.Reserved{Prefix: p, What: f.what})
+		}
 	}
 	if o.healthAddr != "" {
 		if err := checkAddress(o.healthAddr); err != nil {
@@ -172,6 +197,7 @@ func run(o *options) error {
 		LoadBalancerClass: o.class,
 		LeaseNamespace:    o.leaseNamespace,
 		LeaseName:         o.leaseName,
+		Reserved:          o.reserved,
 		Logger:            log,
 	})
 

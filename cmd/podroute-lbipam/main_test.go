@@ -6,9 +6,11 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"strings"
 	"testing"
@@ -26,7 +28,7 @@ func TestDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := options{leaseNamespace: "podroute-system", leaseName: lbipam.DefaultLeaseName, class: lbipam.DefaultLoadBalancerClass, logLevel: slog.LevelInfo}
-	if *o != want {
+	if !reflect.DeepEqual(*o, want) {
 		t.Errorf("defaults %+v, want %+v", *o, want)
 	}
 	// No POD_NAMESPACE: no election.
@@ -34,12 +36,17 @@ func TestDefaults(t *testing.T) {
 		t.Errorf("without POD_NAMESPACE: %+v %v, want no lease namespace", o, err)
 	}
 	o, err = parseFlags([]string{"--kubeconfig=/k", "--lease-namespace", "", "--lease-name=lb", "--load-balancer-class=example.com/lb",
-		"--health-address=0.0.0.0:9650", "--log-level=debug"}, "podroute-system")
+		"--health-address=0.0.0.0:9650", "--log-level=debug", "--cluster-cidrs=10.244.0.0/16,fd00:10:244::/56", "--service-cidrs="}, "podroute-system")
 	if err != nil {
 		t.Fatal(err)
 	}
-	want = options{kubeconfig: "/k", leaseName: "lb", class: "example.com/lb", healthAddr: "0.0.0.0:9650", logLevel: slog.LevelDebug}
-	if *o != want {
+	want = options{kubeconfig: "/k", leaseName: "lb", class: "example.com/lb", healthAddr: "0.0.0.0:9650", logLevel: slog.LevelDebug,
+		clusterCIDRs: []string{"10.244.0.0/16", "fd00:10:244::/56"}, serviceCIDRs: []string{},
+		reserved: []lbipam.Reserved{
+			{Prefix: netip.MustParsePrefix("10.244.0.0/16"), What: "the cluster's pod addresses (--cluster-cidrs)"},
+			{Prefix: netip.MustParsePrefix("fd00:10:244::/56"), What: "the cluster's pod addresses (--cluster-cidrs)"},
+		}}
+	if !reflect.DeepEqual(*o, want) {
 		t.Errorf("parsed %+v, want %+v", *o, want)
 	}
 }
@@ -63,6 +70,8 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"--no-such-flag"}, "--no-such-flag"},
 		{[]string{"-lease-name=x"}, "-l"}, // one dash is pflag's shorthand: refused, not misread
 		{[]string{"extra"}, `unexpected argument "extra"`},
+		{[]string{"--cluster-cidrs=10.244.0.0/16,10.245.0.1/16"}, `--cluster-cidrs "10.245.0.1/16": not a CIDR`},
+		{[]string{"--service-cidrs=services"}, `--service-cidrs "services": not a CIDR`},
 	} {
 		o, err := parseFlags(tc.args, "podroute-system")
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -158,9 +167,27 @@ func TestDeployedArgs(t *testing.T) {
 			continue
 		}
 		c := d.Spec.Template.Spec.Containers[0]
-		o, err := parseFlags(c.Args, "podroute-system")
+		// The kubelet expands $(VAR) from the container's env (the podroute-config
+		// ConfigMap's values here).
+		env := map[string]string{"CLUSTER_CIDRS": "10.244.0.0/16,fd00:10:244::/56", "SERVICE_CIDRS": "10.96.0.0/12"}
+		var args []string
+		for _, a := range c.Args {
+			for k, v := range env {
+				a = strings.ReplaceAll(a, "$("+k+")", v)
+			}
+			args = append(args, a)
+		}
+		for _, e := range c.Env {
+			if _, ok := env[e.Name]; ok && (e.ValueFrom == nil || e.ValueFrom.ConfigMapKeyRef == nil || e.ValueFrom.ConfigMapKeyRef.Name != "podroute-config") {
+				t.Errorf("env %s is not from the podroute-config ConfigMap: %+v", e.Name, e)
+			}
+		}
+		o, err := parseFlags(args, "podroute-system")
 		if err != nil {
 			t.Fatalf("args %q: %v", c.Args, err)
+		}
+		if len(o.reserved) != 3 {
+			t.Errorf("reserved ranges %v: want the cluster and Service CIDRs from podroute-config", o.reserved)
 		}
 		if o.healthAddr == "" || !strings.HasSuffix(o.healthAddr, ":"+c.ReadinessProbe.HTTPGet.Port.String()) {
 			t.Errorf("--health-address %q, readiness probe on port %s", o.healthAddr, c.ReadinessProbe.HTTPGet.Port.String())
