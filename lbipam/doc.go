@@ -52,6 +52,7 @@
 //
 // # RBAC
 //
-// ClusterRoleRules (Services, their status, the pools and their status, Events) and, in
+// ClusterRoleRules (Services, their status, the pools and their status, Nodes' addresses,
+// Events) and, in
 // the Lease's namespace, LeaseRoleRules; the tests run the controller with exactly these.
 package lbipam
