@@ -25,6 +25,7 @@ type options struct {
 	cfg        agent.Config
 	socket     string
 	healthAddr string
+	profiling  bool
 	logLevel   slog.Level
 
 	cniPortmap                     bool
@@ -96,6 +97,7 @@ func newFlagSet(o *options, env environment) *pflag.FlagSet {
 	fs.StringVar(&c.CNI.DataDir, "data-dir", cniconf.DefaultDataDir, "IPAM data directory written into the CNI config")
 	fs.StringVar(&o.socket, "socket", agentapi.DefaultSocket, "unix socket of the local API (podroutectl)")
 	fs.StringVar(&o.healthAddr, "health-address", "", "also serve /healthz, /readyz and /metrics on this TCP address, e.g. 127.0.0.1:9649 (default: off)")
+	fs.BoolVar(&o.profiling, "profiling", false, "serve Go's profiles (net/http/pprof) under /debug/pprof/ on --socket, the root-only local API; never on the health address")
 	fs.BoolVar(&c.NetworkPolicy, "network-policy", true, "enforce NetworkPolicy for this node's pods (nftables table inet podroute-policy)")
 	fs.BoolVar(&c.ServiceAdvertisement, "service-advertisement", true, "advertise the Service addresses the BGPConfiguration allows (serviceClusterIPs, serviceExternalIPs, serviceLoadBalancerIPs) to external BGP peers, from this node while it can serve them (watches every Service and EndpointSlice)")
 	fs.BoolVar(&c.PolicyLogDrops, "policy-log-drops", false, "log what NetworkPolicy drops to the kernel log (prefix \"podroute-policy drop\"), at most 10 packets a second per chain; the drops are counted in metrics either way")

@@ -27,7 +27,8 @@ var flagNames = []string{
 	"restart-time", "masquerade", "mtu", "install-cni", "cni-conf-dir", "cni-bin-dir",
 	"cni-plugin", "cni-portmap", "cni-portmap-plugin", "kube-proxy-metrics-address", "data-dir",
 	"socket", "health-address", "resync-interval", "stale-timeout", "log-level", "uninstall",
-	"dry-run", "force", "wait",
+	"dry-run", "force", "wait", "network-policy", "policy-log-drops", "lease-namespace",
+	"service-advertisement", "profiling",
 }
 
 func mustParse(t *testing.T, args ...string) *options {

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -87,6 +88,10 @@ func run(o *options) error {
 
 	srv := agentapi.NewServer(a, log.With("component", "api"))
 	a.Mount(srv.Handle)
+	if o.profiling {
+		// The socket only: a profile shows the process's memory, peers' passwords included.
+		mountProfiling(srv.Handle)
+	}
 	apiErr := make(chan error, 1)
 	go func() { apiErr <- srv.Serve(ctx, o.socket) }()
 	if o.healthAddr != "" {
@@ -131,6 +136,15 @@ func runUninstall(opts uninstall.Options, wait bool) error {
 		<-ctx.Done()
 	}
 	return err
+}
+
+// mountProfiling adds Go's profiles under /debug/pprof/.
+func mountProfiling(handle func(pattern string, h http.Handler)) {
+	handle("/debug/pprof/", http.HandlerFunc(pprof.Index))
+	handle("/debug/pprof/cmdline", http.HandlerFunc(pprof.Cmdline))
+	handle("/debug/pprof/profile", http.HandlerFunc(pprof.Profile))
+	handle("/debug/pprof/symbol", http.HandlerFunc(pprof.Symbol))
+	handle("/debug/pprof/trace", http.HandlerFunc(pprof.Trace))
 }
 
 // serveHealth serves the probes and metrics on TCP for kubelet and Prometheus, only when asked.
