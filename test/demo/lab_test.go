@@ -67,17 +67,18 @@ func TestLab(t *testing.T) {
 	say("nodes: network namespaces on the rack segment, one kube-proxy (%s mode) and one podroute-agent each", proxyMode)
 	var ns []*lab.Node
 	for i := 1; i <= nodes; i++ {
-		// kube-proxy first: the agent looks for it when it starts (and every 30 s after),
-		// and advertises no Service address without it.
-		n := l.AddNode(t, fmt.Sprintf("node-%d", i), lab.NodeOptions{Index: i, NoAgent: true})
-		n.StartKubeProxy(t, lab.KubeProxyOptions{Mode: proxyMode})
+		ns = append(ns, l.AddNode(t, fmt.Sprintf("node-%d", i), lab.NodeOptions{Index: i, NoAgent: true}))
+	}
+	// kube-proxy first: the agent looks for it when it starts (and every 30 s after), and
+	// advertises no Service address without it.
+	lab.StartKubeProxies(t, ns, lab.KubeProxyOptions{Mode: proxyMode})
+	for _, n := range ns {
 		if err := n.Agent.Start(); err != nil {
 			t.Fatal(err)
 		}
 		if err := tor.AddNeighbor(lab.Neighbor{Address: n.IPv4, ASN: config.DefaultASN, Description: n.Name}); err != nil {
 			t.Fatal(err)
 		}
-		ns = append(ns, n)
 		fmt.Printf("%-7s netns %-22s %-15s %-18s pod CIDRs %s\n", n.Name, n.NetNS.Name, n.IPv4, n.IPv6, joinPrefixes(n.PodCIDRs))
 	}
 	for _, n := range ns {

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -53,18 +54,67 @@ func (l *Lab) kubeBinary(name string) string {
 }
 
 // StartKubeProxy starts kube-proxy in the node's namespace and waits until it answers
-// /proxyMode with its mode. It is stopped in t.Cleanup, and `kube-proxy --cleanup` then
-// removes its rules from the node's namespace.
+// /proxyMode with its mode. It is stopped in t.Cleanup, and its rules are then removed from
+// the node's namespace (Stop).
 func (n *Node) StartKubeProxy(t testing.TB, opts KubeProxyOptions) *KubeProxy {
 	t.Helper()
-	k, err := n.startKubeProxy(t, opts)
-	if err != nil {
-		t.Fatalf("lab: kube-proxy on %s: %v", n.Name, err)
-	}
-	return k
+	return StartKubeProxies(t, []*Node{n}, opts)[0]
 }
 
-func (n *Node) startKubeProxy(t testing.TB, opts KubeProxyOptions) (*KubeProxy, error) {
+// StartKubeProxies is StartKubeProxy on every node at once, each process starting and
+// stopping beside the others': a lab's nodes wait for none but their own.
+func StartKubeProxies(t testing.TB, nodes []*Node, opts KubeProxyOptions) []*KubeProxy {
+	t.Helper()
+	ks := make([]*KubeProxy, len(nodes))
+	for i, n := range nodes {
+		k, err := n.newKubeProxy(opts)
+		if err != nil {
+			t.Fatalf("lab: kube-proxy on %s: %v", n.Name, err)
+		}
+		ks[i] = k
+	}
+	// One cleanup for all, registered before any starts: every process started is stopped.
+	t.Cleanup(func() {
+		errs := eachKubeProxy(ks, (*KubeProxy).Stop)
+		for i, k := range ks {
+			if errs[i] != nil {
+				t.Errorf("lab: %v", errs[i])
+			}
+			if t.Failed() {
+				t.Logf("lab: kube-proxy log of %s (%s):\n%s", k.Node.Name, k.Log, Tail(k.Output(), 40))
+			}
+		}
+	})
+	errs := eachKubeProxy(ks, func(k *KubeProxy) error {
+		if err := k.Start(); err != nil {
+			return err
+		}
+		return k.wait(60 * time.Second)
+	})
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("lab: kube-proxy on %s: %v", ks[i].Node.Name, err)
+		}
+	}
+	return ks
+}
+
+// eachKubeProxy runs f on every kube-proxy concurrently and returns the errors, in order.
+func eachKubeProxy(ks []*KubeProxy, f func(*KubeProxy) error) []error {
+	errs := make([]error, len(ks))
+	var wg sync.WaitGroup
+	for i, k := range ks {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = f(k)
+		}()
+	}
+	wg.Wait()
+	return errs
+}
+
+func (n *Node) newKubeProxy(opts KubeProxyOptions) (*KubeProxy, error) {
 	l := n.lab
 	k := &KubeProxy{Node: n, Mode: opts.Mode, Log: filepath.Join(n.Dir, "kube-proxy.log"), binary: opts.Binary}
 	if k.Mode == "" {
@@ -73,7 +123,7 @@ func (n *Node) startKubeProxy(t testing.TB, opts KubeProxyOptions) (*KubeProxy, 
 	if k.binary == "" {
 		k.binary = l.kubeBinary("kube-proxy")
 	}
-	if st, err := os.Stat(k.binary); err != nil || st.Mode()&0o111 == 0 {
+	if !executable(k.binary) {
 		return nil, fmt.Errorf("%s missing or not executable: run hack/kube/build.sh (make setup)", k.binary)
 	}
 	var cidrs []string
@@ -98,22 +148,14 @@ func (n *Node) startKubeProxy(t testing.TB, opts KubeProxyOptions) (*KubeProxy, 
 		// metrics share.
 		"--iptables-localhost-nodeports=false",
 	}, opts.ExtraArgs...)
+	return k, nil
+}
 
-	t.Cleanup(func() {
-		if err := k.Stop(); err != nil {
-			t.Errorf("lab: %v", err)
-		}
-		if t.Failed() {
-			b, _ := os.ReadFile(k.Log)
-			t.Logf("lab: kube-proxy log of %s (%s):\n%s", n.Name, k.Log, Tail(string(b), 40))
-		}
-	})
-	if err := k.Start(); err != nil {
-		return nil, err
-	}
+// wait waits until kube-proxy answers /proxyMode with its mode.
+func (k *KubeProxy) wait(timeout time.Duration) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	err := Poll(ctx, 60*time.Second, 200*time.Millisecond, func() error {
+	err := Poll(ctx, timeout, 200*time.Millisecond, func() error {
 		if !k.d.running() {
 			cancel() // no use waiting
 			k.d.mu.Lock()
@@ -127,10 +169,18 @@ func (n *Node) startKubeProxy(t testing.TB, opts KubeProxyOptions) (*KubeProxy, 
 		return err
 	})
 	if err != nil {
-		b, _ := os.ReadFile(k.Log)
-		return nil, fmt.Errorf("%w\n%s", err, Tail(string(b), 20))
+		return fmt.Errorf("%w\n%s", err, Tail(k.Output(), 20))
 	}
-	return k, nil
+	return nil
+}
+
+// Output is kube-proxy's log so far (every start).
+func (k *KubeProxy) Output() string {
+	b, err := os.ReadFile(k.Log)
+	if err != nil {
+		return fmt.Sprintf("(no log: %v)", err)
+	}
+	return string(b)
 }
 
 // Args is kube-proxy's command line (after the binary).
@@ -153,6 +203,9 @@ func (k *KubeProxy) Start() error {
 // namespace with `kube-proxy --cleanup`, as a node taken out of service would. Stopping a
 // stopped kube-proxy cleans up again.
 func (k *KubeProxy) Stop() error {
+	if k.d == nil {
+		return nil // never started
+	}
 	if err := k.d.stop(10 * time.Second); err != nil {
 		return fmt.Errorf("kube-proxy of %s: %w", k.Node.Name, err)
 	}
