@@ -132,6 +132,7 @@ func (a *Agent) Neighbors() ([]agentapi.Neighbor, error) {
 			Accepted:   ps.Accepted,
 			Advertised: ps.Advertised,
 			Restarting: ps.PeerRestarting,
+			BFD:        ps.BFDState,
 		}
 		if ps.State != bgp.StateEstablished {
 			n.LastError = ps.LastError
@@ -258,6 +259,7 @@ func (a *Agent) updatePeerMetrics(ctx context.Context, r bgp.Router) {
 	for _, s := range states {
 		a.metrics.peers.WithLabelValues(s.State).Inc()
 	}
+	a.metrics.setPeerBFD(states)
 	refusals := r.Refusals()
 	var total uint64
 	for _, f := range refusals {

@@ -1,7 +1,9 @@
 package agent
 
 import (
+	"context"
 	"fmt"
+	"maps"
 	"net/netip"
 	"reflect"
 	"slices"
@@ -11,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"time"
 
+	"github.com/podroute/podroute/agentapi"
 	"github.com/podroute/podroute/bgp"
 	"github.com/podroute/podroute/cluster"
 	"github.com/podroute/podroute/config"
@@ -416,5 +419,180 @@ func TestGracefulRestartOff(t *testing.T) {
 		if err := p.Neighbor.Validate(); err != nil {
 			t.Errorf("peer %s refused by the speaker: %v", a, err)
 		}
+	}
+}
+
+// Node sessions carry the BGPConfiguration's mesh BFD and BGPPeer sessions their own, each
+// its own copy; none has BFD unless configured.
+func TestBFDNeighbors(t *testing.T) {
+	cfg := testConfig()
+	nodes := rrNodes()
+	cfg.NodeName = "n3"
+	me, _ := findSelf(&cfg, nodes)
+	torBFD := &bgp.BFDConfig{MinTx: 100 * time.Millisecond, MinRx: 100 * time.Millisecond, Multiplier: 3}
+	s := config.Settings{Synced: true, Configuration: cfg.defaults(), Peers: []config.Peer{
+		{Name: "tor", Address: addr("192.0.2.254"), ASN: 65101, NodeSelector: labels.Everything(), ExportPodCIDRs: true, BFD: torBFD},
+		{Name: "plain", Address: addr("192.0.2.253"), ASN: 65102, NodeSelector: labels.Everything(), ExportPodCIDRs: true},
+	}}
+	build := func(s config.Settings) topology {
+		top := nodeTopology(&cfg, s, me, me.Node, nodes)
+		top.addExternal(&cfg, s, me, me.Node)
+		return top
+	}
+
+	// Off by default: not on node sessions, only on the BGPPeer that asks.
+	top := build(s)
+	if len(top.problems) != 0 {
+		t.Fatalf("problems %v", top.problems)
+	}
+	for a, p := range top.peers {
+		switch {
+		case p.Peer == "tor":
+			if p.Neighbor.BFD == nil || *p.Neighbor.BFD != *torBFD || p.Neighbor.BFD == torBFD {
+				t.Errorf("ToR's BFD %+v, want a copy of %+v", p.Neighbor.BFD, torBFD)
+			}
+		case p.Neighbor.BFD != nil:
+			t.Errorf("%s (%s %s) has BFD %+v without asking", a, p.Neighbor.Kind, p.Peer, p.Neighbor.BFD)
+		}
+		if err := p.Neighbor.Validate(); err != nil {
+			t.Errorf("%s refused by the speaker: %v", a, err)
+		}
+	}
+
+	// spec.meshBFD: every node session, mesh or reflector, and no BGPPeer without its own.
+	mesh := &bgp.BFDConfig{MinTx: 300 * time.Millisecond, MinRx: 300 * time.Millisecond, Multiplier: 3}
+	for _, sc := range []struct {
+		name string
+		s    config.Settings
+		kind string
+	}{{"mesh", s, bgp.KindMesh}, {"reflectors", rrSettings(&cfg), bgp.KindReflector}} {
+		sc.s.Peers = s.Peers
+		sc.s.Configuration.MeshBFD = mesh
+		top := build(sc.s)
+		nodeSessions := 0
+		for a, p := range top.peers {
+			switch p.Peer {
+			case "tor":
+				if *p.Neighbor.BFD != *torBFD {
+					t.Errorf("%s: the ToR's own BFD replaced by %+v", sc.name, p.Neighbor.BFD)
+				}
+			case "plain":
+				if p.Neighbor.BFD != nil {
+					t.Errorf("%s: the mesh BFD reached BGPPeer plain", sc.name)
+				}
+			default:
+				nodeSessions++
+				if p.Neighbor.Kind != sc.kind || p.Neighbor.BFD == nil || *p.Neighbor.BFD != *mesh || p.Neighbor.BFD == mesh {
+					t.Errorf("%s: node session %s (%s) BFD %+v, want a copy of %+v", sc.name, a, p.Neighbor.Kind, p.Neighbor.BFD, mesh)
+				}
+			}
+		}
+		if nodeSessions == 0 {
+			t.Errorf("%s: no node session", sc.name)
+		}
+	}
+
+	// Timers the speaker would refuse (config refuses them first; these Settings skip it)
+	// cost BFD, never the session, and are reported.
+	bad := s
+	bad.Configuration.MeshBFD = &bgp.BFDConfig{MinTx: time.Millisecond, MinRx: 100 * time.Millisecond, Multiplier: 3}
+	bad.Peers = []config.Peer{{Name: "tor", Address: addr("192.0.2.254"), ASN: 65101, NodeSelector: labels.Everything(),
+		TTLSecurityHops: 2, BFD: torBFD}}
+	top = build(bad)
+	if len(top.peers) != len(nodes) {
+		t.Fatalf("%d sessions, want %d: a bad BFD cost a session", len(top.peers), len(nodes))
+	}
+	for a, p := range top.peers {
+		if p.Neighbor.BFD != nil {
+			t.Errorf("%s kept the bad BFD %+v", a, p.Neighbor.BFD)
+		}
+		if err := p.Neighbor.Validate(); err != nil {
+			t.Errorf("%s refused by the speaker: %v", a, err)
+		}
+	}
+	joined := strings.Join(top.problems, "\n")
+	if len(top.problems) != len(nodes) || !strings.Contains(joined, "BGPPeer tor: BFD off for 192.0.2.254") ||
+		!strings.Contains(joined, "Neighbor.BFD") || !strings.Contains(joined, "node n1: BFD off for 192.0.2.1") {
+		t.Errorf("problems %q: want every session named", top.problems)
+	}
+}
+
+// bfdRouter reports BFD up on every session that runs it, except at down.
+type bfdRouter struct {
+	*fakeRouter
+	down netip.Addr
+}
+
+func (r *bfdRouter) Neighbors(ctx context.Context) ([]bgp.PeerState, error) {
+	states, err := r.fakeRouter.Neighbors(ctx)
+	for i := range states {
+		switch {
+		case states[i].BFD == nil:
+		case states[i].Address == r.down:
+			states[i].BFDState = bgp.BFDStateDown
+		default:
+			states[i].BFDState = bgp.BFDStateUp
+		}
+	}
+	return states, err
+}
+
+// The agent hands the speaker the BFD timers of the settings and shows each session's BFD
+// state through its API.
+func TestBFDThroughThePass(t *testing.T) {
+	nodes := meshNodes(3)
+	r := newRig(t, nodes, newFakeTable(), false)
+	tor := addr("198.51.100.1")
+	r.a.speaker.newRouter = func(c bgp.Config) (bgp.Router, error) {
+		fr := newFakeRouter(c)
+		r.routers = append(r.routers, fr)
+		return &bfdRouter{fakeRouter: fr, down: nodes[2].Addresses[0]}, nil
+	}
+	c := r.a.cfg.defaults()
+	c.MeshBFD = &bgp.BFDConfig{MinTx: 300 * time.Millisecond, MinRx: 300 * time.Millisecond, Multiplier: 3}
+	r.a.settings = &fakeSettings{config.Settings{Synced: true, Configuration: c, Peers: []config.Peer{
+		{Name: "tor", Address: tor, ASN: 65101, NodeSelector: labels.Everything(), ExportPodCIDRs: true,
+			BFD: &bgp.BFDConfig{MinTx: 100 * time.Millisecond, MinRx: 100 * time.Millisecond, Multiplier: 5}},
+	}}}
+	if snap := r.pass(t); snap.LastErr != nil {
+		t.Fatalf("pass: %v", snap.LastErr)
+	}
+	fr := r.router()
+	if len(fr.neighbors) != 3 {
+		t.Fatalf("neighbours %v", fr.neighbors)
+	}
+	if b := fr.neighbors[tor].BFD; b == nil || b.MinTx != 100*time.Millisecond || b.Multiplier != 5 {
+		t.Errorf("ToR BFD %+v", b)
+	}
+	for _, n := range nodes[1:] {
+		if b := fr.neighbors[n.Addresses[0]].BFD; b == nil || *b != *c.MeshBFD {
+			t.Errorf("node %s BFD %+v, want %+v", n.Name, b, c.MeshBFD)
+		}
+	}
+
+	ns, err := r.a.Neighbors()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, n := range ns {
+		got[n.Address] = n.BFD
+	}
+	want := map[string]string{tor.String(): "up", nodes[1].Addresses[0].String(): "up", nodes[2].Addresses[0].String(): "down"}
+	if !maps.Equal(got, want) {
+		t.Errorf("API BFD states %v, want %v", got, want)
+	}
+
+	// Turning the mesh BFD off reaches the speaker as an update of the node sessions.
+	c.MeshBFD = nil
+	r.a.settings = &fakeSettings{config.Settings{Synced: true, Configuration: c}}
+	r.pass(t)
+	for a, n := range fr.neighbors {
+		if n.BFD != nil {
+			t.Errorf("%s still has BFD %+v", a, n.BFD)
+		}
+	}
+	if ns, _ = r.a.Neighbors(); slices.ContainsFunc(ns, func(n agentapi.Neighbor) bool { return n.BFD != "" }) {
+		t.Errorf("API shows BFD on sessions without it: %+v", ns)
 	}
 }

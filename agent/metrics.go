@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/podroute/podroute/bgp"
 	"github.com/podroute/podroute/policy"
 )
 
@@ -20,6 +21,7 @@ type Metrics struct {
 	routesLearned     prometheus.Gauge
 	routesFailed      prometheus.Gauge
 	peers             *prometheus.GaugeVec
+	peerBFDUp         *prometheus.GaugeVec
 	refused           prometheus.Gauge
 	refusedTotal      prometheus.Gauge
 	policyDropped     *prometheus.CounterVec
@@ -54,6 +56,10 @@ func newMetrics() *Metrics {
 			Name: "podroute_bgp_peers",
 			Help: "Configured BGP peers by session state.",
 		}, []string{"state"}),
+		peerBFDUp: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "podroute_bgp_peer_bfd_up",
+			Help: "1 when the BFD session with the BGP peer is up, 0 when it is not; only peers configured with BFD have a series.",
+		}, []string{"peer", "kind"}),
 		refused: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "podroute_bgp_refused_prefixes",
 			Help: "Distinct (prefix, peer) announcements refused by the import filter.",
@@ -74,9 +80,25 @@ func newMetrics() *Metrics {
 		}),
 	}
 	m.Registry.MustRegister(m.reconcileDuration, m.reconcileErrors, m.routesInstalled, m.routesLearned,
-		m.routesFailed, m.peers, m.refused, m.refusedTotal, m.policyDropped, m.policyHeld,
+		m.routesFailed, m.peers, m.peerBFDUp, m.refused, m.refusedTotal, m.policyDropped, m.policyHeld,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
+}
+
+// setPeerBFD replaces the BFD gauge's series with one per peer running BFD, so peers that
+// went or dropped BFD lose theirs.
+func (m *Metrics) setPeerBFD(states []bgp.PeerState) {
+	m.peerBFDUp.Reset()
+	for _, s := range states {
+		if s.BFD == nil {
+			continue
+		}
+		up := 0.0
+		if s.BFDState == bgp.BFDStateUp {
+			up = 1
+		}
+		m.peerBFDUp.WithLabelValues(s.Address.String(), s.Kind).Set(up)
+	}
 }
 
 // policyDropsEvery is how often the policy drop counters are read from the kernel: one nft

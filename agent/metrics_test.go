@@ -5,14 +5,18 @@ import (
 	"io"
 	"log/slog"
 	"maps"
+	"net/netip"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
 	networkingv1 "k8s.io/api/networking/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/wait"
 
+	"github.com/podroute/podroute/bgp"
+	"github.com/podroute/podroute/config"
 	"github.com/podroute/podroute/policy"
 )
 
@@ -126,3 +130,55 @@ func (nopPolicyKernel) Sync(context.Context, *policy.Ruleset) (policy.Changes, e
 	return policy.Changes{}, nil
 }
 func (nopPolicyKernel) Invalidate() {}
+
+// bfdGauge is podroute_bgp_peer_bfd_up, "peer kind" → value.
+func bfdGauge(t *testing.T, m *Metrics) map[string]float64 {
+	t.Helper()
+	mfs, err := m.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, mf := range mfs {
+		if mf.GetName() == "podroute_bgp_peer_bfd_up" {
+			for _, s := range mf.GetMetric() {
+				out[label(s, "peer")+" "+label(s, "kind")] = s.GetGauge().GetValue()
+			}
+		}
+	}
+	return out
+}
+
+// The BFD gauge has a series per peer running BFD, 1 when up, refreshed after a pass; a
+// peer that drops BFD loses its series.
+func TestPeerBFDGauge(t *testing.T) {
+	nodes := meshNodes(3)
+	r := newRig(t, nodes, newFakeTable(), false)
+	tor := netip.MustParseAddr("198.51.100.1")
+	r.a.speaker.newRouter = func(c bgp.Config) (bgp.Router, error) {
+		fr := newFakeRouter(c)
+		r.routers = append(r.routers, fr)
+		return &bfdRouter{fakeRouter: fr, down: nodes[2].Addresses[0]}, nil
+	}
+	c := r.a.cfg.defaults()
+	c.MeshBFD = &bgp.BFDConfig{MinTx: 300 * time.Millisecond, MinRx: 300 * time.Millisecond, Multiplier: 3}
+	peers := []config.Peer{{Name: "tor", Address: tor, ASN: 65101, NodeSelector: labels.Everything(), ExportPodCIDRs: true}}
+	r.a.settings = &fakeSettings{config.Settings{Synced: true, Configuration: c, Peers: peers}}
+	r.pass(t)
+	want := map[string]float64{
+		nodes[1].Addresses[0].String() + " mesh": 1,
+		nodes[2].Addresses[0].String() + " mesh": 0,
+	}
+	if got := bfdGauge(t, r.a.metrics); !maps.Equal(got, want) {
+		t.Errorf("gauge %v, want %v (the ToR runs no BFD: no series)", got, want)
+	}
+
+	c.MeshBFD = nil
+	peers[0].BFD = &bgp.BFDConfig{MinTx: 100 * time.Millisecond, MinRx: 100 * time.Millisecond, Multiplier: 3}
+	r.a.settings = &fakeSettings{config.Settings{Synced: true, Configuration: c, Peers: peers}}
+	r.a.metricsAt = time.Time{} // the gauges refresh at most every peerMetricsEvery
+	r.pass(t)
+	if got, want := bfdGauge(t, r.a.metrics), map[string]float64{tor.String() + " external": 1}; !maps.Equal(got, want) {
+		t.Errorf("after the mesh dropped BFD: gauge %v, want %v", got, want)
+	}
+}

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"fmt"
 	"net/netip"
 	"time"
 
@@ -19,8 +20,8 @@ import (
 const nodeConnectRetry = time.Second
 
 // nodeNeighbor is a session to another node (mesh, reflector or reflector client), with the
-// flags' timers.
-func nodeNeighbor(cfg *Config, kind string, local, remote netip.Addr, asn uint32) bgp.Neighbor {
+// flags' timers and bfd, the BGPConfiguration's spec.meshBFD (nil: none).
+func nodeNeighbor(cfg *Config, kind string, local, remote netip.Addr, asn uint32, bfd *bgp.BFDConfig) bgp.Neighbor {
 	nb := bgp.Neighbor{
 		Address:         remote,
 		ASN:             asn,
@@ -30,6 +31,7 @@ func nodeNeighbor(cfg *Config, kind string, local, remote netip.Addr, asn uint32
 		ConnectRetry:    nodeConnectRetry,
 		GracefulRestart: cfg.GracefulRestart,
 		Kind:            kind,
+		BFD:             cloneBFD(bfd),
 	}
 	if cfg.GracefulRestart {
 		nb.RestartTime = cfg.RestartTime
@@ -56,6 +58,7 @@ func externalNeighbor(cfg *Config, p config.Peer, me self) bgp.Neighbor {
 		RouteReflectorClusterID: p.RouteReflectorClusterID,
 		NoExport:                !p.ExportPodCIDRs,
 		Kind:                    bgp.KindExternal,
+		BFD:                     cloneBFD(p.BFD),
 	}
 	local := me.V4
 	if p.Address.Is6() {
@@ -82,4 +85,33 @@ func externalNeighbor(cfg *Config, p config.Peer, me self) bgp.Neighbor {
 		nb.AllowOwnAS = 1
 	}
 	return nb
+}
+
+// cloneBFD gives each neighbour its own copy of the timers, so no two share one.
+func cloneBFD(b *bgp.BFDConfig) *bgp.BFDConfig {
+	if b == nil {
+		return nil
+	}
+	c := *b
+	return &c
+}
+
+// withoutBadBFD drops the neighbour's BFD when the speaker would refuse the neighbour with it
+// but not without it, so a bad BFD setting never costs the session itself. config refuses
+// such settings already; this covers what it cannot see (a node session's addresses, a
+// speaker stricter than config). The error says what was dropped and why.
+func withoutBadBFD(nb bgp.Neighbor) (bgp.Neighbor, error) {
+	if nb.BFD == nil {
+		return nb, nil
+	}
+	err := nb.Validate()
+	if err == nil {
+		return nb, nil
+	}
+	bare := nb
+	bare.BFD = nil
+	if bare.Validate() != nil {
+		return nb, nil // not BFD's fault: the speaker reports it
+	}
+	return bare, fmt.Errorf("BFD off for %s: %w", nb.Address, err)
 }

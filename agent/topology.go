@@ -110,7 +110,10 @@ func nodeTopology(cfg *Config, s config.Settings, me self, meNode cluster.Node, 
 		if err != nil {
 			t.problems = append(t.problems, err.Error())
 		}
-		nb := nodeNeighbor(cfg, kind, local, remote, asn)
+		nb, err := withoutBadBFD(nodeNeighbor(cfg, kind, local, remote, asn, s.Configuration.MeshBFD))
+		if err != nil {
+			t.problems = append(t.problems, fmt.Sprintf("node %s: %v", n.Name, err))
+		}
 		if kind == bgp.KindReflectorClient {
 			if asn != me.ASN {
 				t.problems = append(t.problems, fmt.Sprintf("node %s: AS %d differs from this reflector's AS %d: route reflection needs one AS", n.Name, asn, me.ASN))
@@ -134,7 +137,10 @@ func nodeTopology(cfg *Config, s config.Settings, me self, meNode cluster.Node, 
 // same address as a node session is left out and reported: one address, one session.
 func (t *topology) addExternal(cfg *Config, s config.Settings, me self, meNode cluster.Node) {
 	for _, p := range s.PeersForNode(meNode) {
-		nb := externalNeighbor(cfg, p, me)
+		nb, err := withoutBadBFD(externalNeighbor(cfg, p, me))
+		if err != nil {
+			t.problems = append(t.problems, fmt.Sprintf("BGPPeer %s: %v", p.Name, err))
+		}
 		if prev, clash := t.peers[p.Address]; clash {
 			t.problems = append(t.problems, fmt.Sprintf("BGPPeer %s: %s is already a %s session (node %s)", p.Name, p.Address, prev.Neighbor.Kind, prev.Node))
 			continue

@@ -94,6 +94,9 @@ type Neighbor struct {
 	Advertised uint64    `json:"advertised"`
 	LastError  string    `json:"lastError,omitempty"`
 	Restarting bool      `json:"gracefulRestart,omitempty"`
+	// BFD is the BFD session's state (up, down, init, admin-down); empty when the session
+	// runs without BFD.
+	BFD string `json:"bfd,omitempty"`
 }
 
 // Route is one learned prefix.

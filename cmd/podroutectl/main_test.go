@@ -195,6 +195,30 @@ func TestNeighborsTable(t *testing.T) {
 	t.Logf("podroutectl bgp neighbors\n%s", got)
 }
 
+// The BFD column shows only when a session runs BFD (it is off by default), "-" for the
+// others; JSON carries the state as "bfd", and leaves it out without BFD.
+func TestNeighborsTableWithBFD(t *testing.T) {
+	src := fixture()
+	src.neighbors[0].BFD = "down"
+	src.neighbors[1].BFD = "up"
+	sock := serveFixture(t, src)
+	got := ok(t, ctl(t, nil, "--socket", sock, "bgp", "neighbors"))
+	want := `PEER       ASN    KIND       NODE    STATE        SINCE      BFD   RECEIVED  ACCEPTED  ADVERTISED  INFO
+10.0.0.9   64512  reflector  -       established  2d2h ago   -     120       118       2           graceful restart
+10.0.0.12  64512  mesh       node-b  established  5m12s ago  up    2         2         2
+192.0.2.1  65001  external   -       active       2h3m ago   down  0         0         0           dial tcp 192.0.2.1:179: connect: connection refused
+`
+	if got != want {
+		t.Errorf("got:\n%s\nwant:\n%s", got, want)
+	}
+	t.Logf("podroutectl bgp neighbors\n%s", got)
+
+	out := ok(t, ctl(t, nil, "--socket", sock, "bgp", "neighbors", "-o", "json"))
+	if strings.Count(out, `"bfd": "up"`) != 1 || strings.Count(out, `"bfd": "down"`) != 1 || strings.Count(out, `"bfd"`) != 2 {
+		t.Errorf("JSON BFD states:\n%s", out)
+	}
+}
+
 func TestRoutesTable(t *testing.T) {
 	sock := serveFixture(t, fixture())
 	got := ok(t, ctl(t, nil, "--socket", sock, "bgp", "routes"))

@@ -71,10 +71,20 @@ func renderNeighbors(w io.Writer, format string, ns []agentapi.Neighbor, now tim
 		_, err := fmt.Fprintln(w, "no BGP neighbors configured")
 		return err
 	}
-	t := newTable(w, "PEER", "ASN", "KIND", "NODE", "STATE", "SINCE", "RECEIVED", "ACCEPTED", "ADVERTISED", "INFO")
+	// BFD is off by default: its column only shows when some session runs it, "-" for the
+	// others.
+	withBFD := slices.ContainsFunc(ns, func(n agentapi.Neighbor) bool { return n.BFD != "" })
+	head := []string{"PEER", "ASN", "KIND", "NODE", "STATE", "SINCE"}
+	if withBFD {
+		head = append(head, "BFD")
+	}
+	t := newTable(w, append(head, "RECEIVED", "ACCEPTED", "ADVERTISED", "INFO")...)
 	for _, n := range ns {
-		t.row(n.Address, strconv.FormatUint(uint64(n.ASN), 10), dash(n.Kind), dash(n.Node), dash(n.State),
-			ago(n.Since, now), u64(n.Received), u64(n.Accepted), u64(n.Advertised), neighborInfo(n))
+		row := []string{n.Address, strconv.FormatUint(uint64(n.ASN), 10), dash(n.Kind), dash(n.Node), dash(n.State), ago(n.Since, now)}
+		if withBFD {
+			row = append(row, dash(n.BFD))
+		}
+		t.row(append(row, u64(n.Received), u64(n.Accepted), u64(n.Advertised), neighborInfo(n))...)
 	}
 	return t.flush()
 }
