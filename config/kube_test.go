@@ -725,7 +725,7 @@ func testWatcher(ctx context.Context, t *testing.T, c *kube.Cluster, admin dynam
 			if err != nil {
 				return err
 			}
-			for _, want := range []string{`spec.bfd.minTx: Invalid value: "5ms": must be at least 50ms`, "spec.bfd: Forbidden: BFD is single-hop only (RFC 5881): not with spec.ebgpMultihop", "(the peer is configured without BFD)"} {
+			for _, want := range []string{`spec.bfd.minTx: Invalid value: "5ms": must be at least 100ms`, "spec.bfd: Forbidden: BFD is single-hop only (RFC 5881): not with spec.ebgpMultihop", "(the peer is configured without BFD)"} {
 				if err := expectCondition(got, ConditionValid, metav1.ConditionFalse, want); err != nil {
 					return err
 				}

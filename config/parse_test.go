@@ -448,8 +448,8 @@ func TestPeerBFD(t *testing.T) {
 		mutate func(*BGPPeerSpec)
 		want   string
 	}{
-		{"tooFast", func(s *BGPPeerSpec) { s.BFD.MinTx = "5ms" }, `spec.bfd.minTx: Invalid value: "5ms": must be at least 50ms`},
-		{"belowFloor", func(s *BGPPeerSpec) { s.BFD.MinRx = "49ms" }, `spec.bfd.minRx: Invalid value: "49ms": must be at least 50ms`},
+		{"tooFast", func(s *BGPPeerSpec) { s.BFD.MinTx = "5ms" }, `spec.bfd.minTx: Invalid value: "5ms": must be at least 100ms`},
+		{"belowFloor", func(s *BGPPeerSpec) { s.BFD.MinRx = "99ms" }, `spec.bfd.minRx: Invalid value: "99ms": must be at least 100ms`},
 		{"tooSlow", func(s *BGPPeerSpec) { s.BFD.MinRx = "2h" }, `spec.bfd.minRx: Invalid value: "2h": must be at most 1h11m34.967295s`},
 		{"syntax", func(s *BGPPeerSpec) { s.BFD.MinTx = "100" }, `spec.bfd.minTx: Invalid value: "100": must be a duration such as "300ms"`},
 		{"nanoseconds", func(s *BGPPeerSpec) { s.BFD.MinTx = "100000001ns" }, "spec.bfd.minTx: Invalid value: \"100000001ns\": must be a whole number of microseconds"},
@@ -501,7 +501,7 @@ func TestConfigurationMeshBFD(t *testing.T) {
 	c.Spec.MeshBFD.MinRx = "10ms"
 	c.Spec.NodeToNodeMesh = ptr(false)
 	cfg, errs = c.Parse(DefaultConfiguration())
-	if got := errs.ToAggregate().Error(); len(errs) != 1 || !strings.Contains(got, `spec.meshBFD.minRx: Invalid value: "10ms": must be at least 50ms`) {
+	if got := errs.ToAggregate().Error(); len(errs) != 1 || !strings.Contains(got, `spec.meshBFD.minRx: Invalid value: "10ms": must be at least 100ms`) {
 		t.Errorf("errors %v", errs)
 	}
 	if cfg.MeshBFD != nil || cfg.NodeToNodeMesh {

@@ -45,12 +45,13 @@ const (
 	DefaultBFDInterval   = 300 * time.Millisecond
 	DefaultBFDMultiplier = 3
 	// MinBFDInterval is the shortest minTx and minRx podroute accepts. GoBGP's BFD runs
-	// in the agent's Go process, not in the kernel: on a busy 2-CPU node scheduling and
-	// garbage-collection pauses delay its packets by tens of milliseconds, so shorter
-	// intervals (with multiplier 3, a detection time under 150ms) declare live peers dead.
-	// Antrea, on the same GoBGP v4.8.0 BFD, warns of spurious resets under CPU load and
-	// suggests 500ms x 4 until a cluster has flap data (antrea-io/antrea PR 8360).
-	MinBFDInterval = 50 * time.Millisecond
+	// in the agent's Go process, not in the kernel, and sends without jitter: on a busy
+	// 2-CPU node scheduling and garbage-collection pauses delay its packets by tens of
+	// milliseconds. Measured on 2 vCPUs at load 22 to 34 (docs/benchmarks.md, BFD),
+	// 50ms x 3 sessions flapped while 100ms x 3 held. Antrea, on the same GoBGP v4.8.0
+	// BFD, warns that CPU pressure on the agent risks spurious resets and suggests
+	// 500ms x 4 until a cluster has flap data (antrea-io/antrea PR 8360).
+	MinBFDInterval = 100 * time.Millisecond
 	// MaxBFDInterval is the protocol's limit: 32 bits of microseconds.
 	MaxBFDInterval = time.Duration(1<<32-1) * time.Microsecond
 	// MaxBFDMultiplier is the protocol's limit: an 8-bit field.
