@@ -45,7 +45,7 @@ import (
 )
 
 const (
-	// FRRDaemonDir holds zebra and bgpd (Debian's frr package).
+	// FRRDaemonDir holds zebra, bgpd and bfdd (Debian's frr package).
 	FRRDaemonDir = "/usr/lib/frr"
 	// FRRRunDir is FRR's state directory; each router has FRRRunDir/<namespace name>.
 	FRRRunDir = "/var/run/frr"
@@ -153,6 +153,8 @@ type RouterOptions struct {
 	BGPLines []string
 	// NoStart leaves FRR stopped (see Router.Start).
 	NoStart bool
+	// BFD starts bfdd too (between zebra and bgpd), for neighbours with Neighbor.BFD.
+	BFD bool
 }
 
 // Neighbor is one BGP neighbour of a router. Both address families are activated on the
@@ -172,9 +174,12 @@ type Neighbor struct {
 	Passive              bool
 	// HoldTime in seconds (default 3; keepalive a third of it).
 	HoldTime int
+	// BFD runs a single-hop BFD session with the neighbour at bfdd's defaults (300ms x 3);
+	// needs RouterOptions.BFD.
+	BFD bool
 }
 
-// Router is an FRR router (zebra and bgpd) in a namespace of its own.
+// Router is an FRR router (zebra and bgpd, and bfdd with RouterOptions.BFD) in a namespace of its own.
 type Router struct {
 	Name string
 	*NetNS
@@ -218,7 +223,7 @@ func (l *Lab) AddRouter(t testing.TB, name string, opts RouterOptions) *Router {
 	if opts.MaximumPaths == 0 {
 		opts.MaximumPaths = 8
 	}
-	for _, p := range []string{"zebra", "bgpd"} {
+	for _, p := range opts.daemons() {
 		if _, err := os.Stat(filepath.Join(FRRDaemonDir, p)); err != nil {
 			t.Fatalf("lab: router %s: %v (FRR is Debian's frr package)", name, err)
 		}
@@ -512,6 +517,9 @@ func neighborLines(n Neighbor) []string {
 	if n.Passive {
 		out = append(out, "neighbor "+a+" passive")
 	}
+	if n.BFD {
+		out = append(out, "neighbor "+a+" bfd")
+	}
 	return out
 }
 
@@ -558,7 +566,7 @@ func (r *Router) Start() error {
 		gid, _ := strconv.Atoi(u.Gid)
 		_ = os.Chown(r.ConfigPath, uid, gid)
 	}
-	for _, d := range []string{"zebra", "bgpd"} {
+	for _, d := range r.opts.daemons() {
 		// Sockets of a killed run would make the wait below succeed at once.
 		_ = os.Remove(filepath.Join(r.Dir, d+".vty"))
 		p, err := r.startDaemon(d)
@@ -606,11 +614,19 @@ func (r *Router) startDaemon(d string) (*frrProc, error) {
 	return p, nil
 }
 
-// Running reports whether both of FRR's daemons run.
+// daemons are FRR's daemons of the router, in start order.
+func (o RouterOptions) daemons() []string {
+	if o.BFD {
+		return []string{"zebra", "bfdd", "bgpd"}
+	}
+	return []string{"zebra", "bgpd"}
+}
+
+// Running reports whether all of FRR's daemons run.
 func (r *Router) Running() bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if len(r.procs) != 2 {
+	if len(r.procs) != len(r.opts.daemons()) {
 		return false
 	}
 	for _, p := range r.procs {
@@ -986,4 +1002,21 @@ func sweepFRR() {
 		}
 		_ = os.RemoveAll(filepath.Join(FRRRunDir, e.Name()))
 	}
+}
+
+// BFDPeers is bfdd's view of its sessions: peer address → status (up, down, init,
+// shutdown).
+func (r *Router) BFDPeers() (map[string]string, error) {
+	var peers []struct {
+		Peer   string `json:"peer"`
+		Status string `json:"status"`
+	}
+	if err := r.VtyshJSON(&peers, "show bfd peers json"); err != nil {
+		return nil, err
+	}
+	out := map[string]string{}
+	for _, p := range peers {
+		out[p.Peer] = p.Status
+	}
+	return out, nil
 }
