@@ -14,11 +14,11 @@ import (
 // spec.bfd), and podroutectl shows it up. A BGPPeer whose spec.bfd podroute refuses keeps
 // its session, without BFD, and its Valid condition names the field.
 //
-//	          [tor AS 65101, bfdd]
-//	                 │ fabric
-//	    ═══════ 192.0.2.0/24 ═══════
-//	         │                 │
-//	      node-1  ─── mesh ─── node-2
+//	      [tor AS 65101, bfdd]
+//	             │ fabric
+//	═══════ 192.0.2.0/24 ═══════
+//	     │                 │
+//	  node-1  ─── mesh ─── node-2
 func TestBFD(t *testing.T) {
 	l := lab.New(t, lab.Options{})
 	c := lab.InstallCRDs(t, l)
