@@ -11,7 +11,6 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
@@ -24,7 +23,6 @@ import (
 type PolicyWatcher struct {
 	log      *slog.Logger
 	nodeName string
-	factory  informers.SharedInformerFactory
 	pods     cache.SharedIndexInformer
 	nss      cache.SharedIndexInformer
 	nps      cache.SharedIndexInformer
@@ -36,14 +34,12 @@ type PolicyWatcher struct {
 func NewPolicyWatcher(client kubernetes.Interface, nodeName string, log *slog.Logger) *PolicyWatcher {
 	// One transform for the three informers: the cache holds only what policy reads, which
 	// matters for pods, as every pod of the cluster is kept (peers can be anywhere).
-	factory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(slimPolicyObject))
 	w := &PolicyWatcher{
 		log:      log,
 		nodeName: nodeName,
-		factory:  factory,
-		pods:     factory.Core().V1().Pods().Informer(),
-		nss:      factory.Core().V1().Namespaces().Informer(),
-		nps:      factory.Networking().V1().NetworkPolicies().Informer(),
+		pods:     NewInformer(client.CoreV1().Pods(metav1.NamespaceAll), &corev1.Pod{}, slimPolicyObject),
+		nss:      NewInformer(client.CoreV1().Namespaces(), &corev1.Namespace{}, slimPolicyObject),
+		nps:      NewInformer(client.NetworkingV1().NetworkPolicies(metav1.NamespaceAll), &networkingv1.NetworkPolicy{}, slimPolicyObject),
 		changed:  make(chan struct{}, 1),
 	}
 	for resource, inf := range map[string]cache.SharedIndexInformer{"pods": w.pods, "namespaces": w.nss, "networkpolicies": w.nps} {
@@ -97,9 +93,7 @@ func NewPolicyWatcher(client kubernetes.Interface, nodeName string, log *slog.Lo
 
 // Run runs the informers until ctx ends.
 func (w *PolicyWatcher) Run(ctx context.Context) {
-	w.factory.Start(ctx.Done())
-	<-ctx.Done()
-	w.factory.Shutdown()
+	RunInformers(ctx, w.pods, w.nss, w.nps)
 }
 
 // WaitForSync waits until every informer has its first full list, or ctx ends.

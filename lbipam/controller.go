@@ -23,7 +23,6 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/dynamic/dynamicinformer"
-	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
@@ -31,6 +30,8 @@ import (
 	"k8s.io/client-go/tools/leaderelection"
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
 	"k8s.io/client-go/tools/record"
+
+	"github.com/podroute/podroute/cluster"
 )
 
 // DefaultLoadBalancerClass is the spec.loadBalancerClass the controller serves besides
@@ -94,8 +95,6 @@ type Controller struct {
 	services cache.SharedIndexInformer
 	pools    cache.SharedIndexInformer
 	nodes    cache.SharedIndexInformer
-	factory  informers.SharedInformerFactory
-	nfactory informers.SharedInformerFactory
 	dfactory dynamicinformer.DynamicSharedInformerFactory
 	changed  chan struct{}
 	recorder record.EventRecorder
@@ -125,14 +124,12 @@ func NewController(client kubernetes.Interface, dyn dynamic.Interface, opts Opti
 		opts.Logger = slog.Default()
 	}
 	c := &Controller{client: client, dyn: dyn, opts: opts, log: opts.Logger.With("identity", opts.Identity), changed: make(chan struct{}, 1)}
-	c.factory = informers.NewSharedInformerFactory(client, 0)
-	c.services = c.factory.Core().V1().Services().Informer()
+	c.services = cluster.NewInformer(client.CoreV1().Services(metav1.NamespaceAll), &corev1.Service{}, nil)
 	c.dfactory = dynamicinformer.NewDynamicSharedInformerFactory(dyn, 0)
 	c.pools = c.dfactory.ForResource(PoolGVR).Informer()
 	// Nodes only for their addresses: a cluster's Nodes are large, and nothing else of them
 	// is read.
-	c.nfactory = informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(nodeAddresses))
-	c.nodes = c.nfactory.Core().V1().Nodes().Informer()
+	c.nodes = cluster.NewInformer(client.CoreV1().Nodes(), &corev1.Node{}, nodeAddresses)
 	for _, inf := range []cache.SharedIndexInformer{c.services, c.pools, c.nodes} {
 		_, _ = inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 			AddFunc:    func(any) { c.poke() },
@@ -169,12 +166,18 @@ func (c *Controller) setLeading(v bool) {
 func (c *Controller) Run(ctx context.Context) error {
 	c.events.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: c.client.CoreV1().Events("")})
 	defer c.events.Shutdown()
-	c.factory.Start(ctx.Done())
 	c.dfactory.Start(ctx.Done())
-	c.nfactory.Start(ctx.Done())
-	defer c.factory.Shutdown()
 	defer c.dfactory.Shutdown()
-	defer c.nfactory.Shutdown()
+	infCtx, stopInformers := context.WithCancel(ctx)
+	informersDone := make(chan struct{})
+	go func() {
+		cluster.RunInformers(infCtx, c.services, c.nodes)
+		close(informersDone)
+	}()
+	defer func() {
+		stopInformers()
+		<-informersDone
+	}()
 	c.log.Info("waiting for Services, LoadBalancerIPPools and Nodes")
 	if !cache.WaitForCacheSync(ctx.Done(), c.services.HasSynced, c.pools.HasSynced, c.nodes.HasSynced) {
 		return fmt.Errorf("lbipam: caches not synced: %w", ctx.Err())

@@ -11,16 +11,16 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
+
+	"github.com/podroute/podroute/cluster"
 )
 
 // Watcher keeps the cluster's Services and EndpointSlices, reduced to what advertisement
 // reads, and signals when they change.
 type Watcher struct {
 	log       *slog.Logger
-	factory   informers.SharedInformerFactory
 	services  cache.SharedIndexInformer
 	endpoints cache.SharedIndexInformer
 	changed   chan struct{}
@@ -38,9 +38,8 @@ func NewWatcher(client kubernetes.Interface, log *slog.Logger) *Watcher {
 	// Only the fields advertisement reads are kept: a cluster's Services and
 	// EndpointSlices (addresses, ports, hints, owner references) are most of an
 	// agent's memory otherwise, on every node.
-	w.factory = informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(trim))
-	w.services = w.factory.Core().V1().Services().Informer()
-	w.endpoints = w.factory.Discovery().V1().EndpointSlices().Informer()
+	w.services = cluster.NewInformer(client.CoreV1().Services(metav1.NamespaceAll), &corev1.Service{}, trim)
+	w.endpoints = cluster.NewInformer(client.DiscoveryV1().EndpointSlices(metav1.NamespaceAll), &discoveryv1.EndpointSlice{}, trim)
 	for _, inf := range []cache.SharedIndexInformer{w.services, w.endpoints} {
 		_, _ = inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 			AddFunc: func(any) { w.poke() },
@@ -60,13 +59,13 @@ func NewWatcher(client kubernetes.Interface, log *slog.Logger) *Watcher {
 
 // Run runs the informers until ctx ends.
 func (w *Watcher) Run(ctx context.Context) {
-	w.factory.Start(ctx.Done())
-	if w.WaitForSync(ctx) {
-		s := w.Snapshot()
-		w.log.Info("Services and EndpointSlices synced", "services", len(s.Services), "endpointSlices", len(s.Endpoints))
-	}
-	<-ctx.Done()
-	w.factory.Shutdown()
+	go func() {
+		if w.WaitForSync(ctx) {
+			s := w.Snapshot()
+			w.log.Info("Services and EndpointSlices synced", "services", len(s.Services), "endpointSlices", len(s.Endpoints))
+		}
+	}()
+	cluster.RunInformers(ctx, w.services, w.endpoints)
 }
 
 // Synced reports whether the first full lists of both resources have arrived.
