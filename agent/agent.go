@@ -43,7 +43,10 @@ type Agent struct {
 	// services are the cluster's Services and EndpointSlices, for Service address
 	// advertisement; nil when off.
 	services serviceSource
-	metrics  *Metrics
+	// svcEvents are Events on Services about what of them is not advertised; nil without
+	// an API client to write them.
+	svcEvents *serviceEvents
+	metrics   *Metrics
 	// kick asks the loop for a pass, for changes that come from no watch (kube-proxy
 	// found or lost).
 	kick chan struct{}
@@ -123,6 +126,9 @@ func New(cfg Config, client kubernetes.Interface, dyn dynamic.Interface, log *sl
 			Logger:   log.With("component", "config"),
 		})
 		a.status = config.NewStatusWriter(dyn, client.CoreV1(), cfg.NodeName, log.With("component", "status"))
+		if a.services != nil {
+			a.svcEvents = &serviceEvents{recorder: a.status.Recorder()}
+		}
 		a.statusCh = make(chan config.Settings, 1)
 		if cfg.LeaseNamespace != "" {
 			e, err := newElection(client, cfg.LeaseNamespace, cfg.NodeName)

@@ -7,6 +7,10 @@ import (
 	"log/slog"
 	"net/netip"
 	"slices"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/tools/record"
 
 	"github.com/podroute/podroute/bgp"
 	"github.com/podroute/podroute/cluster"
@@ -29,6 +33,7 @@ type serviceDecision struct {
 	key      string
 	routes   []services.Advertisement
 	problems []string
+	refusals []services.Refusal
 }
 
 // desireServices decides which Service addresses this node advertises. synced is false until
@@ -61,9 +66,50 @@ func (a *Agent) desireServices(cfg config.Configuration, nodes []cluster.Node) (
 			KubeProxy: serving,
 			Config:    cfg,
 		})
-		a.svcDecision = serviceDecision{key: key, routes: r, problems: p}
+		a.svcDecision = serviceDecision{key: key, routes: r, problems: p, refusals: services.Refusals(snap.Services, cfg)}
+	}
+	if a.svcEvents != nil && a.writesStatus() {
+		a.svcEvents.report(a.svcDecision.refusals)
 	}
 	return a.svcDecision.routes, a.svcDecision.problems, true
+}
+
+// writesStatus tells whether this agent is the one writing the status of cluster-wide
+// objects (and Events about them): the elected one, or every agent without election.
+func (a *Agent) writesStatus() bool {
+	return a.status != nil && (a.election == nil || a.election.Leading())
+}
+
+// Reasons of the Events on Services.
+const (
+	ReasonNotAdvertised     = "NotAdvertised"
+	ReasonInvalidAnnotation = "InvalidAnnotation"
+)
+
+// serviceEvents tells a Service's owner, as a Warning Event on the Service, what of it is not
+// advertised and why (services.Refusals): once per refusal while it lasts, said again if it
+// comes back after clearing.
+type serviceEvents struct {
+	recorder record.EventRecorder
+	said     map[string]bool
+}
+
+func (e *serviceEvents) report(rs []services.Refusal) {
+	now := make(map[string]bool, len(rs))
+	for _, r := range rs {
+		k := r.Key()
+		now[k] = true
+		if e.said[k] {
+			continue
+		}
+		reason := ReasonNotAdvertised
+		if strings.HasPrefix(r.Field, "metadata.annotations") {
+			reason = ReasonInvalidAnnotation
+		}
+		ref := &corev1.ObjectReference{APIVersion: "v1", Kind: "Service", Namespace: r.Namespace, Name: r.Name, UID: r.UID}
+		e.recorder.Event(ref, corev1.EventTypeWarning, reason, r.Message)
+	}
+	e.said = now
 }
 
 // kubeProxyServes tells whether this node's kube-proxy serves Service addresses: it answered

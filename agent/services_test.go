@@ -4,10 +4,12 @@ import (
 	"context"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/tools/record"
 
 	"github.com/podroute/podroute/bgp"
 	"github.com/podroute/podroute/config"
@@ -174,5 +176,41 @@ func TestServiceRoutes(t *testing.T) {
 	}
 	if _, ok := r.router().advertised[cluster1]; !ok {
 		t.Errorf("%s not advertised by the new speaker: %v", cluster1, r.router().advertised)
+	}
+}
+
+// Each refusal is an Event once while it lasts, and again if it comes back.
+func TestServiceEvents(t *testing.T) {
+	rec := record.NewFakeRecorder(10)
+	e := &serviceEvents{recorder: rec}
+	ext := services.Refusal{Namespace: "shop", Name: "web", UID: "u1", Field: "spec.externalIPs", Message: "spec.externalIPs: 192.0.2.50 is outside ..."}
+	ann := services.Refusal{Namespace: "shop", Name: "typo", UID: "u2", Field: "metadata.annotations[podroute.io/advertise]", Message: "metadata.annotations[podroute.io/advertise]: Invalid value"}
+	drain := func() []string {
+		var out []string
+		for {
+			select {
+			case ev := <-rec.Events:
+				out = append(out, ev)
+			default:
+				return out
+			}
+		}
+	}
+	e.report([]services.Refusal{ext, ann})
+	got := drain()
+	if !slices.Equal(got, []string{
+		"Warning NotAdvertised spec.externalIPs: 192.0.2.50 is outside ...",
+		"Warning InvalidAnnotation metadata.annotations[podroute.io/advertise]: Invalid value",
+	}) {
+		t.Errorf("events %q", got)
+	}
+	e.report([]services.Refusal{ext, ann})
+	if got := drain(); len(got) != 0 {
+		t.Errorf("said again while it lasts: %q", got)
+	}
+	e.report([]services.Refusal{ann})
+	e.report([]services.Refusal{ext, ann})
+	if got := drain(); len(got) != 1 || !strings.Contains(got[0], "192.0.2.50") {
+		t.Errorf("a refusal back after clearing: %q", got)
 	}
 }

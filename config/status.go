@@ -72,6 +72,11 @@ func NewStatusWriter(client dynamic.Interface, events typedcorev1.EventsGetter, 
 	}
 }
 
+// Recorder records Events through the writer's broadcaster, as the agent: for Events about
+// other objects the status writer also speaks for (the Services whose addresses the agent
+// does not advertise).
+func (sw *StatusWriter) Recorder() record.EventRecorder { return sw.recorder }
+
 // Shutdown stops the event broadcaster.
 func (sw *StatusWriter) Shutdown() { sw.broadcaster.Shutdown() }
 

@@ -10,6 +10,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/podroute/podroute/cluster"
 	"github.com/podroute/podroute/config"
@@ -25,7 +26,9 @@ const LabelExcludeFromLB = corev1.LabelNodeExcludeBalancers
 // Service is a Service reduced to what advertisement needs.
 type Service struct {
 	Namespace, Name string
-	Type            corev1.ServiceType
+	// UID identifies the object, for Events about it.
+	UID  types.UID
+	Type corev1.ServiceType
 	// ClusterIPs are spec.clusterIPs; empty for a headless Service.
 	ClusterIPs []netip.Addr
 	// ExternalIPs are spec.externalIPs that parse.
@@ -211,6 +214,51 @@ func Desired(in Input) ([]Advertisement, []string) {
 	return res, problems
 }
 
+// Refusal is what of one Service podroute does not advertise, and why, naming the field: for
+// an Event on the Service, so its owner learns it where they look.
+type Refusal struct {
+	Namespace, Name string
+	UID             types.UID
+	Field, Message  string
+}
+
+// Key identifies the refusal (the object and what is said of it).
+func (r Refusal) Key() string { return string(r.UID) + "\x00" + r.Field + "\x00" + r.Message }
+
+// Refusals lists, for every Service, its addresses outside the BGPConfiguration's allow-lists
+// and its malformed annotations. A list that is empty (that class of address is not
+// advertised at all) refuses nothing: only an operator who opted in hears of what falls
+// outside. The result is the same on every node; one agent reports it.
+func Refusals(svcs []Service, cfg config.Configuration) []Refusal {
+	var out []Refusal
+	for _, s := range svcs {
+		say := func(field, format string, a ...any) {
+			out = append(out, Refusal{Namespace: s.Namespace, Name: s.Name, UID: s.UID, Field: field, Message: fmt.Sprintf(format, a...)})
+		}
+		if s.Problem != "" {
+			say("metadata.annotations["+AnnotationAdvertise+"]", "%s", s.Problem)
+		}
+		if !s.Advertise || s.Type == corev1.ServiceTypeExternalName {
+			continue
+		}
+		if len(cfg.ServiceExternalIPs) > 0 {
+			for _, ip := range s.ExternalIPs {
+				if !inAny(ip, cfg.ServiceExternalIPs) {
+					say("spec.externalIPs", "spec.externalIPs: %s is outside the BGPConfiguration's serviceExternalIPs %v: not advertised over BGP", ip, cfg.ServiceExternalIPs)
+				}
+			}
+		}
+		if s.Type == corev1.ServiceTypeLoadBalancer && len(cfg.ServiceLoadBalancerIPs) > 0 {
+			for _, ip := range s.LoadBalancerIPs {
+				if !inAny(ip, cfg.ServiceLoadBalancerIPs) {
+					say("status.loadBalancer.ingress", "status.loadBalancer.ingress: %s is outside the BGPConfiguration's serviceLoadBalancerIPs %v: not advertised over BGP", ip, cfg.ServiceLoadBalancerIPs)
+				}
+			}
+		}
+	}
+	return out
+}
+
 // usable reports whether the Service has an endpoint kube-proxy forwards to anywhere, and
 // on node.
 func usable(eps []Endpoint, node string) (anywhere, local bool) {
@@ -259,6 +307,7 @@ func FromObject(o *corev1.Service) Service {
 	s := Service{
 		Namespace:     o.Namespace,
 		Name:          o.Name,
+		UID:           o.UID,
 		Type:          o.Spec.Type,
 		ExternalLocal: o.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal,
 		InternalLocal: o.Spec.InternalTrafficPolicy != nil && *o.Spec.InternalTrafficPolicy == corev1.ServiceInternalTrafficPolicyLocal,

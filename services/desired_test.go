@@ -320,3 +320,45 @@ func TestFromObject(t *testing.T) {
 		t.Error("a slice without kubernetes.io/service-name accepted")
 	}
 }
+
+func TestRefusals(t *testing.T) {
+	cfg := config.DefaultConfiguration()
+	web := Service{Namespace: "shop", Name: "web", UID: "u1", Type: corev1.ServiceTypeLoadBalancer, Advertise: true,
+		ExternalIPs:     []netip.Addr{netip.MustParseAddr("198.51.100.7"), netip.MustParseAddr("192.0.2.50")},
+		LoadBalancerIPs: []netip.Addr{netip.MustParseAddr("203.0.113.5"), netip.MustParseAddr("2001:db8:1b::5")}}
+	typo := Service{Namespace: "shop", Name: "typo", UID: "u2", Type: corev1.ServiceTypeClusterIP, Advertise: true,
+		Problem: `metadata.annotations[podroute.io/advertise]: Invalid value: "nope": must be true or false; advertising as if unset`}
+	off := web
+	off.Name, off.UID, off.Advertise = "off", "u3", false
+
+	// Nothing opted in: only the malformed annotation is said.
+	if got := Refusals([]Service{web, typo, off}, cfg); len(got) != 1 || got[0].UID != "u2" || got[0].Field != "metadata.annotations[podroute.io/advertise]" {
+		t.Errorf("no allow-lists: %+v", got)
+	}
+
+	cfg.ServiceExternalIPs = []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")}
+	cfg.ServiceLoadBalancerIPs = []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24")}
+	got := Refusals([]Service{web, typo, off}, cfg)
+	var msgs []string
+	for _, r := range got {
+		if r.UID == "u3" {
+			t.Errorf("a Service opted out is refused nothing: %+v", r)
+		}
+		msgs = append(msgs, r.Field+" | "+r.Message)
+	}
+	want := []string{
+		"spec.externalIPs | spec.externalIPs: 192.0.2.50 is outside the BGPConfiguration's serviceExternalIPs [198.51.100.0/24]: not advertised over BGP",
+		"status.loadBalancer.ingress | status.loadBalancer.ingress: 2001:db8:1b::5 is outside the BGPConfiguration's serviceLoadBalancerIPs [203.0.113.0/24]: not advertised over BGP",
+	}
+	for _, w := range want {
+		if !slices.Contains(msgs, w) {
+			t.Errorf("refusals %q lack %q", msgs, w)
+		}
+	}
+	if len(got) != 3 {
+		t.Errorf("%d refusals, want 3: %q", len(got), msgs)
+	}
+	if got[0].Key() == got[1].Key() {
+		t.Errorf("two refusals share a key: %q", got[0].Key())
+	}
+}
