@@ -9,7 +9,9 @@
 // needs more context (the password Secret, the cluster AS, the Nodes' addresses) is
 // checked by Parse and the Watcher; such an object gets status condition Valid=False with
 // the field named in the message and an Event with reason InvalidSpec, the agent logs it
-// once and leaves it out, and every other peer stays up.
+// once and leaves it out, and every other peer stays up. One exception: a BGPPeer whose only
+// fault is its spec.bfd keeps its session, without BFD (Valid=False names the field,
+// Accepted stays True): a typo in a timer must not cut a router off.
 //
 // Without the CRDs installed the Watcher reports "CRDs not installed" in
 // Settings.Problems, there are no peers, and the configuration is the defaults (or the
@@ -50,7 +52,8 @@
 //	- apiGroups: [""]
 //	  resources: [secrets]
 //	  verbs: [list, watch]
-//	# Role in namespace "default": Events about cluster-scoped objects are stored there
+//	# Events about cluster-scoped objects are stored in namespace "default" (the agent's
+//	# ClusterRole grants events cluster-wide, for its Events on Services too)
 //	- apiGroups: [""]
 //	  resources: [events]
 //	  verbs: [create, patch]
@@ -60,5 +63,6 @@
 //
 // # Who writes status
 //
-// Every agent, idempotently; see StatusWriter.
+// The agent elected with the Lease podroute-agent (every agent when the agent runs without
+// election), idempotently; see StatusWriter.
 package config
