@@ -244,11 +244,22 @@ func TestLoadBalancer(t *testing.T) {
 		ips := u.lbService(rk, "conv", corev1.ServiceExternalTrafficPolicyLocal)
 		ip := ips[0]
 		rk.waitNextHops(t, ip)
-		var up, down []time.Duration
+		// Besides, from the ToR's route to the client's first answer through it: how long
+		// the node is advertised before kube-proxy there forwards to the new endpoint.
+		var up, served, down []time.Duration
 		for range convergeRounds {
-			d := rk.measure(t, u, "conv", w1, ip, true, func() { u.scale("conv", 1) })
+			ctx, cancel := context.WithCancel(context.Background())
+			first := rk.firstServed(ctx, ip)
+			d, routed := rk.measure(t, u, "conv", w1, ip, true, func() { u.scale("conv", 1) })
 			up = append(up, d)
-			d = rk.measure(t, u, "conv", w1, ip, false, func() { u.scale("conv", 0) })
+			select {
+			case at := <-first:
+				served = append(served, at.Sub(routed).Round(time.Millisecond))
+			case <-time.After(converge):
+				t.Errorf("the client got no answer from %s within %v of the route", ip, converge)
+			}
+			cancel()
+			d, _ = rk.measure(t, u, "conv", w1, ip, false, func() { u.scale("conv", 0) })
 			down = append(down, d)
 			// The pod is gone before the next round starts.
 			lab.Eventually(t, time.Minute, "conv: no pod left", func() error { return u.noPods("conv") })
@@ -258,6 +269,9 @@ func TestLoadBalancer(t *testing.T) {
 		t.Logf("|--------|--------|-------|-----|")
 		t.Logf("| endpoint ready -> next hop added | %v | %v | %v |", median(up), slices.Max(up), up)
 		t.Logf("| last endpoint gone -> next hop removed | %v | %v | %v |", median(down), slices.Max(down), down)
+		if len(served) > 0 {
+			t.Logf("| next hop added -> client first answered | %v | %v | %v |", median(served), slices.Max(served), served)
+		}
 	})
 }
 
@@ -818,9 +832,9 @@ func (tl *timeline) stop() []string {
 
 // measure runs change and returns how long after the API first showed Service svc's
 // endpoint on node usable (want) or not (!want) the ToR's installed route to ip first had
-// node as a next hop (want) or not (!want). Usable is ready, or serving: kube-proxy sends to
+// node as a next hop (want) or not (!want), and when that was. Usable is ready, or serving: kube-proxy sends to
 // serving terminating endpoints when a Service has no ready one, as here.
-func (rk *rack) measure(t *testing.T, u *user, svc string, node *lab.Node, ip netip.Addr, want bool, change func()) time.Duration {
+func (rk *rack) measure(t *testing.T, u *user, svc string, node *lab.Node, ip netip.Addr, want bool, change func()) (time.Duration, time.Time) {
 	t.Helper()
 	hop := node.IPv4
 	if ip.Is6() {
@@ -886,7 +900,43 @@ func (rk *rack) measure(t *testing.T, u *user, svc string, node *lab.Node, ip ne
 			t.Fatalf("%s on %s usable %v: API at %v, tor at %v: %v", svc, node.Name, want, a, r, ctx.Err())
 		}
 	}
-	return r.Sub(a)
+	return r.Sub(a).Round(time.Millisecond), r
+}
+
+// firstServed asks ip's /hostname from the client every 10 ms until ctx ends, each time on
+// a new connection with a short timeout, and sends on the channel returned the time the
+// first request to be answered was sent.
+func (rk *rack) firstServed(ctx context.Context, ip netip.Addr) <-chan time.Time {
+	c := &http.Client{
+		Transport: &http.Transport{DialContext: rk.client.Dialer(), DisableKeepAlives: true},
+		Timeout:   300 * time.Millisecond,
+	}
+	url := "http://" + netip.AddrPortFrom(ip, lbHTTPPort).String() + "/hostname"
+	out := make(chan time.Time, 1)
+	var once sync.Once
+	go func() {
+		tick := time.NewTicker(10 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			go func() {
+				start := time.Now()
+				resp, err := c.Get(url)
+				if err != nil {
+					return
+				}
+				resp.Body.Close()
+				if resp.StatusCode == http.StatusOK {
+					once.Do(func() { out <- start })
+				}
+			}()
+		}
+	}()
+	return out
 }
 
 func (u *user) endpointSlices(ctx context.Context, svc string) ([]discoveryv1.EndpointSlice, error) {
