@@ -57,6 +57,13 @@ var poolGVR = schema.GroupVersionResource{Group: config.Group, Version: config.V
 //
 // The nodes route the client's subnet through the ToR, as a rack's servers whose default
 // route is the ToR would.
+//
+// On that rack, Services of type LoadBalancer get addresses from a LoadBalancerIPPool
+// (podroute-lbipam) that the nodes advertise to the ToR (BGPConfiguration
+// serviceLoadBalancerIPs): Cluster from every node kube-proxy serves on but the excluded
+// one, Local from the nodes with a usable endpoint only, followed through scaling, a pod
+// moving and a rolling update under load; the client reaches them over TCP and UDP on both
+// families. Convergence logs how long the ToR takes to follow an endpoint coming and going.
 func TestLoadBalancer(t *testing.T) {
 	c := cluster.Start(t, cluster.Options{})
 	u := &user{t: t, c: c, ns: "podroute-lb"}
