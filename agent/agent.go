@@ -46,7 +46,10 @@ type Agent struct {
 	// svcEvents are Events on Services about what of them is not advertised; nil without
 	// an API client to write them.
 	svcEvents *serviceEvents
-	metrics   *Metrics
+	// local holds a Local Service's address back until kube-proxy forwards to the local
+	// endpoints; nil without kube-proxy checks.
+	local   *localCheck
+	metrics *Metrics
 	// kick asks the loop for a pass, for changes that come from no watch (kube-proxy
 	// found or lost).
 	kick chan struct{}
@@ -117,6 +120,9 @@ func New(cfg Config, client kubernetes.Interface, dyn dynamic.Interface, log *sl
 	}
 	if cfg.ServiceAdvertisement {
 		a.services = services.NewWatcher(client, log.With("component", "services"))
+		if cfg.KubeProxyMetricsAddress != "" {
+			a.local = newLocalCheck(log.With("component", "services"), a.poke)
+		}
 	}
 	if dyn != nil {
 		defaults := cfg.defaults()
@@ -195,6 +201,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.services != nil {
 		go a.services.Run(ctx)
 		servicesChanged = a.services.Changed()
+		if a.local != nil {
+			go a.local.run(ctx)
+		}
 	}
 	var settingsChanged <-chan struct{}
 	if a.settings != nil {
@@ -239,6 +248,14 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 		case <-tick.C:
 		}
+	}
+}
+
+// poke asks the loop for a pass (coalesced), for changes no watch reports.
+func (a *Agent) poke() {
+	select {
+	case a.kick <- struct{}{}:
+	default:
 	}
 }
 
@@ -353,7 +370,7 @@ func (a *Agent) desire(snap *snapshot) (*desired, error) {
 	a.said.set("peer", t.problems, "peer left out", "reason")
 	snap.Problems = append(snap.Problems, t.problems...)
 	filter := importFilter(&cfg, me, nodes, t.origin)
-	svcRoutes, svcProblems, svcSynced := a.desireServices(s.Configuration, nodes)
+	svcRoutes, svcProblems, svcSynced := a.desireServices(s.Configuration, nodes, me)
 	a.said.set("service", svcProblems, "Service address not advertised", "problem")
 	snap.Problems = append(snap.Problems, svcProblems...)
 	return &desired{

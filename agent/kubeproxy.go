@@ -132,11 +132,7 @@ func (a *Agent) setKubeProxy(st kubeProxyState) {
 		return
 	}
 	if (st.Mode != "") != (prev.Mode != "") {
-		// Whether this node advertises Service addresses depends on it.
-		select {
-		case a.kick <- struct{}{}:
-		default:
-		}
+		a.poke() // whether this node advertises Service addresses depends on it
 	}
 	switch {
 	case st.Problem != "":

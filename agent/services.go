@@ -40,7 +40,7 @@ type serviceDecision struct {
 // the Services and EndpointSlices were listed once: until then nothing is advertised or
 // withdrawn, so a restarted agent never withdraws, for want of a list, what its peers still
 // hold from its previous run.
-func (a *Agent) desireServices(cfg config.Configuration, nodes []cluster.Node) (routes []services.Advertisement, problems []string, synced bool) {
+func (a *Agent) desireServices(cfg config.Configuration, nodes []cluster.Node, me self) (routes []services.Advertisement, problems []string, synced bool) {
 	if a.services == nil || !a.services.Synced() {
 		return nil, nil, false
 	}
@@ -71,7 +71,11 @@ func (a *Agent) desireServices(cfg config.Configuration, nodes []cluster.Node) (
 	if a.svcEvents != nil && a.writesStatus() {
 		a.svcEvents.report(a.svcDecision.refusals)
 	}
-	return a.svcDecision.routes, a.svcDecision.problems, true
+	routes = a.svcDecision.routes
+	if a.local != nil {
+		routes = a.local.filter(routes, me)
+	}
+	return routes, a.svcDecision.problems, true
 }
 
 // writesStatus tells whether this agent is the one writing the status of cluster-wide

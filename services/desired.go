@@ -39,6 +39,9 @@ type Service struct {
 	// ExternalLocal is externalTrafficPolicy Local; InternalLocal internalTrafficPolicy Local.
 	ExternalLocal bool
 	InternalLocal bool
+	// HealthCheckNodePort is spec.healthCheckNodePort (a LoadBalancer with ExternalLocal):
+	// kube-proxy answers there whether it forwards to local endpoints.
+	HealthCheckNodePort int32
 	// Advertise is false when the opt-out annotation says so.
 	Advertise bool
 	// Problem names a malformed podroute annotation; empty when there is none.
@@ -89,6 +92,10 @@ type Advertisement struct {
 	// Services are the Services behind the prefix (namespace/name, sorted), for display;
 	// empty for a cluster IP range, several when Services share an address.
 	Services []string
+	// HealthCheckNodePorts are the healthCheckNodePorts of the externalTrafficPolicy Local
+	// Services behind the prefix: the node should advertise it only once its kube-proxy
+	// answers 200 there for the prefix's family, i.e. forwards to the local endpoints.
+	HealthCheckNodePorts []int32
 	config.Attributes
 }
 
@@ -189,15 +196,26 @@ func Desired(in Input) ([]Advertisement, []string) {
 				}
 			}
 		}
+		// checked marks an address of a Local Service as one to confirm with kube-proxy.
+		checked := func(ip netip.Addr) {
+			if s.ExternalLocal && s.HealthCheckNodePort > 0 {
+				a := out[host(ip)]
+				if !slices.Contains(a.HealthCheckNodePorts, s.HealthCheckNodePort) {
+					a.HealthCheckNodePorts = append(a.HealthCheckNodePorts, s.HealthCheckNodePort)
+				}
+			}
+		}
 		for _, ip := range s.ExternalIPs {
 			if serves(ip) && inAny(ip, cfg.ServiceExternalIPs) {
 				add(host(ip), config.ClassExternalIP, s.Key())
+				checked(ip)
 			}
 		}
 		if s.Type == corev1.ServiceTypeLoadBalancer {
 			for _, ip := range s.LoadBalancerIPs {
 				if serves(ip) && inAny(ip, cfg.ServiceLoadBalancerIPs) {
 					add(host(ip), config.ClassLoadBalancerIP, s.Key())
+					checked(ip)
 				}
 			}
 		}
@@ -206,6 +224,7 @@ func Desired(in Input) ([]Advertisement, []string) {
 	res := make([]Advertisement, 0, len(out))
 	for _, a := range out {
 		slices.Sort(a.Services)
+		slices.Sort(a.HealthCheckNodePorts)
 		res = append(res, *a)
 	}
 	slices.SortFunc(res, func(a, b Advertisement) int {
@@ -259,25 +278,25 @@ func Refusals(svcs []Service, cfg config.Configuration) []Refusal {
 	return out
 }
 
-// usable reports whether the Service has an endpoint kube-proxy forwards to anywhere, and
-// on node.
+// usable reports whether kube-proxy forwards the Service's traffic to some endpoint: from
+// anywhere (Cluster policy), and on node to a local one (Local policy). It is kube-proxy's
+// own choice (CategorizeEndpoints): the ready endpoints, or when there are none the
+// serving-and-terminating ones, decided cluster-wide for Cluster and per node for Local. So a
+// node whose only pod is terminating keeps its Local address while the pod still serves,
+// whatever other nodes have: in a rolling update the old node keeps the traffic until the
+// new node advertises, instead of the rack having no route in between.
 func usable(eps []Endpoint, node string) (anywhere, local bool) {
-	ready := slices.ContainsFunc(eps, func(e Endpoint) bool { return e.Ready })
-	ok := func(e Endpoint) bool {
-		if ready {
-			return e.Ready
-		}
-		return e.Serving && e.Terminating
-	}
+	var readyAny, drainingAny, readyLocal, drainingLocal bool
 	for _, e := range eps {
-		if ok(e) {
-			anywhere = true
-			if e.NodeName == node {
-				local = true
-			}
+		draining := !e.Ready && e.Serving && e.Terminating
+		readyAny = readyAny || e.Ready
+		drainingAny = drainingAny || draining
+		if e.NodeName == node {
+			readyLocal = readyLocal || e.Ready
+			drainingLocal = drainingLocal || draining
 		}
 	}
-	return anywhere, local
+	return readyAny || drainingAny, readyLocal || drainingLocal
 }
 
 func classRank(c config.Class) int {
@@ -312,6 +331,9 @@ func FromObject(o *corev1.Service) Service {
 		ExternalLocal: o.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal,
 		InternalLocal: o.Spec.InternalTrafficPolicy != nil && *o.Spec.InternalTrafficPolicy == corev1.ServiceInternalTrafficPolicyLocal,
 		Advertise:     true,
+	}
+	if s.ExternalLocal {
+		s.HealthCheckNodePort = o.Spec.HealthCheckNodePort
 	}
 	if s.Type == "" {
 		s.Type = corev1.ServiceTypeClusterIP

@@ -104,10 +104,18 @@ func TestDesired(t *testing.T) {
 			services:  []Service{lb("web", local)},
 			endpoints: []Endpoints{eps("web", notReady("n1"), ready("n2"))},
 			want:      []string{rangeV4, rangeV6}},
-		{name: "local policy: a terminating local endpoint does not count while others are ready",
+		{name: "local policy: a serving-but-terminating local endpoint keeps the node while it serves, others ready or not (kube-proxy decides per node)",
 			services:  []Service{lb("web", local)},
 			endpoints: []Endpoints{eps("web", draining("n1"), ready("n2"))},
+			want:      []string{rangeV4, "198.51.100.10/32 externalIPs [default/web]", "203.0.113.10/32 loadBalancerIPs [default/web]", rangeV6}},
+		{name: "local policy: a terminating local endpoint that no longer serves does not count",
+			services:  []Service{lb("web", local)},
+			endpoints: []Endpoints{eps("web", gone("n1"), ready("n2"))},
 			want:      []string{rangeV4, rangeV6}},
+		{name: "local policy: a ready local endpoint wins over a draining one on the same node",
+			services:  []Service{lb("web", local)},
+			endpoints: []Endpoints{eps("web", draining("n1"), ready("n1"))},
+			want:      []string{rangeV4, "198.51.100.10/32 externalIPs [default/web]", "203.0.113.10/32 loadBalancerIPs [default/web]", rangeV6}},
 		{name: "local policy: serving-but-terminating endpoints drain when no endpoint is ready",
 			services:  []Service{lb("web", local)},
 			endpoints: []Endpoints{eps("web", draining("n1"), notReady("n2"))},
@@ -360,5 +368,43 @@ func TestRefusals(t *testing.T) {
 	}
 	if got[0].Key() == got[1].Key() {
 		t.Errorf("two refusals share a key: %q", got[0].Key())
+	}
+}
+
+// A Local Service's addresses carry its healthCheckNodePort, for the node to confirm with
+// kube-proxy before advertising; a Cluster Service's do not.
+func TestHealthCheckNodePorts(t *testing.T) {
+	cfg := config.DefaultConfiguration()
+	cfg.ServiceLoadBalancerIPs = []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24")}
+	withPort := func(s *Service) { s.HealthCheckNodePort = 31000 }
+	in := Input{
+		Services: []Service{
+			lb("web", local, withPort),
+			lb("db", withPort, func(s *Service) { s.ExternalIPs = nil; s.LoadBalancerIPs = addrs("203.0.113.11") }),
+		},
+		Endpoints: []Endpoints{eps("web", ready("n1")), eps("db", ready("n1"))},
+		Nodes:     []cluster.Node{{Name: "n1"}},
+		NodeName:  "n1", KubeProxy: true, Config: cfg,
+	}
+	got, _ := Desired(in)
+	ports := map[string][]int32{}
+	for _, a := range got {
+		ports[a.Prefix.String()] = a.HealthCheckNodePorts
+	}
+	if p := ports["203.0.113.10/32"]; !slices.Equal(p, []int32{31000}) {
+		t.Errorf("Local Service's address: ports %v, want [31000] (%v)", p, got)
+	}
+	if p, ok := ports["203.0.113.11/32"]; !ok || len(p) != 0 {
+		t.Errorf("Cluster Service's address: ports %v (advertised %v), want none", p, ok)
+	}
+
+	o := &corev1.Service{Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeLoadBalancer, HealthCheckNodePort: 31000,
+		ExternalTrafficPolicy: corev1.ServiceExternalTrafficPolicyLocal}}
+	if s := FromObject(o); s.HealthCheckNodePort != 31000 {
+		t.Errorf("FromObject: healthCheckNodePort %d", s.HealthCheckNodePort)
+	}
+	o.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyCluster
+	if s := FromObject(o); s.HealthCheckNodePort != 0 {
+		t.Errorf("FromObject, Cluster: healthCheckNodePort %d, want none", s.HealthCheckNodePort)
 	}
 }

@@ -137,7 +137,9 @@ func TestWatcherAgainstAPIServer(t *testing.T) {
 	case <-time.After(time.Second):
 	}
 
-	// The endpoint on n1 starts terminating while one on n2 is ready: n1 withdraws, n2 takes over.
+	// The endpoint on n1 starts terminating while one on n2 is ready: both advertise while n1's
+	// still serves (kube-proxy on n1 forwards to it), so the rack always has a route; once it
+	// stops serving, n1 withdraws and n2 has taken over.
 	es, err := cs.DiscoveryV1().EndpointSlices("default").Get(ctx, "web-v4", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -152,13 +154,30 @@ func TestWatcherAgainstAPIServer(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("endpoint change not signalled")
 	}
+	eventually(t, 10*time.Second, "n2 joins n1 on IPv4", func() error {
+		if got, want := advertised("n2"), all[:2]; !slices.Equal(got, want) {
+			return fmt.Errorf("n2 advertises %q, want %q", got, want)
+		}
+		if got := advertised("n1"); !slices.Equal(got, all) {
+			return fmt.Errorf("n1 advertises %q, want %q (its IPv4 endpoint is terminating but serving)", got, all)
+		}
+		return nil
+	})
+	es, err = cs.DiscoveryV1().EndpointSlices("default").Get(ctx, "web-v4", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	es.Endpoints[0].Conditions = discoveryv1.EndpointConditions{Ready: ptr(false), Serving: ptr(false), Terminating: ptr(true)}
+	if _, err := cs.DiscoveryV1().EndpointSlices("default").Update(ctx, es, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	// Per family: n1 keeps its ready IPv6 endpoint, so it keeps the IPv6 address only.
 	eventually(t, 10*time.Second, "n2 takes over IPv4", func() error {
 		if got, want := advertised("n2"), all[:2]; !slices.Equal(got, want) {
 			return fmt.Errorf("n2 advertises %q, want %q", got, want)
 		}
 		if got, want := advertised("n1"), all[2:]; !slices.Equal(got, want) {
-			return fmt.Errorf("n1 advertises %q, want %q (its IPv4 endpoint is terminating, n2's is ready)", got, want)
+			return fmt.Errorf("n1 advertises %q, want %q (its IPv4 endpoint no longer serves, n2's is ready)", got, want)
 		}
 		return nil
 	})

@@ -127,6 +127,7 @@ func trim(obj any) (any, error) {
 			Spec: corev1.ServiceSpec{
 				Type: o.Spec.Type, ClusterIP: o.Spec.ClusterIP, ClusterIPs: o.Spec.ClusterIPs, ExternalIPs: o.Spec.ExternalIPs,
 				ExternalTrafficPolicy: o.Spec.ExternalTrafficPolicy, InternalTrafficPolicy: o.Spec.InternalTrafficPolicy,
+				HealthCheckNodePort: o.Spec.HealthCheckNodePort,
 			},
 		}
 		for _, in := range o.Status.LoadBalancer.Ingress {

@@ -1,0 +1,176 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/podroute/podroute/services"
+)
+
+const (
+	// localCheckEvery is how often an address held back is checked again: kube-proxy takes
+	// 0.5 to 2 s to program a new endpoint, and each check is one local HTTP request.
+	localCheckEvery = 100 * time.Millisecond
+	// localCheckTimeout bounds one check.
+	localCheckTimeout = time.Second
+)
+
+// localCheck holds back the address of an externalTrafficPolicy Local Service on this node
+// until the node's kube-proxy forwards to its local endpoints. kube-proxy answers 200 on the
+// Service's healthCheckNodePort once its rules for them are in place (the check cloud load
+// balancers make), 0.5 to 2 s after the EndpointSlice says the endpoint is ready; advertised
+// earlier, the rack sends new connections to a node that drops them, in every rolling
+// update. Only adding waits: a withdrawal follows the EndpointSlice at once.
+type localCheck struct {
+	log    *slog.Logger
+	client *http.Client
+	kick   func()
+	wake   chan struct{}
+
+	mu sync.Mutex
+	// wanted are the checks the last pass needed, with when each was first needed; passed
+	// those kube-proxy confirmed. A check no pass needs any more is forgotten, so an address
+	// withdrawn and wanted again is confirmed again.
+	wanted map[localProbe]time.Time
+	passed map[localProbe]bool
+}
+
+// localProbe is one check: kube-proxy's health check server for one Service, on this node's
+// address of one family (kube-proxy runs a proxier per family, each with its own).
+type localProbe struct {
+	addr netip.Addr
+	port int32
+}
+
+func (p localProbe) url() string {
+	return "http://" + netip.AddrPortFrom(p.addr, uint16(p.port)).String() + "/healthz"
+}
+
+func newLocalCheck(log *slog.Logger, kick func()) *localCheck {
+	return &localCheck{
+		log:    log,
+		kick:   kick,
+		wake:   make(chan struct{}, 1),
+		wanted: map[localProbe]time.Time{},
+		passed: map[localProbe]bool{},
+		// This node's kube-proxy, never through a proxy from the environment.
+		client: &http.Client{Timeout: localCheckTimeout, Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}},
+	}
+}
+
+// filter returns the advertisements whose Local Services this node's kube-proxy forwards
+// to, and records which checks the others wait for.
+func (c *localCheck) filter(advs []services.Advertisement, me self) []services.Advertisement {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := time.Now()
+	wanted := make(map[localProbe]time.Time, len(c.wanted))
+	out := advs[:0:0]
+	pending := false
+	for _, a := range advs {
+		addr := me.V4
+		if a.Prefix.Addr().Is6() {
+			addr = me.V6
+		}
+		ok := true
+		for _, port := range a.HealthCheckNodePorts {
+			if !addr.IsValid() {
+				break // no address of the family to ask on: nothing to wait for
+			}
+			p := localProbe{addr: addr, port: port}
+			since, seen := c.wanted[p]
+			if !seen {
+				since = now
+			}
+			wanted[p] = since
+			if !c.passed[p] {
+				ok = false
+			}
+		}
+		if ok {
+			out = append(out, a)
+		} else {
+			pending = true
+		}
+	}
+	for p := range c.passed {
+		if _, ok := wanted[p]; !ok {
+			delete(c.passed, p)
+		}
+	}
+	c.wanted = wanted
+	if pending {
+		select {
+		case c.wake <- struct{}{}:
+		default:
+		}
+	}
+	return out
+}
+
+// run checks what filter held back, every localCheckEvery while something waits, and asks
+// for a pass when a check passes.
+func (c *localCheck) run(ctx context.Context) {
+	tick := time.NewTicker(localCheckEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.wake:
+		case <-tick.C:
+		}
+		c.mu.Lock()
+		var todo []localProbe
+		for p := range c.wanted {
+			if !c.passed[p] {
+				todo = append(todo, p)
+			}
+		}
+		c.mu.Unlock()
+		passed := false
+		for _, p := range todo {
+			if err := c.probe(ctx, p); err != nil {
+				c.log.Debug("kube-proxy does not forward to local endpoints yet", "check", p.url(), "err", err)
+				continue
+			}
+			c.mu.Lock()
+			since, still := c.wanted[p]
+			if still {
+				c.passed[p] = true
+				passed = true
+			}
+			c.mu.Unlock()
+			if still {
+				c.log.Info("kube-proxy forwards to local endpoints", "check", p.url(), "waited", time.Since(since).Round(time.Millisecond))
+			}
+		}
+		if passed {
+			c.kick()
+		}
+	}
+}
+
+// probe asks kube-proxy's health check server whether it forwards to local endpoints: 200
+// says it does, 503 that it has none (yet).
+func (c *localCheck) probe(ctx context.Context, p localProbe) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.url(), nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.client.Do(req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("HTTP %s", strconv.Itoa(resp.StatusCode))
+	}
+	return nil
+}
