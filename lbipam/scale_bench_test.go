@@ -31,8 +31,8 @@ import (
 // BenchmarkAllocate1000 measures allocation end to end against a real API server: 1,000
 // dual-stack (RequireDualStack) LoadBalancer Services created by 16 parallel creators
 // (client without rate limit), one pool of an IPv4 /22 and an IPv6 /112, the controller
-// running alone (no leader election) with podroute-lbipam's client limits (20 QPS, burst
-// 40; LBIPAM_BENCH_QPS changes the 20, LBIPAM_BENCH_SERVICES the 1,000). The time runs from the first create until a watch has seen every Service with its
+// running alone (no leader election) with podroute-lbipam's client limits (100 QPS, burst
+// 200; LBIPAM_BENCH_QPS changes the 100, LBIPAM_BENCH_SERVICES the 1,000). The time runs from the first create until a watch has seen every Service with its
 // two ingress addresses. Also counted: the controller's API requests (by verb and
 // resource, through its transport) and its heap (HeapInuse after GC, against before it
 // started).
@@ -46,7 +46,7 @@ func BenchmarkAllocate1000(b *testing.B) {
 	if v, err := strconv.Atoi(os.Getenv("LBIPAM_BENCH_SERVICES")); err == nil && v > 0 {
 		n = v
 	}
-	qps := 20 // podroute-lbipam's
+	qps := 100 // podroute-lbipam's
 	if v, err := strconv.Atoi(os.Getenv("LBIPAM_BENCH_QPS")); err == nil && v > 0 {
 		qps = v
 	}
