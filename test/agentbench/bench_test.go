@@ -14,7 +14,13 @@
 //     routes are gone from the other nodes' kernels, per BGP timer and graceful-restart
 //     setting;
 //   - BenchmarkSessionScale: one agent with 200 external BGP peers (a farm of GoBGP
-//     speakers): time to establish, steady-state CPU and memory, against 3 peers.
+//     speakers): time to establish, steady-state CPU and memory, against 3 peers;
+//   - BenchmarkMeshScale: a full iBGP mesh of 50 agents against 3: bring-up, joins and
+//     leaves, steady-state CPU and memory per agent;
+//   - BenchmarkReflectorScale: 1,000 nodes with the mesh off and two route reflectors, the
+//     reflectors and a few clients real agents, the other nodes Node objects and speakers
+//     of a farm: start-up, steady state of the reflectors, joins, 10 % churn without a
+//     flap, a fresh client's start-up.
 //
 // Run them (as root, after make build) with
 //
@@ -28,7 +34,12 @@
 // --masquerade=false), AGENTBENCH_FAILURE_REPS (failures per setting, default 5),
 // AGENTBENCH_FAILURE_SETTINGS (comma-separated: tuned-nogr, tuned, default-nogr, default;
 // default all), AGENTBENCH_PEERS (session scale, default 200), AGENTBENCH_STEADY_SECONDS
-// (session scale steady window, default 60).
+// (steady window of the session, mesh and reflector scales, default 60),
+// AGENTBENCH_MESH_NODES (default 50), AGENTBENCH_MESH_ROUNDS (joins and leaves per mesh size
+// and mode, default 5), AGENTBENCH_MESH_START_DELAY_MS (Node object to agent start in the
+// second join mode, default 3000), AGENTBENCH_RR_NODES (reflector scale: nodes in all,
+// default 1000), AGENTBENCH_RR_CLIENTS (real client agents, default 4), AGENTBENCH_RR_JOINS
+// (default 5).
 // The package has no tests: plain go test only compiles it.
 package agentbench
 
