@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/podroute/podroute/agent"
 	"github.com/podroute/podroute/agentapi"
+	"github.com/podroute/podroute/cmd/internal/cmdflags"
 	"github.com/podroute/podroute/cniconf"
 )
 
@@ -104,7 +104,7 @@ func newFlagSet(o *options, env environment) *pflag.FlagSet {
 	fs.StringVar(&c.LeaseNamespace, "lease-namespace", env.namespace, "namespace of the Lease (podroute-agent) electing the one agent that writes the status of BGPPeers and the BGPConfiguration (env POD_NAMESPACE; empty: every agent writes)")
 	fs.DurationVar(&c.ResyncInterval, "resync-interval", 30*time.Second, "period of the safety-net reconcile")
 	fs.DurationVar(&c.StaleTimeout, "stale-timeout", 0, "after a restart, keep the previous run's routes at most this long while BGP resynchronises (default: --restart-time)")
-	fs.Var(levelValue{&o.logLevel}, "log-level", "debug, info, warn or error")
+	fs.Var(cmdflags.Level{P: &o.logLevel}, "log-level", "debug, info, warn or error")
 	fs.Lookup("log-level").DefValue = "info"
 	fs.BoolVar(&o.uninstall, "uninstall", false, "remove everything podroute put on this node (CNI config and plugin, portmap when identical to --cni-portmap-plugin, pod veths, protocol 201 routes, nftables tables inet podroute and inet podroute-policy, IPAM data, socket) and exit; for a drained node or a cluster leaving podroute")
 	fs.BoolVar(&o.dryRun, "dry-run", false, "with --uninstall: list what would be removed, change nothing")
@@ -303,26 +303,6 @@ func (v portValue) Set(s string) error {
 }
 
 func (portValue) Type() string { return "port" }
-
-type levelValue struct{ p *slog.Level }
-
-func (v levelValue) String() string {
-	if v.p == nil {
-		return ""
-	}
-	return strings.ToLower(v.p.String())
-}
-
-func (v levelValue) Set(s string) error {
-	var l slog.Level
-	if err := l.UnmarshalText([]byte(s)); err != nil {
-		return errors.New("not debug, info, warn or error")
-	}
-	*v.p = l
-	return nil
-}
-
-func (levelValue) Type() string { return "level" }
 
 func splitList(s string) []string {
 	var out []string

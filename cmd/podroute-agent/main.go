@@ -19,11 +19,10 @@ import (
 	"github.com/spf13/pflag"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/podroute/podroute/agent"
 	"github.com/podroute/podroute/agentapi"
+	"github.com/podroute/podroute/cmd/internal/cmdflags"
 	"github.com/podroute/podroute/cniconf"
 	"github.com/podroute/podroute/uninstall"
 )
@@ -62,7 +61,7 @@ func run(o *options) error {
 	}
 	cfg := o.cfg
 
-	rc, err := restConfig(o.kubeconfig)
+	rc, err := cmdflags.RestConfig(o.kubeconfig)
 	if err != nil {
 		return err
 	}
@@ -164,19 +163,4 @@ func serveHealth(ctx context.Context, addr string, a *agent.Agent, log *slog.Log
 	if err := s.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		log.Error("health listener", "addr", addr, "err", err)
 	}
-}
-
-func restConfig(kubeconfig string) (*rest.Config, error) {
-	if kubeconfig != "" {
-		c, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
-		if err != nil {
-			return nil, fmt.Errorf("--kubeconfig %s: %w", kubeconfig, err)
-		}
-		return c, nil
-	}
-	c, err := rest.InClusterConfig()
-	if err != nil {
-		return nil, fmt.Errorf("no --kubeconfig and not running in a cluster: %w", err)
-	}
-	return c, nil
 }

@@ -23,9 +23,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/podroute/podroute/cmd/internal/cmdflags"
 	"github.com/podroute/podroute/lbipam"
 )
 
@@ -70,7 +69,7 @@ func newFlagSet(o *options, namespace string) *pflag.FlagSet {
 	fs.StringSliceVar(&o.clusterCIDRs, "cluster-cidrs", nil, "the cluster's pod CIDRs (comma-separated): a pool overlapping them is refused, as is a pool holding a Node's address")
 	fs.StringSliceVar(&o.serviceCIDRs, "service-cidrs", nil, "the cluster's Service CIDRs (comma-separated): a pool overlapping them is refused")
 	fs.StringVar(&o.healthAddr, "health-address", "", "serve /healthz and /readyz on this TCP address, e.g. 0.0.0.0:9650 (default: off); ready once the Service and pool caches are synced, leading or not")
-	fs.Var(levelValue{&o.logLevel}, "log-level", "debug, info, warn or error")
+	fs.Var(cmdflags.Level{P: &o.logLevel}, "log-level", "debug, info, warn or error")
 	fs.Lookup("log-level").DefValue = "info"
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
 	fs.BoolP("help", "h", false, "show this help and exit")
@@ -177,7 +176,7 @@ func main() {
 func run(o *options) error {
 	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: o.logLevel}))
 	slog.SetDefault(log)
-	rc, err := restConfig(o.kubeconfig)
+	rc, err := cmdflags.RestConfig(o.kubeconfig)
 	if err != nil {
 		return err
 	}
@@ -259,38 +258,3 @@ func healthHandler(c readiness) http.Handler {
 	})
 	return mux
 }
-
-func restConfig(kubeconfig string) (*rest.Config, error) {
-	if kubeconfig != "" {
-		c, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
-		if err != nil {
-			return nil, fmt.Errorf("--kubeconfig %s: %w", kubeconfig, err)
-		}
-		return c, nil
-	}
-	c, err := rest.InClusterConfig()
-	if err != nil {
-		return nil, fmt.Errorf("no --kubeconfig and not running in a cluster: %w", err)
-	}
-	return c, nil
-}
-
-type levelValue struct{ p *slog.Level }
-
-func (v levelValue) String() string {
-	if v.p == nil {
-		return ""
-	}
-	return strings.ToLower(v.p.String())
-}
-
-func (v levelValue) Set(s string) error {
-	var l slog.Level
-	if err := l.UnmarshalText([]byte(s)); err != nil {
-		return errors.New("not debug, info, warn or error")
-	}
-	*v.p = l
-	return nil
-}
-
-func (levelValue) Type() string { return "level" }
