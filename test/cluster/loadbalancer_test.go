@@ -4,10 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"net/netip"
+	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -40,8 +41,9 @@ const (
 	// The Services' ports: HTTP and UDP of agnhost netexec.
 	lbHTTPPort, lbUDPPort = 80, 81
 	excludeLabel          = "node.kubernetes.io/exclude-from-external-load-balancers"
-	// convergeRounds is how many times Convergence measures each change.
-	convergeRounds = 5
+	// defaultConvergeRounds is how many times Convergence measures each change, unless
+	// PODROUTE_LB_ROUNDS says otherwise (20 for the figures in docs/benchmarks.md).
+	defaultConvergeRounds = 5
 )
 
 var poolGVR = schema.GroupVersionResource{Group: config.Group, Version: config.Version, Resource: "loadbalancerippools"}
@@ -254,7 +256,11 @@ func TestLoadBalancer(t *testing.T) {
 		// Besides, from the ToR's route to the client's first answer through it: how long
 		// the node is advertised before kube-proxy there forwards to the new endpoint.
 		var up, served, down []time.Duration
-		for range convergeRounds {
+		rounds := defaultConvergeRounds
+		if n, err := strconv.Atoi(os.Getenv("PODROUTE_LB_ROUNDS")); err == nil && n > 0 {
+			rounds = n
+		}
+		for range rounds {
 			ctx, cancel := context.WithCancel(context.Background())
 			first := rk.firstServed(ctx, ip)
 			d, routed := rk.measure(t, u, "conv", w1, ip, true, func() { u.scale("conv", 1) })
@@ -271,7 +277,7 @@ func TestLoadBalancer(t *testing.T) {
 			// The pod is gone before the next round starts.
 			lab.Eventually(t, time.Minute, "conv: no pod left", func() error { return u.noPods("conv") })
 		}
-		t.Logf("ToR convergence, externalTrafficPolicy Local, %d rounds (API shows the endpoint -> FRR's installed route):", convergeRounds)
+		t.Logf("ToR convergence, externalTrafficPolicy Local, %d rounds (API shows the endpoint -> FRR's installed route):", rounds)
 		t.Logf("| change | median | worst | all |")
 		t.Logf("|--------|--------|-------|-----|")
 		t.Logf("| endpoint ready -> next hop added | %v | %v | %v |", median(up), slices.Max(up), up)
@@ -348,20 +354,7 @@ func (rk *rack) clusterASN(t *testing.T) uint32 {
 
 // get asks http://addr:port/path from the client, on a new connection.
 func (rk *rack) get(addr netip.Addr, port uint16, path string) (string, error) {
-	url := "http://" + netip.AddrPortFrom(addr, port).String() + path
-	resp, err := rk.http.Get(url)
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return "", fmt.Errorf("GET %s: %w", url, err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("GET %s: %s: %q", url, resp.Status, b)
-	}
-	return strings.TrimSpace(string(b)), nil
+	return lab.GetText(rk.http, "http://"+netip.AddrPortFrom(addr, port).String()+path)
 }
 
 // udp sends msg to addr:port from the client, from a new socket, and returns the answer.

@@ -13,7 +13,6 @@ package demo_test
 import (
 	"context"
 	"fmt"
-	"io"
 	"maps"
 	"net/http"
 	"net/netip"
@@ -326,20 +325,7 @@ func lbRequest(client *lab.Host, ip netip.Addr) (name, seen string, err error) {
 	defer tr.CloseIdleConnections()
 	c := &http.Client{Transport: tr, Timeout: 2 * time.Second}
 	get := func(path string) (string, error) {
-		url := "http://" + netip.AddrPortFrom(ip, 80).String() + path
-		resp, err := c.Get(url)
-		if err != nil {
-			return "", err
-		}
-		defer resp.Body.Close()
-		b, err := io.ReadAll(resp.Body)
-		if err != nil {
-			return "", fmt.Errorf("GET %s: %w", url, err)
-		}
-		if resp.StatusCode != http.StatusOK {
-			return "", fmt.Errorf("GET %s: %s", url, resp.Status)
-		}
-		return strings.TrimSpace(string(b)), nil
+		return lab.GetText(c, "http://"+netip.AddrPortFrom(ip, 80).String()+path)
 	}
 	if name, err = get("/hostname"); err != nil {
 		return "", "", err

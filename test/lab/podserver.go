@@ -87,7 +87,12 @@ func (s *PodServer) Get(path string) (string, error) {
 		Transport: &http.Transport{DialContext: kube.DialerIn(s.Pod.NetNS.Path), DisableKeepAlives: true},
 		Timeout:   2 * time.Second,
 	}
-	url := "http://" + netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), s.Port).String() + path
+	return GetText(c, "http://"+netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), s.Port).String()+path)
+}
+
+// GetText asks url with c and returns the body, trimmed; anything but 200 is an error naming
+// the URL, the status and the body.
+func GetText(c *http.Client, url string) (string, error) {
 	resp, err := c.Get(url)
 	if err != nil {
 		return "", err
@@ -98,7 +103,7 @@ func (s *PodServer) Get(path string) (string, error) {
 		return "", fmt.Errorf("GET %s: %w", url, err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("GET %s: %s", url, resp.Status)
+		return "", fmt.Errorf("GET %s: %s: %q", url, resp.Status, b)
 	}
 	return strings.TrimSpace(string(b)), nil
 }
