@@ -537,23 +537,29 @@ func (r *bfdRouter) Neighbors(ctx context.Context) ([]bgp.PeerState, error) {
 	return states, err
 }
 
-// The agent hands the speaker the BFD timers of the settings and shows each session's BFD
-// state through its API.
-func TestBFDThroughThePass(t *testing.T) {
-	nodes := meshNodes(3)
-	r := newRig(t, nodes, newFakeTable(), false)
-	tor := addr("198.51.100.1")
+// newBFDRig is a rig of three mesh nodes on BFD 300 ms x 3 and a ToR peer (with bfd, or
+// nil), whose speakers report BFD down towards the third node.
+func newBFDRig(t *testing.T, torBFD *bgp.BFDConfig) (r *rig, nodes []cluster.Node, tor netip.Addr, c config.Configuration) {
+	nodes = meshNodes(3)
+	r = newRig(t, nodes, newFakeTable(), false)
+	tor = addr("198.51.100.1")
 	r.a.speaker.newRouter = func(c bgp.Config) (bgp.Router, error) {
 		fr := newFakeRouter(c)
 		r.routers = append(r.routers, fr)
 		return &bfdRouter{fakeRouter: fr, down: nodes[2].Addresses[0]}, nil
 	}
-	c := r.a.cfg.defaults()
+	c = r.a.cfg.defaults()
 	c.MeshBFD = &bgp.BFDConfig{MinTx: 300 * time.Millisecond, MinRx: 300 * time.Millisecond, Multiplier: 3}
 	r.a.settings = &fakeSettings{config.Settings{Synced: true, Configuration: c, Peers: []config.Peer{
-		{Name: "tor", Address: tor, ASN: 65101, NodeSelector: labels.Everything(), ExportPodCIDRs: true,
-			BFD: &bgp.BFDConfig{MinTx: 100 * time.Millisecond, MinRx: 100 * time.Millisecond, Multiplier: 5}},
+		{Name: "tor", Address: tor, ASN: 65101, NodeSelector: labels.Everything(), ExportPodCIDRs: true, BFD: torBFD},
 	}}}
+	return r, nodes, tor, c
+}
+
+// The agent hands the speaker the BFD timers of the settings and shows each session's BFD
+// state through its API.
+func TestBFDThroughThePass(t *testing.T) {
+	r, nodes, tor, c := newBFDRig(t, &bgp.BFDConfig{MinTx: 100 * time.Millisecond, MinRx: 100 * time.Millisecond, Multiplier: 5})
 	if snap := r.pass(t); snap.LastErr != nil {
 		t.Fatalf("pass: %v", snap.LastErr)
 	}

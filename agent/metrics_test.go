@@ -5,14 +5,12 @@ import (
 	"io"
 	"log/slog"
 	"maps"
-	"net/netip"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
 	networkingv1 "k8s.io/api/networking/v1"
-	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/podroute/podroute/bgp"
@@ -152,18 +150,8 @@ func bfdGauge(t *testing.T, m *Metrics) map[string]float64 {
 // The BFD gauge has a series per peer running BFD, 1 when up, refreshed after a pass; a
 // peer that drops BFD loses its series.
 func TestPeerBFDGauge(t *testing.T) {
-	nodes := meshNodes(3)
-	r := newRig(t, nodes, newFakeTable(), false)
-	tor := netip.MustParseAddr("198.51.100.1")
-	r.a.speaker.newRouter = func(c bgp.Config) (bgp.Router, error) {
-		fr := newFakeRouter(c)
-		r.routers = append(r.routers, fr)
-		return &bfdRouter{fakeRouter: fr, down: nodes[2].Addresses[0]}, nil
-	}
-	c := r.a.cfg.defaults()
-	c.MeshBFD = &bgp.BFDConfig{MinTx: 300 * time.Millisecond, MinRx: 300 * time.Millisecond, Multiplier: 3}
-	peers := []config.Peer{{Name: "tor", Address: tor, ASN: 65101, NodeSelector: labels.Everything(), ExportPodCIDRs: true}}
-	r.a.settings = &fakeSettings{config.Settings{Synced: true, Configuration: c, Peers: peers}}
+	r, nodes, tor, c := newBFDRig(t, nil)
+	peers := r.a.settings.Snapshot().Peers
 	r.pass(t)
 	want := map[string]float64{
 		nodes[1].Addresses[0].String() + " mesh": 1,
