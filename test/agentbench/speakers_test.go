@@ -20,7 +20,7 @@ import (
 
 	api "github.com/osrg/gobgp/v4/api"
 	"github.com/osrg/gobgp/v4/pkg/apiutil"
-	bgppkt "github.com/osrg/gobgp/v4/pkg/packet/bgp"
+	"github.com/osrg/gobgp/v4/pkg/config/oc"
 	"github.com/osrg/gobgp/v4/pkg/server"
 
 	"github.com/podroute/podroute/test/lab"
@@ -217,7 +217,7 @@ func startSpeaker(ctx context.Context, cfg *farmConfig, sp farmSpeaker) (*server
 	if len(cfg.Neighbors) > 0 {
 		// IPv4 unicast alone: GoBGP otherwise makes a table of 2,048 shards for each of the
 		// families it knows, about 10 MiB a server, 10 GiB for a farm of 1,000.
-		global.Families = []uint32{uint32(bgppkt.RF_IPv4_UC)}
+		global.Families = []uint32{uint32(oc.AfiSafiTypeToIntMap[oc.AFI_SAFI_TYPE_IPV4_UNICAST])}
 	}
 	if err := s.StartBgp(ctx, &api.StartBgpRequest{Global: global}); err != nil {
 		return nil, fmt.Errorf("start speaker %s: %w", sp.Address, err)
