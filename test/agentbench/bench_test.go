@@ -39,7 +39,8 @@
 // and mode, default 5), AGENTBENCH_MESH_START_DELAY_MS (Node object to agent start in the
 // second join mode, default 3000), AGENTBENCH_RR_NODES (reflector scale: nodes in all,
 // default 1000), AGENTBENCH_RR_CLIENTS (real client agents, default 4), AGENTBENCH_RR_JOINS
-// (default 5).
+// (default 5), AGENTBENCH_RR_HOLD_SECONDS (BGP hold time there, default 9),
+// AGENTBENCH_RR_AGENT_ARGS (extra podroute-agent flags there).
 // The package has no tests: plain go test only compiles it.
 package agentbench
 

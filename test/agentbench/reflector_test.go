@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"math"
 	"net/netip"
+	"os"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -26,7 +28,9 @@ const reflectorLabel = "podroute.io/route-reflector"
 // each in its node's namespace; every other node is a Node object (InternalIP and pod CIDR)
 // and a speaker of the reflectors' farm at that address: iBGP, the cluster's AS, both
 // reflectors as neighbors, announcing the Node's pod CIDR with itself as next hop. Agents
-// run with their default timers (hold 9 s, keepalive 3 s). In order, in one lab:
+// and speakers run with a hold time of AGENTBENCH_RR_HOLD_SECONDS (default 9, the agent's
+// default; keepalive a third of it), the agents with AGENTBENCH_RR_AGENT_ARGS besides (extra
+// flags, e.g. --profiling). In order, in one lab:
 //
 //  1. start-up: the Node objects exist and the farm runs; the real agents start together;
 //     time until each reflector has a session with every node (the farm's logs) and until
@@ -60,9 +64,13 @@ func BenchmarkReflectorScale(b *testing.B) {
 	fmt.Println(headroom)
 	fmt.Println()
 
+	hold := time.Duration(envInt("AGENTBENCH_RR_HOLD_SECONDS", 9)) * time.Second
+	keepalive := max(time.Second, hold/3)
+	agentArgs := []string{"--hold-time", hold.String(), "--keepalive", keepalive.String()}
+	agentArgs = append(agentArgs, strings.Fields(os.Getenv("AGENTBENCH_RR_AGENT_ARGS"))...)
 	l := lab.New(b, lab.Options{
 		ClusterCIDRs: []netip.Prefix{scaleClusterV4, lab.DefaultClusterV6},
-		AgentArgs:    []string{"--hold-time", "9s", "--keepalive", "3s"},
+		AgentArgs:    agentArgs,
 	})
 	crds := lab.InstallCRDs(b, l)
 	crds.Configuration(config.BGPConfigurationSpec{
@@ -87,9 +95,9 @@ func BenchmarkReflectorScale(b *testing.B) {
 		initial = append(initial, emuSpeaker(k))
 	}
 	tf := time.Now()
-	f := startReflectorFarm(b, l, []netip.Addr{rrs[0].IPv4, rrs[1].IPv4}, realNodes, config.DefaultASN, 9*time.Second, 3*time.Second, initial)
+	f := startReflectorFarm(b, l, []netip.Addr{rrs[0].IPv4, rrs[1].IPv4}, realNodes, config.DefaultASN, hold, keepalive, initial)
 	farmUp := time.Since(tf)
-	c := &rrCluster{l: l, f: f, rrs: rrs, cls: cls, watches: watches, live: map[int]bool{}}
+	c := &rrCluster{l: l, f: f, rrs: rrs, cls: cls, watches: watches, live: map[int]bool{}, hold: hold}
 	to := time.Now()
 	if err := parallelDo(emulated, 8, func(i int) error { return c.createEmu(i + 1) }); err != nil {
 		b.Fatalf("emulated Node objects: %v", err)
@@ -114,8 +122,8 @@ func BenchmarkReflectorScale(b *testing.B) {
 	fmt.Printf("fresh client: %s\n", fresh)
 	loadEnd := loadavg()
 
-	fmt.Printf("\n%d nodes: reflectors %s and %s, %d real clients, %d emulated (Node objects and GoBGP speakers of one process, the cluster's AS, announcing a /24 each); hold time 9 s, keepalive 3 s; steady window %v; load average %s at start, %s at end\n\n",
-		total, rrs[0].IPv4, rrs[1].IPv4, clients, emulated, steady, load, loadEnd)
+	fmt.Printf("\n%d nodes: reflectors %s and %s, %d real clients, %d emulated (Node objects and GoBGP speakers of one process, the cluster's AS, announcing a /24 each); hold time %v, keepalive %v; steady window %v; load average %s at start, %s at end\n\n",
+		total, rrs[0].IPv4, rrs[1].IPv4, clients, emulated, hold, keepalive, steady, load, loadEnd)
 	rrTable(up, st, js, ch, fresh)
 
 	b.ReportMetric(up.allRoutes.Seconds(), "startup-s")
@@ -139,6 +147,7 @@ type rrCluster struct {
 	mu       sync.Mutex
 	live     map[int]bool // emulated nodes with a Node object and a speaker
 	next     int          // the next emulated node's number
+	hold     time.Duration
 }
 
 func emuName(k int) string { return fmt.Sprintf("emu-%04d", k) }
@@ -244,8 +253,9 @@ func (c *rrCluster) startUp(b *testing.B) rrUp {
 			b.Fatal(err)
 		}
 	}
-	// Generous: at 1,000 nodes each reflector sends about a million UPDATEs.
-	limit := 2*time.Minute + time.Duration(u.nodes)*500*time.Millisecond
+	// Generous: at 1,000 nodes each reflector adds its neighbors at a few a second (see
+	// docs/benchmarks.md) and sends about a million UPDATEs.
+	limit := 2*time.Minute + time.Duration(u.nodes)*time.Second
 	ctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -566,7 +576,7 @@ func (c *rrCluster) churn(b *testing.B, count int) rrChurn {
 	}
 	ch.converged = done.Sub(t0)
 	// Two hold times: a session starved by the churn would have expired by then.
-	ch.quiet = 20 * time.Second
+	ch.quiet = 2*c.hold + 2*time.Second
 	time.Sleep(ch.quiet)
 	var detail []string
 	for _, n := range c.realNodes() {
