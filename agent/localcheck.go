@@ -19,6 +19,11 @@ const (
 	localCheckEvery = 100 * time.Millisecond
 	// localCheckTimeout bounds one check.
 	localCheckTimeout = time.Second
+	// handoverGrace is how long a node whose local endpoints drain keeps a Local Service's
+	// address after kube-proxy on a node with ready endpoints forwards: the time for that
+	// node's agent to see it too (one check, at most localCheckEvery) and for its
+	// advertisement to reach the rack (about 0.2 s; 0.7 s seen under heavy load).
+	handoverGrace = 1500 * time.Millisecond
 )
 
 // localCheck holds back the address of an externalTrafficPolicy Local Service on this node
@@ -26,12 +31,18 @@ const (
 // Service's healthCheckNodePort once its rules for them are in place (the check cloud load
 // balancers make), 0.5 to 2 s after the EndpointSlice says the endpoint is ready; advertised
 // earlier, the rack sends new connections to a node that drops them, in every rolling
-// update. Only adding waits: a withdrawal follows the EndpointSlice at once.
+// update. A withdrawal follows the EndpointSlice at once, but for the handover: a node whose
+// local endpoints drain (terminating but serving) while other nodes have ready ones keeps the
+// address until kube-proxy on one of those forwards, plus handoverGrace, and then withdraws,
+// while its own endpoints still serve. Left to the EndpointSlice, the withdrawal would race
+// kube-proxy's removal of the draining endpoint on this node, and lose what the rack sends
+// in between.
 type localCheck struct {
 	log    *slog.Logger
 	client *http.Client
 	kick   func()
 	wake   chan struct{}
+	grace  time.Duration // handoverGrace
 
 	mu sync.Mutex
 	// wanted are the checks the last pass needed, with when each was first needed; passed
@@ -39,6 +50,10 @@ type localCheck struct {
 	// withdrawn and wanted again is confirmed again.
 	wanted map[localProbe]time.Time
 	passed map[localProbe]bool
+	// handedOver is when each draining prefix's successor was first seen forwarding.
+	handedOver map[netip.Prefix]time.Time
+	// graceRunning asks run for passes while a handover's grace runs.
+	graceRunning bool
 }
 
 // localProbe is one check: kube-proxy's health check server for one Service, on this node's
@@ -57,8 +72,10 @@ func newLocalCheck(log *slog.Logger, kick func()) *localCheck {
 		log:    log,
 		kick:   kick,
 		wake:   make(chan struct{}, 1),
-		wanted: map[localProbe]time.Time{},
-		passed: map[localProbe]bool{},
+		grace:  handoverGrace,
+		wanted:     map[localProbe]time.Time{},
+		passed:     map[localProbe]bool{},
+		handedOver: map[netip.Prefix]time.Time{},
 		// This node's kube-proxy, never through a proxy from the environment.
 		client: &http.Client{Timeout: localCheckTimeout, Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}},
 	}
@@ -73,7 +90,15 @@ func (c *localCheck) filter(advs []services.Advertisement, me self) []services.A
 	wanted := make(map[localProbe]time.Time, len(c.wanted))
 	out := advs[:0:0]
 	pending := false
+	handedOver := map[netip.Prefix]time.Time{}
+	c.graceRunning = false
 	for _, a := range advs {
+		if len(a.Handovers) > 0 {
+			if c.handover(a, now, wanted, handedOver) {
+				continue // withdrawn: the successor has it
+			}
+			pending = true
+		}
 		addr := me.V4
 		if a.Prefix.Addr().Is6() {
 			addr = me.V6
@@ -105,6 +130,7 @@ func (c *localCheck) filter(advs []services.Advertisement, me self) []services.A
 		}
 	}
 	c.wanted = wanted
+	c.handedOver = handedOver
 	if pending {
 		select {
 		case c.wake <- struct{}{}:
@@ -112,6 +138,36 @@ func (c *localCheck) filter(advs []services.Advertisement, me self) []services.A
 		}
 	}
 	return out
+}
+
+// handover tells whether a's node should withdraw a now that its endpoints drain: once a
+// successor's kube-proxy forwards and handoverGrace has passed. It records the checks it
+// needs in wanted and the handover's start in handedOver. Needs mu.
+func (c *localCheck) handover(a services.Advertisement, now time.Time, wanted map[localProbe]time.Time, handedOver map[netip.Prefix]time.Time) bool {
+	forwarding := false
+	for _, h := range a.Handovers {
+		p := localProbe{addr: h.Addr, port: h.Port}
+		since, seen := c.wanted[p]
+		if !seen {
+			since = now
+		}
+		wanted[p] = since
+		forwarding = forwarding || c.passed[p]
+	}
+	if !forwarding {
+		return false
+	}
+	at, ok := c.handedOver[a.Prefix]
+	if !ok {
+		at = now
+		c.log.Info("handing a Local Service's address over: kube-proxy forwards on a node with ready endpoints", "prefix", a.Prefix, "services", a.Services, "grace", c.grace)
+	}
+	handedOver[a.Prefix] = at
+	if now.Sub(at) >= c.grace {
+		return true
+	}
+	c.graceRunning = true
+	return false
 }
 
 // run checks what filter held back, every localCheckEvery while something waits, and asks
@@ -133,8 +189,9 @@ func (c *localCheck) run(ctx context.Context) {
 				todo = append(todo, p)
 			}
 		}
+		// A handover's grace ends with no event of its own: a pass ends it.
+		passed := c.graceRunning
 		c.mu.Unlock()
-		passed := false
 		for _, p := range todo {
 			if err := c.probe(ctx, p); err != nil {
 				c.log.Debug("kube-proxy does not forward to local endpoints yet", "check", p.url(), "err", err)

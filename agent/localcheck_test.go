@@ -77,3 +77,54 @@ func TestLocalCheck(t *testing.T) {
 		t.Fatalf("wanted again: %v, want it held until confirmed again", got)
 	}
 }
+
+// A node whose Local endpoints drain keeps the address until kube-proxy on a successor
+// forwards, plus the grace, and then withdraws it.
+func TestLocalCheckHandover(t *testing.T) {
+	var successorReady atomic.Bool
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !successorReady.Load() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+	}))
+	defer srv.Close()
+	ap := netip.MustParseAddrPort(srv.Listener.Addr().String())
+
+	kicks := make(chan struct{}, 100)
+	c := newLocalCheck(slog.New(slog.NewTextHandler(io.Discard, nil)), func() {
+		select {
+		case kicks <- struct{}{}:
+		default:
+		}
+	})
+	c.grace = 300 * time.Millisecond
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go c.run(ctx)
+
+	draining := services.Advertisement{Prefix: netip.MustParsePrefix("203.0.113.10/32"),
+		Handovers: []services.HealthCheck{{Addr: ap.Addr(), Port: int32(ap.Port())}}}
+	me := self{V4: netip.MustParseAddr("192.0.2.1")}
+	for range 3 {
+		if got := c.filter([]services.Advertisement{draining}, me); len(got) != 1 {
+			t.Fatalf("withdrawn before the successor forwards: %v", got)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	successorReady.Store(true)
+	start := time.Now()
+	var got []services.Advertisement
+	err := wait.PollUntilContextTimeout(ctx, 20*time.Millisecond, 5*time.Second, true, func(context.Context) (bool, error) {
+		got = c.filter([]services.Advertisement{draining}, me)
+		return len(got) == 0, nil
+	})
+	if err != nil {
+		t.Fatalf("not withdrawn after the successor forwards: %v", got)
+	}
+	if d := time.Since(start); d < c.grace {
+		t.Errorf("withdrawn %s after the successor forwards, before the grace (%s)", d, c.grace)
+	}
+	if len(kicks) == 0 {
+		t.Error("no pass asked for during the handover")
+	}
+}

@@ -51,6 +51,13 @@ type Service struct {
 // Key is namespace/name.
 func (s Service) Key() string { return s.Namespace + "/" + s.Name }
 
+// HealthCheck is kube-proxy's health check of a Local Service on one node: its address of
+// the family and the Service's healthCheckNodePort.
+type HealthCheck struct {
+	Addr netip.Addr
+	Port int32
+}
+
 // Endpoint is one endpoint of an EndpointSlice: where it runs and its conditions.
 type Endpoint struct {
 	NodeName string
@@ -96,6 +103,11 @@ type Advertisement struct {
 	// Services behind the prefix: the node should advertise it only once its kube-proxy
 	// answers 200 there for the prefix's family, i.e. forwards to the local endpoints.
 	HealthCheckNodePorts []int32
+	// Handovers are set when this node serves the prefix only through terminating endpoints
+	// while other nodes have ready ones: kube-proxy's health checks on those nodes. Once one
+	// answers 200 the other node advertises too, and this node should withdraw (after a
+	// moment for that advertisement to reach the rack), before its endpoints stop serving.
+	Handovers []HealthCheck
 	config.Attributes
 }
 
@@ -174,9 +186,18 @@ func Desired(in Input) ([]Advertisement, []string) {
 		if !s.Advertise || s.Type == corev1.ServiceTypeExternalName || len(s.ClusterIPs) == 0 {
 			continue
 		}
-		var anywhere, local [2]bool // per family: [0] IPv4, [1] IPv6
+		var anywhere, local [2]bool   // per family: [0] IPv4, [1] IPv6
+		var successors [2][]netip.Addr // nodes taking over from this one's draining endpoints
 		for f, v6 := range []bool{false, true} {
-			anywhere[f], local[f] = usable(eps[famKey{s.Key(), v6}], in.NodeName)
+			var next []string
+			anywhere[f], local[f], next = usable(eps[famKey{s.Key(), v6}], in.NodeName)
+			for _, name := range next {
+				if i := slices.IndexFunc(in.Nodes, func(n cluster.Node) bool { return n.Name == name }); i >= 0 {
+					if a, ok := in.Nodes[i].Address(v6); ok {
+						successors[f] = append(successors[f], a)
+					}
+				}
+			}
 		}
 		fam := func(ip netip.Addr) int {
 			if ip.Unmap().Is6() {
@@ -203,6 +224,11 @@ func Desired(in Input) ([]Advertisement, []string) {
 				if !slices.Contains(a.HealthCheckNodePorts, s.HealthCheckNodePort) {
 					a.HealthCheckNodePorts = append(a.HealthCheckNodePorts, s.HealthCheckNodePort)
 				}
+				for _, n := range successors[fam(ip)] {
+					if hc := (HealthCheck{Addr: n, Port: s.HealthCheckNodePort}); !slices.Contains(a.Handovers, hc) {
+						a.Handovers = append(a.Handovers, hc)
+					}
+				}
 			}
 		}
 		for _, ip := range s.ExternalIPs {
@@ -225,6 +251,7 @@ func Desired(in Input) ([]Advertisement, []string) {
 	for _, a := range out {
 		slices.Sort(a.Services)
 		slices.Sort(a.HealthCheckNodePorts)
+		slices.SortFunc(a.Handovers, func(x, y HealthCheck) int { return cmp.Or(x.Addr.Compare(y.Addr), cmp.Compare(x.Port, y.Port)) })
 		res = append(res, *a)
 	}
 	slices.SortFunc(res, func(a, b Advertisement) int {
@@ -285,7 +312,10 @@ func Refusals(svcs []Service, cfg config.Configuration) []Refusal {
 // node whose only pod is terminating keeps its Local address while the pod still serves,
 // whatever other nodes have: in a rolling update the old node keeps the traffic until the
 // new node advertises, instead of the rack having no route in between.
-func usable(eps []Endpoint, node string) (anywhere, local bool) {
+//
+// successors are, when node's local endpoints are all draining, the other nodes with ready
+// ones: where a Local Service's traffic goes next.
+func usable(eps []Endpoint, node string) (anywhere, local bool, successors []string) {
 	var readyAny, drainingAny, readyLocal, drainingLocal bool
 	for _, e := range eps {
 		draining := !e.Ready && e.Serving && e.Terminating
@@ -296,7 +326,15 @@ func usable(eps []Endpoint, node string) (anywhere, local bool) {
 			drainingLocal = drainingLocal || draining
 		}
 	}
-	return readyAny || drainingAny, readyLocal || drainingLocal
+	if drainingLocal && !readyLocal {
+		for _, e := range eps {
+			if e.Ready && e.NodeName != node && e.NodeName != "" && !slices.Contains(successors, e.NodeName) {
+				successors = append(successors, e.NodeName)
+			}
+		}
+		slices.Sort(successors)
+	}
+	return readyAny || drainingAny, readyLocal || drainingLocal, successors
 }
 
 func classRank(c config.Class) int {

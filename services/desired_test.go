@@ -408,3 +408,41 @@ func TestHealthCheckNodePorts(t *testing.T) {
 		t.Errorf("FromObject, Cluster: healthCheckNodePort %d, want none", s.HealthCheckNodePort)
 	}
 }
+
+// A node whose Local endpoints all drain names the nodes with ready ones, per family, for the
+// handover; a node with a ready local endpoint names none.
+func TestHandovers(t *testing.T) {
+	cfg := config.DefaultConfiguration()
+	cfg.ServiceLoadBalancerIPs = []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24"), netip.MustParsePrefix("2001:db8:1b::/64")}
+	nodes := []cluster.Node{
+		{Name: "n1", Addresses: addrs("192.0.2.1", "2001:db8::1")},
+		{Name: "n2", Addresses: addrs("192.0.2.2", "2001:db8::2")},
+		{Name: "n3", Addresses: addrs("192.0.2.3")},
+	}
+	svc := lb("web", local, func(s *Service) {
+		s.HealthCheckNodePort = 31000
+		s.LoadBalancerIPs = addrs("203.0.113.10", "2001:db8:1b::10")
+	})
+	in := Input{Services: []Service{svc}, Nodes: nodes, NodeName: "n1", KubeProxy: true, Config: cfg,
+		Endpoints: []Endpoints{eps("web", draining("n1"), ready("n2"), ready("n3")), eps6("web", draining("n1"), ready("n2"), ready("n3"))}}
+	got, _ := Desired(in)
+	hand := map[string][]HealthCheck{}
+	for _, a := range got {
+		hand[a.Prefix.String()] = a.Handovers
+	}
+	want4 := []HealthCheck{{netip.MustParseAddr("192.0.2.2"), 31000}, {netip.MustParseAddr("192.0.2.3"), 31000}}
+	if h := hand["203.0.113.10/32"]; !slices.Equal(h, want4) {
+		t.Errorf("IPv4 handovers %v, want %v", h, want4)
+	}
+	// n3 has no IPv6 address: nothing to ask it on.
+	if h := hand["2001:db8:1b::10/128"]; !slices.Equal(h, []HealthCheck{{netip.MustParseAddr("2001:db8::2"), 31000}}) {
+		t.Errorf("IPv6 handovers %v", h)
+	}
+	in.Endpoints = []Endpoints{eps("web", draining("n1"), ready("n1"), ready("n2"))}
+	got, _ = Desired(in)
+	for _, a := range got {
+		if len(a.Handovers) != 0 {
+			t.Errorf("%s: handovers %v with a ready local endpoint", a.Prefix, a.Handovers)
+		}
+	}
+}
