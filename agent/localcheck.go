@@ -69,10 +69,10 @@ func (p localProbe) url() string {
 
 func newLocalCheck(log *slog.Logger, kick func()) *localCheck {
 	return &localCheck{
-		log:    log,
-		kick:   kick,
-		wake:   make(chan struct{}, 1),
-		grace:  handoverGrace,
+		log:        log,
+		kick:       kick,
+		wake:       make(chan struct{}, 1),
+		grace:      handoverGrace,
 		wanted:     map[localProbe]time.Time{},
 		passed:     map[localProbe]bool{},
 		handedOver: map[netip.Prefix]time.Time{},

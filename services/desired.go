@@ -186,7 +186,7 @@ func Desired(in Input) ([]Advertisement, []string) {
 		if !s.Advertise || s.Type == corev1.ServiceTypeExternalName || len(s.ClusterIPs) == 0 {
 			continue
 		}
-		var anywhere, local [2]bool   // per family: [0] IPv4, [1] IPv6
+		var anywhere, local [2]bool    // per family: [0] IPv4, [1] IPv6
 		var successors [2][]netip.Addr // nodes taking over from this one's draining endpoints
 		for f, v6 := range []bool{false, true} {
 			var next []string
