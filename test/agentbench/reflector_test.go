@@ -15,6 +15,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/podroute/podroute/agentapi"
 	"github.com/podroute/podroute/config"
 	"github.com/podroute/podroute/test/lab"
 )
@@ -223,6 +224,8 @@ type rrUp struct {
 	routes     []time.Duration // per real node: every other node's pod CIDRs in its kernel
 	allRoutes  time.Duration   // the last of routes
 	rrSessions []int           // per reflector: sessions established, by its neighbor list
+	// per reflector: `podroutectl bgp neighbors -o json` at the end of the start-up
+	neighborsCall []time.Duration
 }
 
 func (u rrUp) String() string {
@@ -284,6 +287,7 @@ func (c *rrCluster) startUp(b *testing.B) rrUp {
 	}
 	wg.Wait()
 	u.allRoutes = slices.Max(u.routes)
+	fmt.Printf("start-up: every other node's pod CIDRs in the kernel of each real node after %v ms, Ready after %v ms\n", msList(u.routes), msList(u.ready))
 	// Sessions: the farm's first "established" after t0 of every speaker with each reflector.
 	for _, r := range c.rrs {
 		est := map[netip.Addr]time.Time{}
@@ -302,10 +306,12 @@ func (c *rrCluster) startUp(b *testing.B) rrUp {
 			last = later(last, at)
 		}
 		u.sessions = append(u.sessions, last.Sub(t0))
-		u.rrSessions = append(u.rrSessions, c.established(b, r, u.nodes-1))
+		up, took := c.established(b, r, u.nodes-1)
+		u.rrSessions = append(u.rrSessions, up)
+		u.neighborsCall = append(u.neighborsCall, took)
 	}
 	for _, n := range c.cls {
-		c.established(b, n, len(c.rrs))
+		_, _ = c.established(b, n, len(c.rrs))
 	}
 	for _, n := range nodes {
 		c.counted(b, n)
@@ -320,12 +326,25 @@ func later(a, b time.Time) time.Time {
 	return a
 }
 
-// established checks that n has want sessions, all established, and returns their number.
-func (c *rrCluster) established(b *testing.B, n *lab.Node, want int) int {
+// neighbors is `podroutectl bgp neighbors` with room for a reflector of 1,000 peers, which
+// takes longer than podroutectl's default 5 s to answer; and how long the call took.
+func neighbors(n *lab.Node) ([]agentapi.Neighbor, time.Duration, error) {
+	var out []agentapi.Neighbor
+	t0 := time.Now()
+	err := n.CtlJSON(&out, "--timeout", "3m", "bgp", "neighbors")
+	return out, time.Since(t0), err
+}
+
+// established checks that n has want sessions, all established, and returns their number
+// and how long the last neighbor listing took.
+func (c *rrCluster) established(b *testing.B, n *lab.Node, want int) (int, time.Duration) {
 	b.Helper()
 	var est int
-	lab.Eventually(b, converge, n.Name+" sessions", func() error {
-		ns, err := n.Neighbors()
+	var took time.Duration
+	lab.Eventually(b, 5*converge, n.Name+" sessions", func() error {
+		var ns []agentapi.Neighbor
+		var err error
+		ns, took, err = neighbors(n)
 		if err != nil {
 			return err
 		}
@@ -340,7 +359,7 @@ func (c *rrCluster) established(b *testing.B, n *lab.Node, want int) int {
 		}
 		return nil
 	})
-	return est
+	return est, took
 }
 
 // counted waits until n's kernel holds exactly the routes it should (a netlink dump).
@@ -640,7 +659,7 @@ func emuNumber(a netip.Addr) int {
 // sessionsSince is n's neighbors and when each last changed state, all established.
 func (c *rrCluster) sessionsSince(b *testing.B, n *lab.Node) map[string]time.Time {
 	b.Helper()
-	ns, err := n.Neighbors()
+	ns, _, err := neighbors(n)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -737,6 +756,7 @@ func rrTable(up rrUp, st rrSteady, js []rrJoin, ch rrChurn, fresh rrFresh) {
 	fmt.Println("| --- | ---: |")
 	fmt.Printf("| start-up (all real agents started together, %d nodes): each reflector's last session with a node established (s) | %s / %s |\n", up.nodes, sec(up.sessions[0]), sec(up.sessions[1]))
 	fmt.Printf("| start-up: sessions established per reflector (its neighbor list) | %d / %d |\n", up.rrSessions[0], up.rrSessions[1])
+	fmt.Printf("| `podroutectl bgp neighbors -o json` on each reflector, end of start-up (s) | %s |\n", joinSec(up.neighborsCall))
 	fmt.Printf("| start-up: every other node's pod CIDRs in the kernel, reflectors (s) | %s |\n", joinSec(up.routes[:nr]))
 	fmt.Printf("| start-up: **every other node's pod CIDRs in the kernel, clients (s)** | **%s** |\n", joinSec(up.routes[nr:]))
 	fmt.Printf("| start-up: Ready (podroutectl status), reflectors then clients (s) | %s |\n", joinSec(up.ready))
