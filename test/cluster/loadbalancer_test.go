@@ -411,12 +411,15 @@ func (rk *rack) enableLoadBalancers(t *testing.T) {
 
 // webDeployment creates a Deployment of replicas agnhost netexec pods (HTTP 8080, UDP 8081),
 // ready while /readyz says so, rolled one new pod before one old, on node when given (any
-// worker otherwise). A deleted pod goes on serving, its readiness passing, for 5 s (a
-// preStop sleep) before SIGTERM: kube-proxy forwards to a terminating endpoint only while it
-// is serving, so that is the time the new pod's node has to program and advertise it. (With
-// netexec's --delay-shutdown instead, readiness fails at once on SIGTERM: 6 of 1,361 requests
-// were lost in one run, in the gap between the old endpoint no longer serving and the new
-// node's kube-proxy forwarding, 2.3 s after its pod was ready on a loaded machine.)
+// worker otherwise). A deleted pod shuts down in two steps, as a pod behind a load balancer
+// should. First it goes on serving, its readiness passing, for 5 s (a preStop sleep):
+// kube-proxy forwards to a terminating endpoint only while it is serving, so that is the time
+// the new pod's node has to program and advertise it (without it, 6 of 1,361 requests were
+// lost in one run: the new node's kube-proxy forwarded 2.3 s after its pod was ready, on a
+// loaded machine). Then, at SIGTERM, it fails readiness and serves 5 s more
+// (--delay-shutdown): the node withdraws the address while the pod still answers what the
+// rack sends meanwhile (without it, the pod exited at SIGTERM while still advertised: 55 of
+// 1,244 requests lost in one run).
 func (u *user) webDeployment(name string, replicas int32, node *lab.Node) {
 	u.t.Helper()
 	labels := map[string]string{"app": name}
@@ -436,7 +439,7 @@ func (u *user) webDeployment(name string, replicas int32, node *lab.Node) {
 					TerminationGracePeriodSeconds: ptrTo(int64(30)),
 					Containers: []corev1.Container{{
 						Name: "agnhost", Image: cluster.AgnhostImage, ImagePullPolicy: corev1.PullNever,
-						Args: []string{"netexec", "--http-port=8080", "--udp-port=8081"},
+						Args: []string{"netexec", "--http-port=8080", "--udp-port=8081", "--delay-shutdown=5"},
 						Lifecycle: &corev1.Lifecycle{PreStop: &corev1.LifecycleHandler{Sleep: &corev1.SleepAction{Seconds: 5}}},
 						Ports: []corev1.ContainerPort{
 							{Name: "http", ContainerPort: 8080, Protocol: corev1.ProtocolTCP},
