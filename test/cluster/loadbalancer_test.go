@@ -439,16 +439,20 @@ func (u *user) webDeployment(name string, replicas int32, node *lab.Node) {
 					TerminationGracePeriodSeconds: ptrTo(int64(30)),
 					Containers: []corev1.Container{{
 						Name: "agnhost", Image: cluster.AgnhostImage, ImagePullPolicy: corev1.PullNever,
-						Args: []string{"netexec", "--http-port=8080", "--udp-port=8081", "--delay-shutdown=5"},
+						Args:      []string{"netexec", "--http-port=8080", "--udp-port=8081", "--delay-shutdown=5"},
 						Lifecycle: &corev1.Lifecycle{PreStop: &corev1.LifecycleHandler{Sleep: &corev1.SleepAction{Seconds: 5}}},
 						Ports: []corev1.ContainerPort{
 							{Name: "http", ContainerPort: 8080, Protocol: corev1.ProtocolTCP},
 							{Name: "udp", ContainerPort: 8081, Protocol: corev1.ProtocolUDP},
 						},
 						ReadinessProbe: &corev1.Probe{
-							ProbeHandler:     corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/readyz", Port: intstr.FromInt32(8080)}},
-							PeriodSeconds:    1,
-							FailureThreshold: 1,
+							ProbeHandler:  corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/readyz", Port: intstr.FromInt32(8080)}},
+							PeriodSeconds: 1,
+							// Kubernetes' default threshold, and more than the default second
+							// to answer: one probe slowed by a loaded machine must not take the
+							// only pod out of its Service in the middle of a rollout.
+							TimeoutSeconds:   3,
+							FailureThreshold: 3,
 						},
 					}},
 				},
