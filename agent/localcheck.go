@@ -108,13 +108,7 @@ func (c *localCheck) filter(advs []services.Advertisement, me self) []services.A
 			if !addr.IsValid() {
 				break // no address of the family to ask on: nothing to wait for
 			}
-			p := localProbe{addr: addr, port: port}
-			since, seen := c.wanted[p]
-			if !seen {
-				since = now
-			}
-			wanted[p] = since
-			if !c.passed[p] {
+			if !c.want(localProbe{addr: addr, port: port}, now, wanted) {
 				ok = false
 			}
 		}
@@ -140,19 +134,26 @@ func (c *localCheck) filter(advs []services.Advertisement, me self) []services.A
 	return out
 }
 
+// want records that this pass needs check p (keeping when it was first needed) and tells
+// whether kube-proxy has passed it. Needs mu.
+func (c *localCheck) want(p localProbe, now time.Time, wanted map[localProbe]time.Time) bool {
+	since, seen := c.wanted[p]
+	if !seen {
+		since = now
+	}
+	wanted[p] = since
+	return c.passed[p]
+}
+
 // handover tells whether a's node should withdraw a now that its endpoints drain: once a
 // successor's kube-proxy forwards and handoverGrace has passed. It records the checks it
 // needs in wanted and the handover's start in handedOver. Needs mu.
 func (c *localCheck) handover(a services.Advertisement, now time.Time, wanted map[localProbe]time.Time, handedOver map[netip.Prefix]time.Time) bool {
 	forwarding := false
 	for _, h := range a.Handovers {
-		p := localProbe{addr: h.Addr, port: h.Port}
-		since, seen := c.wanted[p]
-		if !seen {
-			since = now
+		if c.want(localProbe{addr: h.Addr, port: h.Port}, now, wanted) {
+			forwarding = true
 		}
-		wanted[p] = since
-		forwarding = forwarding || c.passed[p]
 	}
 	if !forwarding {
 		return false
