@@ -114,11 +114,7 @@ func (r *router) setExternalOnlyLocked(ctx context.Context, prefix netip.Prefix,
 	if n == 0 || on && n == 1 {
 		err = r.applyPoliciesLocked(ctx, false)
 	} else {
-		set := &api.DefinedSet{
-			DefinedType: api.DefinedType_DEFINED_TYPE_PREFIX,
-			Name:        setExternalOnly[fam],
-			Prefixes:    []*api.Prefix{apiPrefix(prefix, prefix.Bits(), prefix.Bits())},
-		}
+		set := onePrefixSet(setExternalOnly[fam], prefix)
 		if on {
 			err = r.srv.AddDefinedSet(ctx, &api.AddDefinedSetRequest{DefinedSet: set})
 		} else {
@@ -130,6 +126,16 @@ func (r *router) setExternalOnlyLocked(ctx context.Context, prefix netip.Prefix,
 		return fmt.Errorf("update external-only prefixes: %w", err)
 	}
 	return nil
+}
+
+// onePrefixSet is the prefix set name with the one exact-length entry for prefix: what
+// AddDefinedSet and DeleteDefinedSet take to edit a set in place by one prefix.
+func onePrefixSet(name string, prefix netip.Prefix) *api.DefinedSet {
+	return &api.DefinedSet{
+		DefinedType: api.DefinedType_DEFINED_TYPE_PREFIX,
+		Name:        name,
+		Prefixes:    []*api.Prefix{apiPrefix(prefix, prefix.Bits(), prefix.Bits())},
+	}
 }
 
 // prependedLocked is the count the export policy prepends prefix with towards external
@@ -177,13 +183,7 @@ func (r *router) setPrependLocked(ctx context.Context, prefix netip.Prefix, n ui
 		}
 		return nil
 	}
-	set := func(count uint8) *api.DefinedSet {
-		return &api.DefinedSet{
-			DefinedType: api.DefinedType_DEFINED_TYPE_PREFIX,
-			Name:        setPrepend(fam, count),
-			Prefixes:    []*api.Prefix{apiPrefix(prefix, prefix.Bits(), prefix.Bits())},
-		}
-	}
+	set := func(count uint8) *api.DefinedSet { return onePrefixSet(setPrepend(fam, count), prefix) }
 	if n > 0 {
 		if err := r.srv.AddDefinedSet(ctx, &api.AddDefinedSetRequest{DefinedSet: set(n)}); err != nil {
 			change(n, old)
