@@ -177,6 +177,42 @@ type Neighbor struct {
 	// BFD runs a single-hop BFD session with the neighbour at bfdd's defaults (300ms x 3);
 	// needs RouterOptions.BFD.
 	BFD bool
+	// BFDInterval and BFDMultiplier, when set, replace bfdd's defaults for this session
+	// (receive and transmit interval, detect multiplier) through a bfd profile named after
+	// them (BFDProfileName). FRR 8.4 takes whole milliseconds, 10 to 60000.
+	BFDInterval   time.Duration
+	BFDMultiplier int
+	// BFDCheckControlPlane is "neighbor X bfd check-control-plane-failure": bfdd sends the C
+	// bit set, and bgpd ignores a BFD down while the neighbour is in graceful restart if the
+	// neighbour's packets had the C bit clear (its BFD shares fate with its control plane).
+	BFDCheckControlPlane bool
+}
+
+// BFDProfileName is the name of the bfd profile neighbours with these timers use.
+func BFDProfileName(interval time.Duration, multiplier int) string {
+	return fmt.Sprintf("ms%dx%d", interval.Milliseconds(), multiplier)
+}
+
+// bfdProfile is the neighbour's profile name, "" for bfdd's defaults.
+func (n Neighbor) bfdProfile() string {
+	if !n.BFD || n.BFDInterval <= 0 {
+		return ""
+	}
+	return BFDProfileName(n.BFDInterval, max(n.BFDMultiplier, 2))
+}
+
+// bfdProfileLines define the neighbour's bfd profile (at the configuration's top level).
+func (n Neighbor) bfdProfileLines() []string {
+	name := n.bfdProfile()
+	if name == "" {
+		return nil
+	}
+	ms := n.BFDInterval.Milliseconds()
+	return []string{"bfd", " profile " + name,
+		fmt.Sprintf("  detect-multiplier %d", max(n.BFDMultiplier, 2)),
+		fmt.Sprintf("  receive-interval %d", ms),
+		fmt.Sprintf("  transmit-interval %d", ms),
+		" exit", "exit"}
 }
 
 // Router is an FRR router (zebra and bgpd, and bfdd with RouterOptions.BFD) in a namespace of its own.
@@ -444,6 +480,16 @@ func (r *Router) configLocked() string {
 	w("log file %s informational", r.LogPath)
 	w("log timestamp precision 3")
 	w("!")
+	profiles := map[string]bool{}
+	for _, n := range r.neighbors {
+		if p := n.bfdProfile(); p != "" && !profiles[p] {
+			profiles[p] = true
+			for _, l := range n.bfdProfileLines() {
+				w("%s", l)
+			}
+			w("!")
+		}
+	}
 	w("router bgp %d", r.ASN)
 	w(" bgp router-id %s", r.RouterID)
 	w(" no bgp ebgp-requires-policy")
@@ -519,6 +565,12 @@ func neighborLines(n Neighbor) []string {
 	}
 	if n.BFD {
 		out = append(out, "neighbor "+a+" bfd")
+		if p := n.bfdProfile(); p != "" {
+			out = append(out, "neighbor "+a+" bfd profile "+p)
+		}
+		if n.BFDCheckControlPlane {
+			out = append(out, "neighbor "+a+" bfd check-control-plane-failure")
+		}
 	}
 	return out
 }
@@ -771,7 +823,8 @@ func (r *Router) AddNeighbor(n Neighbor) error {
 		}
 		return nil
 	}
-	lines := []string{fmt.Sprintf("router bgp %d", r.ASN)}
+	// The profile first: bgpd refers to it by name.
+	lines := append(n.bfdProfileLines(), fmt.Sprintf("router bgp %d", r.ASN))
 	lines = append(lines, neighborLines(n)...)
 	for _, v6 := range []bool{false, true} {
 		lines = append(lines, "address-family "+afi(v6)+" unicast")
@@ -1017,6 +1070,56 @@ func (r *Router) BFDPeers() (map[string]string, error) {
 	out := map[string]string{}
 	for _, p := range peers {
 		out[p.Peer] = p.Status
+	}
+	return out, nil
+}
+
+// BFDCounter is one bfdd session's counters (show bfd peers counters json).
+type BFDCounter struct {
+	Peer        string `json:"peer"`
+	Interface   string `json:"interface"`
+	SessionUp   int    `json:"session-up"`
+	SessionDown int    `json:"session-down"`
+	PacketsIn   int    `json:"control-packet-input"`
+	PacketsOut  int    `json:"control-packet-output"`
+}
+
+// BFDCounters is bfdd's counters by peer address: how often each session came up and went
+// down since it was created.
+func (r *Router) BFDCounters() (map[string]BFDCounter, error) {
+	var cs []BFDCounter
+	if err := r.VtyshJSON(&cs, "show bfd peers counters json"); err != nil {
+		return nil, err
+	}
+	out := map[string]BFDCounter{}
+	for _, c := range cs {
+		out[c.Peer] = c
+	}
+	return out, nil
+}
+
+// BFDSession is one bfdd session of show bfd peers json: its state and the timers in force
+// (milliseconds), its own and the peer's.
+type BFDSession struct {
+	Peer                   string `json:"peer"`
+	Status                 string `json:"status"`
+	DetectMultiplier       int    `json:"detect-multiplier"`
+	ReceiveInterval        int    `json:"receive-interval"`
+	TransmitInterval       int    `json:"transmit-interval"`
+	RemoteDetectMultiplier int    `json:"remote-detect-multiplier"`
+	RemoteReceiveInterval  int    `json:"remote-receive-interval"`
+	RemoteTransmitInterval int    `json:"remote-transmit-interval"`
+}
+
+// BFDSessions is bfdd's sessions by peer address.
+func (r *Router) BFDSessions() (map[string]BFDSession, error) {
+	var ss []BFDSession
+	if err := r.VtyshJSON(&ss, "show bfd peers json"); err != nil {
+		return nil, err
+	}
+	out := map[string]BFDSession{}
+	for _, s := range ss {
+		out[s.Peer] = s
 	}
 	return out, nil
 }
