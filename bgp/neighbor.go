@@ -4,6 +4,8 @@ import (
 	"errors"
 	"net/netip"
 	"time"
+
+	"github.com/podroute/podroute/bfd"
 )
 
 // Neighbor kinds. The node-to-node kinds (mesh, reflector, rr-client) are the cluster's own
@@ -27,7 +29,7 @@ const (
 	maxRestartTime      = 4095 * time.Second // 12-bit field in the capability
 	maxMD5KeyLen        = 80                 // TCP_MD5SIG_MAXKEYLEN
 	minBFDInterval      = 10 * time.Millisecond
-	maxBFDInterval      = time.Duration(1<<32-1) * time.Microsecond // 32-bit field in microseconds
+	maxBFDInterval      = bfd.MaxInterval
 )
 
 // Neighbor is a BGP peer. Every session carries IPv4 and IPv6 unicast.
@@ -95,17 +97,15 @@ type Neighbor struct {
 	// in logs and PeerState.
 	Kind string
 
-	// BFD, when set, runs a BFD session (RFC 5880) with the peer beside BGP: when BFD
-	// declares the peer down, the BGP session is reset at once instead of at hold-time
-	// expiry. GoBGP's BFD is single hop only (RFC 5881), so not for multihop peers. It
-	// sends from the address the kernel picks towards the peer, and the peer matches
-	// BFD packets by source address, so that address must be the session's.
-	//
-	// GoBGP stops BFD without sending AdminDown and never sets the control-plane
-	// independent bit, so to the peer's BFD a restart (Stop(true)) is a failure: the
-	// peer resets the session, defeating graceful restart. And a BFD failure while the
-	// BGP session is down leaves GoBGP's CEASE queued, which closes the next session as
-	// soon as it is established.
+	// BFD, when set, runs a BFD session (RFC 5880, podroute's own: package bfd) with the
+	// peer beside BGP. When BFD declares the peer down while the BGP session is
+	// established, the session is reset at once instead of at hold-time expiry; when the
+	// BGP session had already failed (the peer's kernel closed it: its agent restarts),
+	// graceful restart keeps the routes. Single hop only (RFC 5881), so not for multihop
+	// peers. Packets leave from LocalAddress (else the address the kernel picks towards
+	// the peer), and the peer matches them by source address, so that address must be
+	// the session's. A stop for a restart (Stop(true)) cuts the BGP sessions first and
+	// then sends AdminDown, which peers do not take for a failure.
 	BFD *BFDConfig
 }
 
@@ -198,8 +198,8 @@ func (b *BFDConfig) validate(n Neighbor) []error {
 	if b.Multiplier == 0 || b.Multiplier > 255 {
 		errs = append(errs, fieldErr("Neighbor.BFD.Multiplier", "%d is outside 1..255", b.Multiplier))
 	}
-	// GoBGP has no multihop BFD (RFC 5883): its single-hop packets would also reach a
-	// peer further away, but RFC 5881 is only defined for directly connected peers.
+	// Single hop only (RFC 5881): its packets must arrive with TTL 255, which a peer
+	// behind a router never sees; multihop BFD (RFC 5883) is another protocol.
 	if n.EBGPMultihopTTL != 0 {
 		errs = append(errs, fieldErr("Neighbor.BFD", "single-hop only, not with EBGPMultihopTTL %d", n.EBGPMultihopTTL))
 	}

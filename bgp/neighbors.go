@@ -89,6 +89,7 @@ func (r *router) AddNeighbor(ctx context.Context, n Neighbor) (err error) {
 	r.mu.Lock()
 	r.neighbors[n.Address] = n
 	r.mu.Unlock()
+	r.setBFD(n)
 	r.log.Info("bgp: neighbor added", "peer", n.Address, "asn", n.ASN, "kind", n.Kind, "gracefulRestart", n.GracefulRestart)
 	return nil
 }
@@ -134,6 +135,7 @@ func (r *router) UpdateNeighbor(ctx context.Context, n Neighbor) (err error) {
 		}
 		return fmt.Errorf("bgp: update neighbor %s: %w", n.Address, err)
 	}
+	r.setBFD(n)
 	if resp.GetNeedsSoftResetIn() {
 		if err := r.srv.ResetPeer(ctx, &api.ResetPeerRequest{Address: n.Address.String(), Soft: true, Direction: api.ResetPeerRequest_DIRECTION_IN}); err != nil {
 			return fmt.Errorf("bgp: update neighbor %s: soft reset: %w", n.Address, err)
@@ -175,6 +177,7 @@ func (r *router) RemoveNeighbor(ctx context.Context, addr netip.Addr) (err error
 	if err := r.srv.DeletePeer(ctx, &api.DeletePeerRequest{Address: addr.String()}); err != nil {
 		return fmt.Errorf("bgp: remove neighbor %s: %w", addr, err)
 	}
+	r.bfd.Remove(addr)
 	r.mu.Lock()
 	delete(r.neighbors, addr)
 	delete(r.problems, addr)
@@ -214,7 +217,7 @@ func (r *router) Neighbors(ctx context.Context) (out []PeerState, err error) {
 		ps.Password = ""
 		// The caller gets its own copy of the BFD timers, not ours.
 		if ps.BFD = n.BFD.clone(); ps.BFD != nil {
-			ps.BFDState = BFDStateDown
+			ps.BFDState, ps.BFDFlaps = r.bfdState(addr)
 		}
 		if pr, ok := r.problems[addr]; ok {
 			ps.LastError, ps.LastErrorTime = pr.msg, pr.at
@@ -291,17 +294,6 @@ func fillPeerState(ps *PeerState, p *api.Peer) {
 		}
 	}
 	ps.EndOfRIB = eor
-	if ps.BFD != nil {
-		ps.BFDState = bfdStates[p.GetState().GetBfdState().GetSessionState()]
-	}
-}
-
-var bfdStates = map[api.BfdSessionState]string{
-	api.BfdSessionState_BFD_SESSION_STATE_UNSPECIFIED: BFDStateDown, // not running yet
-	api.BfdSessionState_BFD_SESSION_STATE_ADMIN_DOWN:  BFDStateAdminDown,
-	api.BfdSessionState_BFD_SESSION_STATE_DOWN:        BFDStateDown,
-	api.BfdSessionState_BFD_SESSION_STATE_INIT:        BFDStateInit,
-	api.BfdSessionState_BFD_SESSION_STATE_UP:          BFDStateUp,
 }
 
 var (
@@ -333,6 +325,10 @@ func (n Neighbor) toAPI(cfg *Config, localRestarting bool) *api.Peer {
 			HoldTime:          secs(n.holdTime()),
 			KeepaliveInterval: secs(keepalive),
 			ConnectRetry:      secs(retry),
+			// After its own reset (a CEASE: BFD declared the peer down) GoBGP waits this
+			// long before it dials again, 30 s unless set: a link that came back would
+			// stay unused for that long. The connect-retry time still spaces attempts.
+			IdleHoldTimeAfterReset: 1,
 		}},
 		Transport: &api.Transport{RemotePort: uint32(n.port()), PassiveMode: n.passive()},
 	}
@@ -369,14 +365,6 @@ func (n Neighbor) toAPI(cfg *Config, localRestarting bool) *api.Peer {
 			// expiry) keeps routes too, while our deconfiguration still flushes them.
 			NotificationEnabled: true,
 			LocalRestarting:     localRestarting,
-		}
-	}
-	if n.BFD != nil {
-		p.Bfd = &api.BfdPeerConfig{
-			Enabled:                  true,
-			DesiredMinimumTxInterval: uint32(n.BFD.MinTx / time.Microsecond),
-			RequiredMinimumReceive:   uint32(n.BFD.MinRx / time.Microsecond),
-			DetectionMultiplier:      n.BFD.Multiplier,
 		}
 	}
 	for _, f := range []*api.Family{familyIPv4, familyIPv6} {

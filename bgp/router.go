@@ -252,6 +252,8 @@ type PeerState struct {
 	// BFDState is the BFD session's state, one of the BFDState* constants, when
 	// Neighbor.BFD is set; empty otherwise.
 	BFDState string
+	// BFDFlaps counts the times the BFD session went from up to down.
+	BFDFlaps uint64
 	// LastError is the most recent warning or error GoBGP reported for this peer, with
 	// LastErrorTime; it is kept after the session recovers.
 	LastError     string

@@ -18,6 +18,8 @@ import (
 	"github.com/osrg/gobgp/v4/pkg/apiutil"
 	"github.com/osrg/gobgp/v4/pkg/config/oc"
 	"github.com/osrg/gobgp/v4/pkg/server"
+
+	"github.com/podroute/podroute/bfd"
 )
 
 var startMu sync.Mutex
@@ -50,6 +52,8 @@ type router struct {
 	// It may be held while calling GoBGP; mu never is (GoBGP calls back into us).
 	opMu sync.Mutex
 	srv  *server.BgpServer
+	// bfd runs the neighbours' BFD sessions (not GoBGP's BFD: see bfd.go).
+	bfd *bfd.Server
 	// filterResets counts the neighbours an import filter update re-judged (soft reset in).
 	filterResets atomic.Uint64
 
@@ -197,7 +201,9 @@ func (r *router) Start(ctx context.Context) (err error) {
 		return fmt.Errorf("bgp: start GoBGP (AS %d, router ID %s, port %d): %w", r.cfg.ASN, r.cfg.RouterID, r.cfg.ListenPort, err)
 	}
 	r.srv = srv
+	r.bfd = r.newBFD()
 	fail := func(err error) error {
+		r.bfd.Close(false)
 		srv.Stop()
 		r.srv = nil
 		return err
@@ -282,16 +288,21 @@ func (r *router) Stop(graceful bool) (err error) {
 			err = fmt.Errorf("bgp: graceful stop: abort sessions: %w", aerr)
 		}
 		r.log.Info("bgp: stopping for restart, sessions cut without notification", "sessions", n)
+		// Then BFD, with AdminDown: a deliberate stop, which peers do not take for a
+		// failure (see adminDownDelay).
+		time.Sleep(adminDownDelay)
+		r.bfd.Close(true)
 	} else {
 		r.log.Info("bgp: stopping, peers will withdraw our routes")
 	}
 	// StopBgp returns once every peer is deconfigured and GoBGP's Serve loop has ended.
 	// AllowGracefulRestart also keeps the CEASE from a session accepted after the cut.
-	// GoBGP's BFD loop ends only in BgpServer.Stop, which would run StopBgp again without
-	// it; the loop stays parked, its socket closed once no BFD peer is left.
+	// GoBGP's own BFD loop (unused) ends only in BgpServer.Stop, which would run StopBgp
+	// again; it stays parked, with no socket.
 	if serr := r.srv.StopBgp(context.Background(), &api.StopBgpRequest{AllowGracefulRestart: graceful}); serr != nil {
 		err = errors.Join(err, fmt.Errorf("bgp: stop GoBGP: %w", serr))
 	}
+	r.bfd.Close(true) // after the CEASEs of a shutdown; a no-op after a restart's stop
 	return err
 }
 

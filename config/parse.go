@@ -327,7 +327,7 @@ func (s *BGPPeerSpec) parse(path *field.Path) (Peer, field.ErrorList) {
 	}
 	if s.BFD != nil {
 		p.BFD, p.BFDErrors = parseBFD(path.Child("bfd"), s.BFD)
-		// GoBGP has only single-hop BFD (RFC 5881), for directly connected peers.
+		// podroute's BFD is single hop (RFC 5881), for directly connected peers.
 		bp := path.Child("bfd")
 		if s.EBGPMultihop != nil {
 			p.BFDErrors = append(p.BFDErrors, field.Forbidden(bp, "BFD is single-hop only (RFC 5881): not with spec.ebgpMultihop"))

@@ -5,6 +5,8 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+
+	"github.com/podroute/podroute/bfd"
 )
 
 // The podroute API: group, version and the resources the agent reads.
@@ -44,16 +46,14 @@ const (
 	// FRR's defaults, detecting a dead peer in 900ms.
 	DefaultBFDInterval   = 300 * time.Millisecond
 	DefaultBFDMultiplier = 3
-	// MinBFDInterval is the shortest minTx and minRx podroute accepts. GoBGP's BFD runs
-	// in the agent's Go process, not in the kernel, and sends without jitter: on a busy
-	// 2-CPU node scheduling and garbage-collection pauses delay its packets by tens of
-	// milliseconds. Measured on 2 vCPUs at load 22 to 34 (docs/benchmarks.md, BFD),
-	// 50ms x 3 sessions flapped while 100ms x 3 held. Antrea, on the same GoBGP v4.8.0
-	// BFD, warns that CPU pressure on the agent risks spurious resets and suggests
-	// 500ms x 4 until a cluster has flap data (antrea-io/antrea PR 8360).
+	// MinBFDInterval is the shortest minTx and minRx podroute accepts. BFD runs in the
+	// agent's Go process, not in the kernel: on a busy 2-CPU node scheduling and
+	// garbage-collection pauses delay its packets by tens of milliseconds. Measured on 2
+	// vCPUs at load 22 to 34 (docs/benchmarks.md, BFD), 50ms x 3 sessions flapped while
+	// 100ms x 3 held.
 	MinBFDInterval = 100 * time.Millisecond
 	// MaxBFDInterval is the protocol's limit: 32 bits of microseconds.
-	MaxBFDInterval = time.Duration(1<<32-1) * time.Microsecond
+	MaxBFDInterval = bfd.MaxInterval
 	// MaxBFDMultiplier is the protocol's limit: an 8-bit field.
 	MaxBFDMultiplier = 255
 )
@@ -110,9 +110,8 @@ type BGPPeerSpec struct {
 	// ExportPodCIDRs overrides BGPConfiguration spec.exportPodCIDRs for this peer.
 	ExportPodCIDRs *bool `json:"exportPodCIDRs,omitempty"`
 	// BFD runs a BFD session beside the BGP session; nil (the default) runs none. Off by
-	// default because GoBGP v4.8.0's BFD sends no AdminDown when the agent stops, so every
-	// agent restart looks like a dead node to the peer's BFD, which resets the session and
-	// defeats graceful restart. A bad value drops BFD for this peer, not the peer.
+	// default: a node whose agent is starved of CPU for the detection time looks dead
+	// (docs/peering.md). A bad value drops BFD for this peer, not the peer.
 	BFD *BFDSpec `json:"bfd,omitempty"`
 }
 
@@ -121,9 +120,8 @@ type BGPPeerSpec struct {
 // DefaultBFDInterval both ways and DefaultBFDMultiplier. Checked by the agent, not by the
 // CRD schema, so a bad value turns BFD off for the session instead of refusing the object.
 type BFDSpec struct {
-	// MinTx is our desired minimum interval between BFD packets, MinBFDInterval at least.
-	// GoBGP v4.8.0 transmits at MinTx even when the peer asks for a slower rate, so keep it
-	// at or above the peer's receive interval.
+	// MinTx is our desired minimum interval between BFD packets, MinBFDInterval at least;
+	// the agent sends at the greater of this and the peer's receive interval.
 	MinTx string `json:"minTx,omitempty"`
 	// MinRx is the shortest interval between received BFD packets we accept, MinBFDInterval
 	// at least.

@@ -19,6 +19,7 @@ import (
 
 	"k8s.io/apimachinery/pkg/util/wait"
 
+	"github.com/podroute/podroute/config"
 	"github.com/podroute/podroute/test/lab"
 )
 
@@ -31,9 +32,12 @@ type cluster struct {
 	pods  []*lab.Pod // pods[i] runs on nodes[i]
 }
 
+// TestAgents runs the mesh with BFD at 100 ms x 3, the tightest timers podroute accepts:
+// restarts must lose nothing with it on, and a dead link is seen within the detection time.
 func TestAgents(t *testing.T) {
 	start := time.Now()
 	l := lab.New(t, lab.Options{})
+	lab.InstallCRDs(t, l).Configuration(config.BGPConfigurationSpec{MeshBFD: &config.BFDSpec{MinTx: "100ms", MinRx: "100ms"}})
 	c := &cluster{lab: l}
 	for i := 1; i <= 3; i++ {
 		c.nodes = append(c.nodes, l.AddNode(t, fmt.Sprintf("node-%d", i), lab.NodeOptions{Index: i}))
@@ -50,7 +54,8 @@ func TestAgents(t *testing.T) {
 	t.Run("Mesh", c.testMesh)
 	t.Run("HandDeletedRoute", c.testHandDeletedRoute)
 	t.Run("HostileAnnouncements", c.testHostileAnnouncements)
-	t.Run("SIGKILLRestart", c.testRestart)
+	t.Run("SIGKILLRestart", func(t *testing.T) { c.testRestart(t, (*lab.Agent).Kill) })
+	t.Run("SIGTERMRestart", func(t *testing.T) { c.testRestart(t, (*lab.Agent).Stop) })
 	t.Run("UplinkFlap", c.testUplinkFlap)
 	t.Run("NodeLifecycle", c.testNodeLifecycle)
 	t.Run("Readiness", c.testReadiness)
@@ -382,12 +387,34 @@ func kernelSnapshot(t *testing.T, n *lab.Node) string {
 	return r + d
 }
 
-// 3. SIGKILL the agent of a node in the middle of traffic, start it again 2 s later: not a
-// packet is lost, the node's kernel routes stay in place throughout, and the restarted agent
-// sweeps stale routes once its peers sent End-of-RIB.
-func (c *cluster) testRestart(t *testing.T) {
+// bfdUp checks that n's BFD sessions with every other node are up.
+func (c *cluster) bfdUp(n *lab.Node) error {
+	ns, err := n.Neighbors()
+	if err != nil {
+		return err
+	}
+	up := 0
+	for _, p := range ns {
+		if p.BFD == "up" {
+			up++
+		}
+	}
+	if up != len(c.nodes)-1 {
+		return fmt.Errorf("%s: %d BFD sessions up, want %d: %+v", n.Name, up, len(c.nodes)-1, ns)
+	}
+	return nil
+}
+
+// 3. Kill (SIGKILL) or stop (SIGTERM) the agent of a node in the middle of traffic, start
+// it again 2 s later: not a packet is lost, the node's kernel routes stay in place
+// throughout, and the restarted agent sweeps stale routes once its peers sent End-of-RIB.
+// BFD runs on every session: its failure during the restart must not cost the routes.
+func (c *cluster) testRestart(t *testing.T, stop func(*lab.Agent) error) {
 	c.waitMesh(t)
 	a, b := c.nodes[0], c.nodes[1]
+	for _, n := range c.nodes {
+		lab.Eventually(t, converge, n.Name+": BFD up with every other node", func() error { return c.bfdUp(n) })
+	}
 	podA, podB := c.pods[0], c.pods[1]
 
 	// Watch the learned routes on both ends while the agent is away.
@@ -444,7 +471,7 @@ func (c *cluster) testRestart(t *testing.T) {
 	time.Sleep(2 * time.Second) // traffic before the crash
 
 	off := a.Agent.LogSize()
-	if err := a.Agent.Kill(); err != nil {
+	if err := stop(a.Agent); err != nil {
 		t.Fatal(err)
 	}
 	killed := time.Now()
@@ -496,6 +523,7 @@ func (c *cluster) testRestart(t *testing.T) {
 	}
 	c.waitMesh(t)
 	lab.Eventually(t, converge, a.Name+" sessions after restart", func() error { return a.Established(b.IPv4, c.nodes[2].IPv4) })
+	lab.Eventually(t, converge, a.Name+": BFD back up", func() error { return c.bfdUp(a) })
 }
 
 // 6. A node's uplink flaps: once it is back, so are the routes, both ways, and traffic.
@@ -554,7 +582,13 @@ func (c *cluster) testUplinkFlap(t *testing.T) {
 		}
 		down := time.Now()
 		lab.Eventually(t, 15*time.Second, "sessions down", sessionsDown)
-		t.Logf("%s: carrier lost, sessions down after %v", n.Name, time.Since(down).Round(time.Millisecond))
+		took := time.Since(down)
+		t.Logf("%s: carrier lost, sessions down after %v", n.Name, took.Round(time.Millisecond))
+		// BFD (300 ms detection) and not the 9 s hold time ends them; the bound leaves room
+		// for a loaded machine and the 50 ms polls of Eventually.
+		if took > 2*time.Second {
+			t.Errorf("sessions went down %v after carrier loss: BFD should end them within its 300 ms detection time", took.Round(time.Millisecond))
+		}
 		if err := n.FabricPort(true); err != nil {
 			t.Fatal(err)
 		}
