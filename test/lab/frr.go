@@ -834,6 +834,29 @@ func (r *Router) AddNeighbor(n Neighbor) error {
 	return r.Configure(lines...)
 }
 
+// SetNeighborBFD turns BFD on for a configured neighbour, live, with n's BFD settings
+// (BFD, BFDInterval, BFDMultiplier, BFDCheckControlPlane); n.Address names the neighbour.
+func (r *Router) SetNeighborBFD(n Neighbor) error {
+	r.mu.Lock()
+	for i := range r.neighbors {
+		if r.neighbors[i].Address == n.Address {
+			r.neighbors[i].BFD, r.neighbors[i].BFDInterval = n.BFD, n.BFDInterval
+			r.neighbors[i].BFDMultiplier, r.neighbors[i].BFDCheckControlPlane = n.BFDMultiplier, n.BFDCheckControlPlane
+		}
+	}
+	r.mu.Unlock()
+	if !r.Running() || !n.BFD {
+		return nil
+	}
+	lines := append(n.bfdProfileLines(), fmt.Sprintf("router bgp %d", r.ASN))
+	for _, l := range neighborLines(n) {
+		if strings.Contains(l, " bfd") {
+			lines = append(lines, l)
+		}
+	}
+	return r.Configure(lines...)
+}
+
 // RemoveNeighbor removes a neighbour (live if FRR runs).
 func (r *Router) RemoveNeighbor(a netip.Addr) error {
 	r.mu.Lock()
