@@ -274,3 +274,106 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// A peer that asks for one packet a second until the session is up and then polls with
+// its real interval, as FRR's bfdd does, gets packets at that interval at once: not after
+// the slow interval scheduled before, which would be past its new detection time.
+func TestPeerSpeedsUpAfterUp(t *testing.T) {
+	port := testPort()
+	a := newEnd(t, port, addrA)
+	if err := a.srv.Set(addrB, addrA, fast); err != nil {
+		t.Fatal(err)
+	}
+	// The scripted peer: receives on addrB:port, sends from addrB with TTL 255.
+	in, err := net.ListenUDP("udp4", &net.UDPAddr{IP: addrB.AsSlice(), Port: port})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	out, err := net.DialUDP("udp4", &net.UDPAddr{IP: addrB.AsSlice(), Port: srcPortMin + rand.IntN(1000)}, &net.UDPAddr{IP: addrA.AsSlice(), Port: port})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	if err := ipv4.NewConn(out).SetTTL(255); err != nil {
+		t.Fatal(err)
+	}
+	type rcvd struct {
+		p  packet
+		at time.Time
+	}
+	got := make(chan rcvd, 256)
+	go func() {
+		buf := make([]byte, 100)
+		for {
+			n, err := in.Read(buf)
+			if err != nil {
+				return
+			}
+			if p, err := parse(buf[:n]); err == nil {
+				got <- rcvd{p, time.Now()}
+			}
+		}
+	}()
+	slow, quick := uint32(time.Second/time.Microsecond), uint32(50*time.Millisecond/time.Microsecond)
+	peer := packet{state: StateDown, mult: 3, myDisc: 99, desiredMinTx: slow, requiredMinRx: slow}
+	send := func(p packet) {
+		t.Helper()
+		if _, err := out.Write(p.marshal()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	next := func(what string, ok func(packet) bool) packet {
+		t.Helper()
+		deadline := time.After(3 * time.Second)
+		for {
+			select {
+			case r := <-got:
+				if ok(r.p) {
+					return r.p
+				}
+			case <-deadline:
+				t.Fatalf("no packet from A %s", what)
+			}
+		}
+	}
+	send(peer)
+	init := next("in Init", func(p packet) bool { return p.state == StateInit })
+	peer.state, peer.yourDisc = StateUp, init.myDisc
+	send(peer)
+	next("polling in Up", func(p packet) bool { return p.state == StateUp && p.poll })
+	peer.final = true
+	send(peer)
+	// Now the peer's own Poll: it takes a packet every 50 ms from here on.
+	peer.final, peer.poll, peer.desiredMinTx, peer.requiredMinRx = false, true, quick, quick
+	send(peer)
+	next("with Final", func(p packet) bool { return p.final })
+	peer.poll = false
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() { // keep A's session up
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(40 * time.Millisecond):
+				_, _ = out.Write(peer.marshal())
+			}
+		}
+	}()
+	last := time.Now()
+	var worst time.Duration
+	for end := time.Now().Add(600 * time.Millisecond); time.Now().Before(end); {
+		r := <-got
+		if gap := r.at.Sub(last); gap > worst {
+			worst = gap
+		}
+		last = r.at
+	}
+	if worst > 100*time.Millisecond {
+		t.Errorf("after the peer's Poll for 50 ms, A left a gap of %s between packets (the peer's detection time is 150 ms)", worst)
+	}
+	if st, _ := a.srv.Status(addrB); st.State != StateUp || st.Flaps != 0 {
+		t.Errorf("A's session: %+v", st)
+	}
+}

@@ -40,6 +40,18 @@ const (
 	DiagAdminDown        Diag = 7 // taken down on purpose
 )
 
+// Failure reports whether a peer's diagnostic says the path or the peer failed, as opposed
+// to none (its session just began: a new session, a restarted peer, or a router that
+// re-creates the session once BGP is up, as FRR does), AdminDown, or "neighbor signaled
+// session down" (it went down because we said so).
+func (d Diag) Failure() bool {
+	switch d {
+	case DiagNone, DiagNeighborDown, DiagAdminDown:
+		return false
+	}
+	return true
+}
+
 func (d Diag) String() string {
 	switch d {
 	case DiagNone:

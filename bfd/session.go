@@ -81,6 +81,12 @@ func newSession(srv *Server, peer, local netip.Addr, t Timers, disc uint32) *ses
 func (s *session) run() {
 	defer close(s.done)
 	tx := time.NewTimer(0)
+	var txAt time.Time // when tx fires
+	schedule := func() {
+		d := s.nextTx()
+		tx.Reset(d)
+		txAt = time.Now().Add(d)
+	}
 	detect := time.NewTimer(time.Hour)
 	detect.Stop()
 	defer tx.Stop()
@@ -94,11 +100,17 @@ func (s *session) run() {
 			if final {
 				s.send(false, true)
 			}
-			if ev != nil {
+			switch {
+			case ev != nil:
 				// Tell the peer at once rather than at the next interval: the three-way
 				// handshake then takes a round trip, not three slow intervals.
 				s.send(s.isPolling(), false)
-				tx.Reset(s.nextTx())
+				schedule()
+			case time.Until(txAt) > s.txInterval():
+				// The peer takes packets faster now (FRR asks for one a second until the
+				// session is up, then polls with its real interval): a packet scheduled
+				// at the old rate would arrive after its new detection time.
+				schedule()
 			}
 			if d := s.detectTime(); d > 0 {
 				detect.Reset(d)
@@ -107,13 +119,13 @@ func (s *session) run() {
 			}
 		case <-tx.C:
 			s.send(s.isPolling(), false)
-			tx.Reset(s.nextTx())
+			schedule()
 		case <-detect.C:
 			ev = s.expire()
 		case t := <-s.update:
 			if s.setTimers(t) {
 				s.send(true, false)
-				tx.Reset(s.nextTx())
+				schedule()
 			}
 		case adminDown := <-s.stop:
 			if adminDown {
@@ -248,13 +260,9 @@ func (s *session) setTimers(t Timers) bool {
 // greater of what we want and what the peer can take, less a random 0 to 25 % (10 to 25 %
 // with a multiplier of 1) so that sessions do not fall into step.
 func (s *session) nextTx() time.Duration {
+	d := s.txInterval()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	d := max(s.desiredTx, s.remoteMinRx)
-	if s.remoteMinRx == 0 && s.remoteMult != 0 {
-		// The peer wants no periodic packets: keep a slow beat so a change is seen.
-		d = max(d, slowTx)
-	}
 	maxCut := 25
 	minCut := 0
 	if s.timers.Multiplier == 1 {
@@ -262,6 +270,18 @@ func (s *session) nextTx() time.Duration {
 	}
 	cut := minCut + rand.IntN(maxCut-minCut+1)
 	return d * time.Duration(100-cut) / 100
+}
+
+// txInterval is the agreed interval between packets, before jitter.
+func (s *session) txInterval() time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	d := max(s.desiredTx, s.remoteMinRx)
+	if s.remoteMinRx == 0 && s.remoteMult != 0 {
+		// The peer wants no periodic packets: keep a slow beat so a change is seen.
+		d = max(d, slowTx)
+	}
+	return d
 }
 
 // detectTime is how long the session may go without a packet before it is down (RFC

@@ -28,13 +28,45 @@ func (r *router) newBFD() *bfd.Server {
 	})
 }
 
-// setBFD runs, retunes or ends the neighbour's BFD session as n asks. A session that
-// cannot start (no socket) leaves the neighbour without BFD, as a problem on the peer.
-func (r *router) setBFD(n Neighbor) {
+// setBFD retunes or ends the neighbour's BFD session as n asks, and starts it if the BGP
+// session is established (else startBFD does once it is).
+func (r *router) setBFD(ctx context.Context, n Neighbor) {
 	if n.BFD == nil {
 		r.bfd.Remove(n.Address)
 		return
 	}
+	if _, running := r.bfd.Status(n.Address); !running {
+		established := false
+		_ = r.srv.ListPeer(ctx, &api.ListPeerRequest{Address: n.Address.String()}, func(p *api.Peer) {
+			established = p.GetState().GetSessionState() == api.PeerState_SESSION_STATE_ESTABLISHED
+		})
+		if !established {
+			return
+		}
+	}
+	r.runBFD(n)
+}
+
+// startBFD starts the BFD session of a neighbour whose BGP session was just established,
+// if it asks for one. BFD starts with BGP, not before: FRR creates its session anew once
+// BGP is up (with the session's source address), and one that was already up would go
+// down, which FRR takes for a failure and resets the BGP session.
+func (r *router) startBFD(addr netip.Addr) {
+	r.mu.Lock()
+	n, ok := r.neighbors[addr]
+	r.mu.Unlock()
+	if !ok || n.BFD == nil || r.running() != nil {
+		return
+	}
+	if _, running := r.bfd.Status(addr); running {
+		return
+	}
+	r.runBFD(n)
+}
+
+// runBFD runs or retunes the session. One that cannot start (no socket) leaves the
+// neighbour without BFD, as a problem on the peer.
+func (r *router) runBFD(n Neighbor) {
 	t := bfd.Timers{MinTx: n.BFD.MinTx, MinRx: n.BFD.MinRx, Multiplier: uint8(n.BFD.Multiplier)}
 	if err := r.bfd.Set(n.Address, n.LocalAddress, t); err != nil {
 		r.notePeerProblem(n.Address.String(), "BFD not running: "+err.Error(), nil)
@@ -53,15 +85,23 @@ func (r *router) setBFD(n Neighbor) {
 //     connection first, so the node is alive and its agent is restarting or crashed.
 //     Graceful restart keeps its routes; the peer's BFD, run by that agent, went with it.
 //   - The peer's AdminDown: it stopped on purpose (RFC 5880 section 6.8.6, RFC 5882
-//     section 3.2), and its BGP session tells the rest.
+//     section 3.2), and its BGP session tells the rest. Likewise a Down from the peer
+//     without a failure diagnostic: its session started over.
 func (r *router) onBFD(ev bfd.Event) {
 	defer r.notify()
 	if ev.Previous != bfd.StateUp || ev.State != bfd.StateDown {
 		return
 	}
-	log := r.log.With("peer", ev.Peer, "diag", ev.Diag.String())
-	if ev.RemoteState == bfd.StateAdminDown {
+	log := r.log.With("peer", ev.Peer, "diag", ev.Diag.String(), "peerDiag", ev.RemoteDiag.String())
+	switch {
+	case ev.RemoteState == bfd.StateAdminDown:
 		log.Info("bgp: the peer took BFD down on purpose (AdminDown): not a failure")
+		return
+	case ev.Diag == bfd.DiagNeighborDown && !ev.RemoteDiag.Failure():
+		// The peer's session said Down without a failure: it was created anew (FRR
+		// re-creates it with the source address once BGP is up). It comes back up within
+		// a round trip; resetting BGP for it would flap every new session.
+		log.Info("bgp: the peer's BFD session started over: not a failure")
 		return
 	}
 	if r.running() != nil {

@@ -89,7 +89,7 @@ func (r *router) AddNeighbor(ctx context.Context, n Neighbor) (err error) {
 	r.mu.Lock()
 	r.neighbors[n.Address] = n
 	r.mu.Unlock()
-	r.setBFD(n)
+	r.setBFD(ctx, n)
 	r.log.Info("bgp: neighbor added", "peer", n.Address, "asn", n.ASN, "kind", n.Kind, "gracefulRestart", n.GracefulRestart)
 	return nil
 }
@@ -135,7 +135,7 @@ func (r *router) UpdateNeighbor(ctx context.Context, n Neighbor) (err error) {
 		}
 		return fmt.Errorf("bgp: update neighbor %s: %w", n.Address, err)
 	}
-	r.setBFD(n)
+	r.setBFD(ctx, n)
 	if resp.GetNeedsSoftResetIn() {
 		if err := r.srv.ResetPeer(ctx, &api.ResetPeerRequest{Address: n.Address.String(), Soft: true, Direction: api.ResetPeerRequest_DIRECTION_IN}); err != nil {
 			return fmt.Errorf("bgp: update neighbor %s: soft reset: %w", n.Address, err)

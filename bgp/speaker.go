@@ -17,6 +17,7 @@ import (
 	api "github.com/osrg/gobgp/v4/api"
 	"github.com/osrg/gobgp/v4/pkg/apiutil"
 	"github.com/osrg/gobgp/v4/pkg/config/oc"
+	"github.com/osrg/gobgp/v4/pkg/packet/bgp"
 	"github.com/osrg/gobgp/v4/pkg/server"
 
 	"github.com/podroute/podroute/bfd"
@@ -218,7 +219,12 @@ func (r *router) Start(ctx context.Context) (err error) {
 	err = srv.WatchEvent(wctx, server.WatchEventMessageCallbacks{
 		OnBestPath:   func([]*apiutil.Path, time.Time) { r.notify() },
 		OnPathEor:    func(*apiutil.Path, time.Time) { r.notify() },
-		OnPeerUpdate: func(*apiutil.WatchEventMessage_PeerEvent, time.Time) { r.notify() },
+		OnPeerUpdate: func(ev *apiutil.WatchEventMessage_PeerEvent, _ time.Time) {
+			if ev.Type == apiutil.PEER_EVENT_STATE && ev.Peer.State.SessionState == bgp.BGP_FSM_ESTABLISHED {
+				go r.startBFD(ev.Peer.State.NeighborAddress.Unmap())
+			}
+			r.notify()
+		},
 	}, server.WatchBestPath(false), server.WatchEor(false), server.WatchPeer())
 	if err == nil {
 		// Paths as received, before import policy, and the peers' own withdrawals.

@@ -2,8 +2,11 @@ package tor_test
 
 import (
 	"fmt"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/podroute/podroute/config"
 	"github.com/podroute/podroute/test/lab"
@@ -106,4 +109,218 @@ func bfdStates(n *lab.Node, want map[string]string) error {
 		}
 	}
 	return nil
+}
+
+// TestBFDRestart: with BFD at 100 ms x 3 on the mesh and towards an FRR ToR (without "bfd
+// check-control-plane-failure", which would make FRR ignore every BFD failure of a node: see
+// docs/peering.md), an agent that is killed (SIGKILL) or stopped (SIGTERM)
+// and started again 2 s later keeps its node's pod routes on the ToR (in its kernel) and on
+// the other node throughout, while a node that dies (switch port, agent and uplink gone at
+// once) loses them within BFD's detection time rather than the hold time (9 s) plus the
+// graceful-restart time (120 s).
+func TestBFDRestart(t *testing.T) {
+	l := lab.New(t, lab.Options{})
+	c := lab.InstallCRDs(t, l)
+	fab := l.DefaultSegment()
+	tor := l.AddRouter(t, "tor", lab.RouterOptions{ASN: 65101, Segments: []*lab.Segment{fab}, BFD: true})
+	torAddr := tor.Addr4(fab)
+	fast := &config.BFDSpec{MinTx: "100ms", MinRx: "100ms"}
+	c.Configuration(config.BGPConfigurationSpec{NodeToNodeMesh: ptr(true), MeshBFD: fast})
+	c.Peer("tor", config.BGPPeerSpec{PeerAddress: torAddr.String(), PeerASN: 65101, BFD: fast})
+	var nodes []*lab.Node
+	for i := 1; i <= 2; i++ {
+		n := l.AddNode(t, fmt.Sprintf("node-%d", i), lab.NodeOptions{Index: i})
+		err := tor.AddNeighbor(lab.Neighbor{Address: n.IPv4, ASN: config.DefaultASN, Description: n.Name,
+			BFD: true, BFDInterval: 100 * time.Millisecond, BFDMultiplier: 3})
+		if err != nil {
+			t.Fatal(err)
+		}
+		nodes = append(nodes, n)
+	}
+	a, b := nodes[0], nodes[1]
+	allUp := func(t *testing.T) {
+		t.Helper()
+		for i, n := range nodes {
+			want := map[string]string{torAddr.String(): "up", nodes[1-i].IPv4.String(): "up"}
+			lab.Eventually(t, converge, n.Name+": BGP and BFD up with the ToR and the other node", func() error { return bfdStates(n, want) })
+		}
+		lab.Eventually(t, converge, "tor: routes to both nodes' pod CIDRs", func() error {
+			for _, n := range nodes {
+				if err := torRoutes(tor, n); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+	allUp(t)
+	// No BGP session is reset for BFD while the sessions come up (FRR re-creates its BFD
+	// session once BGP is up, which is not a failure), nor during the restarts below.
+	offs := make([]int64, len(nodes))
+	if r := bfdResets(tor, nodes, offs); r != "" {
+		t.Errorf("BGP sessions reset for BFD while coming up:\n%s", r)
+	}
+	for i, n := range nodes {
+		offs[i] = n.Agent.LogSize()
+	}
+	torResets := strings.Count(tor.Log(), "Cease/BFD Down")
+
+	for _, tc := range []struct {
+		name string
+		stop func(*lab.Agent) error
+	}{{"SIGKILL", (*lab.Agent).Kill}, {"SIGTERM", (*lab.Agent).Stop}} {
+		t.Run(tc.name, func(t *testing.T) {
+			allUp(t)
+			stopWatch := watchRoutes(tor, a, b)
+			off := b.Agent.LogSize()
+			if err := tc.stop(a.Agent); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(2 * time.Second)
+			if err := a.Agent.Start(); err != nil {
+				t.Fatal(err)
+			}
+			allUp(t)
+			polls, missing := stopWatch()
+			t.Logf("%s restart of %s's agent: %d polls of the ToR's kernel and %s's routes, %d gaps", tc.name, a.Name, polls, b.Name, len(missing))
+			if len(missing) > 0 {
+				t.Errorf("routes to %s's pod CIDRs went missing during its agent's restart:\n%s", a.Name, strings.Join(missing, "\n"))
+			}
+			log := b.Agent.LogSince(off)
+			want := "BFD down while the BGP session is not established"
+			if tc.name == "SIGTERM" {
+				want = "the peer took BFD down on purpose (AdminDown)"
+			}
+			if !strings.Contains(log, want) {
+				t.Errorf("%s did not log %q:\n%s", b.Name, want, log)
+			}
+		})
+	}
+
+	t.Run("NodeDeath", func(t *testing.T) {
+		allUp(t)
+		if r := bfdResets(tor, nodes, offs); r != "" || strings.Count(tor.Log(), "Cease/BFD Down") != torResets {
+			t.Errorf("BGP sessions reset for BFD during the restarts:\n%s", r)
+		}
+		for i, n := range nodes {
+			offs[i] = n.Agent.LogSize()
+		}
+		torResets = strings.Count(tor.Log(), "Cease/BFD Down")
+		t0 := time.Now()
+		if err := a.FabricPort(false); err != nil {
+			t.Fatal(err)
+		}
+		if err := a.Agent.Kill(); err != nil {
+			t.Fatal(err)
+		}
+		if err := a.Uplink(false); err != nil {
+			t.Fatal(err)
+		}
+		var torGone, nodeGone time.Duration
+		lab.Eventually(t, 15*time.Second, "the dead node's routes gone from the ToR's kernel and the other node", func() error {
+			for _, p := range a.PodCIDRs {
+				if r, err := tor.KernelRoute(p); err != nil || r != "" {
+					return fmt.Errorf("tor: %s: %q %v", p, r, err)
+				}
+			}
+			if torGone == 0 {
+				torGone = time.Since(t0)
+			}
+			for _, p := range a.PodCIDRs {
+				if err := b.NoRoute(p); err != nil {
+					return err
+				}
+			}
+			nodeGone = time.Since(t0)
+			return nil
+		})
+		t.Logf("node death: routes gone from the ToR's kernel after %v, from %s after %v", torGone.Round(time.Millisecond), b.Name, nodeGone.Round(time.Millisecond))
+		// 300 ms of detection; the bound leaves room for a loaded machine, and is far from
+		// the 9 s hold time.
+		if torGone > 2*time.Second || nodeGone > 2*time.Second {
+			t.Errorf("the dead node's routes lingered: ToR %v, %s %v; want BFD's detection time", torGone, b.Name, nodeGone)
+		}
+	})
+}
+
+// bfdResets lists the BGP session resets for BFD the nodes logged since offs, and the
+// ToR's when offs are all zero (its log holds the whole run).
+func bfdResets(tor *lab.Router, nodes []*lab.Node, offs []int64) string {
+	var out []string
+	for i, n := range nodes {
+		for _, l := range strings.Split(n.Agent.LogSince(offs[i]), "\n") {
+			if strings.Contains(l, "BFD down: BGP session reset") {
+				out = append(out, n.Name+": "+l)
+			}
+		}
+	}
+	if slices.Equal(offs, make([]int64, len(offs))) {
+		for _, l := range strings.Split(tor.Log(), "\n") {
+			if strings.Contains(l, "Cease/BFD Down") {
+				out = append(out, "tor: "+l)
+			}
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+// torRoutes checks the ToR's kernel routes n's pod CIDRs through n.
+func torRoutes(tor *lab.Router, n *lab.Node) error {
+	for _, p := range n.PodCIDRs {
+		r, err := tor.KernelRoute(p)
+		if err != nil {
+			return err
+		}
+		via := n.IPv4
+		if p.Addr().Is6() {
+			via = n.IPv6
+		}
+		if !strings.Contains(r, via.String()) {
+			return fmt.Errorf("tor: route to %s is %q, not via %s", p, r, via)
+		}
+	}
+	return nil
+}
+
+// watchRoutes polls, every 20 ms until stopped, the ToR's kernel routes to a's pod CIDRs
+// and b's; stop returns the number of polls and what was missing when.
+func watchRoutes(tor *lab.Router, a, b *lab.Node) func() (int, []string) {
+	done := make(chan struct{})
+	var (
+		polls   int
+		missing []string
+		wg      sync.WaitGroup
+	)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			at := time.Now().Format("15:04:05.000")
+			if err := torRoutes(tor, a); err != nil {
+				missing = append(missing, at+" "+err.Error())
+			}
+			for _, p := range a.PodCIDRs {
+				via := a.IPv4
+				if p.Addr().Is6() {
+					via = a.IPv6
+				}
+				if err := b.RouteVia(p, via); err != nil {
+					missing = append(missing, at+" "+err.Error())
+				}
+			}
+			polls++
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return func() (int, []string) {
+		close(done)
+		wg.Wait()
+		return polls, missing
+	}
 }
