@@ -377,3 +377,21 @@ func TestPeerSpeedsUpAfterUp(t *testing.T) {
 		t.Errorf("A's session: %+v", st)
 	}
 }
+
+// After the peer's BFD is gone but its host is alive (its kernel refuses our packets), the
+// session keeps hearing from the host: LastHeard moves on while the session is down.
+func TestRefusedPacketsAreSignsOfLife(t *testing.T) {
+	a, b, _ := pair(t, fast)
+	settled(t, a, addrB, 150*time.Millisecond)
+	b.srv.Close(false)
+	a.wantEvent(t, StateDown, 2*time.Second)
+	down, _ := a.srv.Status(addrB)
+	err := wait.PollUntilContextTimeout(context.Background(), 50*time.Millisecond, 5*time.Second, true, func(context.Context) (bool, error) {
+		st, _ := a.srv.Status(addrB)
+		return st.LastHeard.After(down.LastHeard.Add(500 * time.Millisecond)), nil
+	})
+	if err != nil {
+		st, _ := a.srv.Status(addrB)
+		t.Fatalf("LastHeard stayed at %s (down at %s) while the peer's kernel refused our packets", st.LastHeard, down.LastHeard)
+	}
+}

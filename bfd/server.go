@@ -88,6 +88,10 @@ type Status struct {
 	// agreed with the peer; 0 when the session is neither Init nor Up.
 	DetectTime time.Duration
 	UpSince    time.Time
+	// LastHeard is the last sign that the peer's host is alive: a packet from it, or its
+	// kernel refusing one of ours (ICMP port unreachable: nothing listens for BFD there,
+	// as while its agent restarts). Zero until then.
+	LastHeard time.Time
 	// Flaps counts the times the session went from Up to Down.
 	Flaps          uint64
 	Sent, Received uint64

@@ -58,6 +58,7 @@ type session struct {
 	desiredTx   time.Duration // what we advertise now: at least slowTx unless up
 	polling     bool          // a Poll sequence awaits the peer's Final
 	upSince     time.Time
+	lastHeard   time.Time // the last sign of the peer's host: a packet, or its kernel refusing one
 	flaps       uint64
 	sent        uint64
 	received    uint64
@@ -163,6 +164,7 @@ func (s *session) receive(p packet) (*Event, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.received++
+	s.lastHeard = time.Now()
 	s.remoteDisc = p.myDisc
 	s.remoteState, s.remoteDiag = p.state, p.diag
 	s.remoteMinRx = usec(p.requiredMinRx)
@@ -308,9 +310,16 @@ func (s *session) send(poll, final bool) {
 	}
 	s.mu.Unlock()
 	if err := s.write(p.marshal()); err != nil {
-		// Refused: the peer's port is closed (its agent is not running); its silence is
-		// the detection timer's business, not a log line per packet.
-		if msg := err.Error(); msg != s.lastErr && !errors.Is(err, syscall.ECONNREFUSED) {
+		if errors.Is(err, syscall.ECONNREFUSED) {
+			// The peer's kernel refused an earlier packet (ICMP port unreachable): its
+			// host is alive with no BFD listening, as while its agent restarts. A sign
+			// of life, not a problem to log.
+			s.mu.Lock()
+			s.lastHeard = time.Now()
+			s.mu.Unlock()
+			return
+		}
+		if msg := err.Error(); msg != s.lastErr {
 			s.lastErr = msg
 			s.log.Warn("bfd: cannot send", "err", err)
 		}
@@ -389,7 +398,7 @@ func (s *session) status() Status {
 	defer s.mu.Unlock()
 	st := Status{
 		State: s.state, LocalDiag: s.diag, RemoteState: s.remoteState, RemoteDiag: s.remoteDiag,
-		UpSince: s.upSince, Flaps: s.flaps, Sent: s.sent, Received: s.received, Timers: s.timers,
+		UpSince: s.upSince, LastHeard: s.lastHeard, Flaps: s.flaps, Sent: s.sent, Received: s.received, Timers: s.timers,
 		DetectTime: s.detectTimeLocked(),
 	}
 	return st

@@ -5,6 +5,7 @@ package bgp
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"time"
 
@@ -19,6 +20,13 @@ import (
 // connection itself, the BFD state from bfdd), and keeps the routes only when BFD goes
 // down during the restart.
 const adminDownDelay = 100 * time.Millisecond
+
+// restartSilence is how long a peer whose agent is restarting (its kernel closed the BGP
+// session, then its BFD went quiet) may go without a sign of its host before it is taken
+// for dead after all and its routes are withdrawn. A live host is heard about once a
+// second: its kernel refuses our BFD packets (one a second while the session is down)
+// with ICMP port unreachable while nothing listens, then its new agent answers.
+const restartSilence = 5 * time.Second
 
 func (r *router) newBFD() *bfd.Server {
 	return bfd.New(bfd.Config{
@@ -121,6 +129,7 @@ func (r *router) onBFD(ev bfd.Event) {
 	}
 	if state != StateEstablished {
 		log.Info("bgp: BFD down while the BGP session is not established: the peer's agent is restarting, graceful restart keeps its routes", "session", state)
+		r.watchRestart(ev.Peer)
 		return
 	}
 	// The session is established, so GoBGP sends the NOTIFICATION now and drops the
@@ -135,6 +144,81 @@ func (r *router) onBFD(ev bfd.Event) {
 	}
 	r.notePeerProblem(ev.Peer.String(), "BFD down ("+ev.Diag.String()+"): session reset", nil)
 	log.Warn("bgp: BFD down: BGP session reset, the peer's routes withdrawn")
+}
+
+// watchRestart follows a peer kept under graceful restart after its BFD went down, until
+// its BGP or BFD session is back: if its host goes silent for restartSilence (it died while
+// its agent was restarting), its routes are withdrawn then, not after the restart time.
+func (r *router) watchRestart(addr netip.Addr) {
+	r.mu.Lock()
+	n, ok := r.neighbors[addr]
+	if !ok || r.watching[addr] {
+		r.mu.Unlock()
+		return
+	}
+	r.watching[addr] = true
+	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		delete(r.watching, addr)
+		r.mu.Unlock()
+	}()
+	until := time.Now().Add(n.restartTime())
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for time.Now().Before(until) {
+		select {
+		case <-r.done:
+			return
+		case <-tick.C:
+		}
+		st, ok := r.bfd.Status(addr)
+		if !ok || st.State == bfd.StateUp {
+			return
+		}
+		if time.Since(st.LastHeard) < restartSilence {
+			continue
+		}
+		if err := r.flushRestarting(addr); err != nil {
+			r.log.Warn("bgp: peer's host silent during its restart: withdrawing its routes failed", "peer", addr, "err", err)
+		}
+		return
+	}
+}
+
+// flushRestarting withdraws the routes of a peer under graceful restart, unless its
+// session came back meanwhile: GoBGP drops a peer's routes when the peer is deconfigured,
+// and the peer is configured again at once, to be dialled and accepted as before.
+func (r *router) flushRestarting(addr netip.Addr) error {
+	r.opMu.Lock()
+	defer r.opMu.Unlock()
+	if err := r.running(); err != nil {
+		return nil
+	}
+	r.mu.Lock()
+	n, ok := r.neighbors[addr]
+	r.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	established := false
+	err := r.srv.ListPeer(ctx, &api.ListPeerRequest{Address: addr.String()}, func(p *api.Peer) {
+		established = p.GetState().GetSessionState() == api.PeerState_SESSION_STATE_ESTABLISHED
+	})
+	if err != nil || established {
+		return err
+	}
+	if err := r.srv.DeletePeer(ctx, &api.DeletePeerRequest{Address: addr.String()}); err != nil {
+		return fmt.Errorf("deconfigure: %w", err)
+	}
+	if err := r.srv.AddPeer(ctx, &api.AddPeerRequest{Peer: n.toAPI(&r.cfg, r.localRestarting(n))}); err != nil {
+		return fmt.Errorf("configure again: %w", err)
+	}
+	r.notePeerProblem(addr.String(), fmt.Sprintf("host silent for %s while its agent restarted: routes withdrawn", restartSilence), nil)
+	r.log.Warn("bgp: peer's host silent while its agent restarted: taken for dead, its routes withdrawn", "peer", addr, "silentFor", restartSilence)
+	return nil
 }
 
 // bfdState is the neighbour's BFD session state for PeerState.

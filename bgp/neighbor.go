@@ -245,6 +245,14 @@ func wholeSeconds(field string, d, lo, hi time.Duration) error {
 	return nil
 }
 
+// restartTime is how long peers keep our routes when we restart (the one we announce).
+func (n Neighbor) restartTime() time.Duration {
+	if n.RestartTime == 0 {
+		return DefaultRestartTime
+	}
+	return n.RestartTime
+}
+
 func (n Neighbor) holdTime() time.Duration {
 	if n.HoldTime == 0 {
 		return DefaultHoldTime

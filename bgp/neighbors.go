@@ -349,10 +349,7 @@ func (n Neighbor) toAPI(cfg *Config, localRestarting bool) *api.Peer {
 		}
 	}
 	if n.GracefulRestart {
-		rt := n.RestartTime
-		if rt == 0 {
-			rt = DefaultRestartTime
-		}
+		rt := n.restartTime()
 		deferral := cfg.DeferralTime
 		if deferral == 0 {
 			deferral = defaultDeferralTime

@@ -78,6 +78,8 @@ type router struct {
 	filter          ImportFilter
 	subs            map[chan struct{}]struct{}
 	restartingUntil time.Time
+	// watching holds the peers watchRestart follows.
+	watching map[netip.Addr]bool
 }
 
 // New validates cfg and returns a Router backed by GoBGP. Nothing runs until Start.
@@ -105,6 +107,7 @@ func New(cfg Config) (Router, error) {
 		prepend:      [2]map[netip.Prefix]uint8{{}, {}},
 		filter:       f,
 		subs:         map[chan struct{}]struct{}{},
+		watching:     map[netip.Addr]bool{},
 	}, nil
 }
 
@@ -217,8 +220,8 @@ func (r *router) Start(ctx context.Context) (err error) {
 	// The callbacks only set flags and count refusals: GoBGP queues events for a slow
 	// watcher without bound.
 	err = srv.WatchEvent(wctx, server.WatchEventMessageCallbacks{
-		OnBestPath:   func([]*apiutil.Path, time.Time) { r.notify() },
-		OnPathEor:    func(*apiutil.Path, time.Time) { r.notify() },
+		OnBestPath: func([]*apiutil.Path, time.Time) { r.notify() },
+		OnPathEor:  func(*apiutil.Path, time.Time) { r.notify() },
 		OnPeerUpdate: func(ev *apiutil.WatchEventMessage_PeerEvent, _ time.Time) {
 			if ev.Type == apiutil.PEER_EVENT_STATE && ev.Peer.State.SessionState == bgp.BGP_FSM_ESTABLISHED {
 				go r.startBFD(ev.Peer.State.NeighborAddress.Unmap())

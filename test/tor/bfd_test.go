@@ -241,6 +241,67 @@ func TestBFDRestart(t *testing.T) {
 			t.Errorf("the dead node's routes lingered: ToR %v, %s %v; want BFD's detection time", torGone, b.Name, nodeGone)
 		}
 	})
+
+	// The node comes back, its agent crashes, and 1.5 s later the node dies: the other node
+	// keeps the node's routes while the node's kernel answers (its restart), then drops the
+	// paths it learned from the node once the node has been silent for 5 s, not after the
+	// 120 s restart time. FRR keeps the node's routes as stale for the restart time (it has
+	// no such rule) and goes on announcing them, so the other node's kernel still routes
+	// there, through the path from the ToR.
+	t.Run("DiesWhileRestarting", func(t *testing.T) {
+		if err := a.FabricPort(true); err != nil {
+			t.Fatal(err)
+		}
+		if err := a.Uplink(true); err != nil {
+			t.Fatal(err)
+		}
+		if err := a.Agent.Start(); err != nil {
+			t.Fatal(err)
+		}
+		allUp(t)
+		if err := a.Agent.Kill(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(1500 * time.Millisecond)
+		fromA := func() ([]string, error) {
+			rs, err := b.BGPRoutes()
+			if err != nil {
+				return nil, err
+			}
+			var out []string
+			for _, r := range rs.Routes {
+				for _, p := range a.PodCIDRs {
+					if r.Prefix == p.String() && r.SourcePeer == a.IPv4.String() {
+						out = append(out, r.Prefix)
+					}
+				}
+			}
+			return out, nil
+		}
+		if got, err := fromA(); err != nil || len(got) != len(a.PodCIDRs) {
+			t.Fatalf("%s during %s's agent restart: best paths from %s %v (%v), want its pod CIDRs kept", b.Name, a.Name, a.IPv4, got, err)
+		}
+		t0 := time.Now()
+		if err := a.FabricPort(false); err != nil {
+			t.Fatal(err)
+		}
+		if err := a.Uplink(false); err != nil {
+			t.Fatal(err)
+		}
+		lab.Eventually(t, 20*time.Second, b.Name+": no path from the dead node", func() error {
+			got, err := fromA()
+			if err == nil && len(got) > 0 {
+				err = fmt.Errorf("best paths from %s: %v", a.IPv4, got)
+			}
+			return err
+		})
+		gone := time.Since(t0)
+		r, _ := tor.KernelRoute(a.PodCIDRs[0])
+		t.Logf("node died 1.5 s into its agent's restart: %s dropped its paths after %v; the ToR still routes %q", b.Name, gone.Round(time.Millisecond), r)
+		if gone > 10*time.Second {
+			t.Errorf("paths dropped %v after the node died, want about 5 s of silence", gone.Round(time.Millisecond))
+		}
+	})
 }
 
 // bfdResets lists the BGP session resets for BFD the nodes logged since offs, and the
