@@ -245,13 +245,14 @@ func (a *Agent) updatePeerMetrics(ctx context.Context, r bgp.Router) {
 	if r == nil {
 		return
 	}
-	// Listing neighbours counts every peer's accepted prefixes: with hundreds of peers that
-	// is hundreds of speaker calls, too many for every pass.
+	// The gauges want the sessions' states only, not the prefix counts of Neighbors, which
+	// cost the speaker a walk of every route per peer; and a pass comes with every Node
+	// event, many a second on a route reflector while nodes join.
 	if time.Since(a.metricsAt) < peerMetricsEvery {
 		return
 	}
 	a.metricsAt = time.Now()
-	states, err := r.Neighbors(ctx)
+	states, err := bgp.Sessions(ctx, r)
 	if err != nil {
 		return
 	}

@@ -65,7 +65,7 @@ func (r *router) AddNeighbor(ctx context.Context, n Neighbor) (err error) {
 		r.mu.Lock()
 		r.neighbors[n.Address] = n
 		r.mu.Unlock()
-		if err := r.applyPoliciesLocked(ctx, false); err != nil {
+		if err := r.neighborSetsChangedLocked(ctx, nil, &n); err != nil {
 			r.mu.Lock()
 			delete(r.neighbors, n.Address)
 			r.mu.Unlock()
@@ -82,7 +82,7 @@ func (r *router) AddNeighbor(ctx context.Context, n Neighbor) (err error) {
 		delete(r.neighbors, n.Address)
 		r.mu.Unlock()
 		if shapes {
-			_ = r.applyPoliciesLocked(ctx, false)
+			_ = r.neighborSetsChangedLocked(ctx, &n, nil)
 		}
 		return fmt.Errorf("bgp: add neighbor %s (AS %d): %w", n.Address, n.ASN, err)
 	}
@@ -122,7 +122,7 @@ func (r *router) UpdateNeighbor(ctx context.Context, n Neighbor) (err error) {
 	// Hold and keepalive times are agreed in OPEN: a change takes effect only on a new session.
 	timersChanged := old.HoldTime != n.HoldTime || old.KeepaliveTime != n.KeepaliveTime
 	if rrChanged {
-		if err := r.applyPoliciesLocked(ctx, false); err != nil {
+		if err := r.neighborSetsChangedLocked(ctx, &old, &n); err != nil {
 			rollback()
 			return err
 		}
@@ -131,7 +131,7 @@ func (r *router) UpdateNeighbor(ctx context.Context, n Neighbor) (err error) {
 	if err != nil {
 		rollback()
 		if rrChanged {
-			_ = r.applyPoliciesLocked(ctx, false)
+			_ = r.neighborSetsChangedLocked(ctx, &n, &old)
 		}
 		return fmt.Errorf("bgp: update neighbor %s: %w", n.Address, err)
 	}
@@ -184,7 +184,7 @@ func (r *router) RemoveNeighbor(ctx context.Context, addr netip.Addr) (err error
 	r.mu.Unlock()
 	r.refusals.retain(func(_ netip.Prefix, peer netip.Addr) bool { return peer != addr })
 	if r.shapesPolicy(n) {
-		if err := r.applyPoliciesLocked(ctx, false); err != nil {
+		if err := r.neighborSetsChangedLocked(ctx, &n, nil); err != nil {
 			return err
 		}
 	}
@@ -194,11 +194,30 @@ func (r *router) RemoveNeighbor(ctx context.Context, addr netip.Addr) (err error
 
 func (r *router) Neighbors(ctx context.Context) (out []PeerState, err error) {
 	defer guard("neighbors", &err)
+	return r.neighborStates(ctx, true)
+}
+
+// Sessions is Neighbors without the accepted and advertised counts (both zero), for
+// callers that want the sessions' states only: GoBGP counts a peer's advertised paths by
+// running its export policy over every best path, per peer and listing, which on a route
+// reflector is every node's route for every node. A Router of another kind answers with
+// Neighbors.
+func Sessions(ctx context.Context, r Router) (out []PeerState, err error) {
+	rt, ok := r.(*router)
+	if !ok {
+		return r.Neighbors(ctx)
+	}
+	defer guard("sessions", &err)
+	return rt.neighborStates(ctx, false)
+}
+
+// neighborStates lists the neighbours, with their prefix counts if counts is set.
+func (r *router) neighborStates(ctx context.Context, counts bool) (out []PeerState, err error) {
 	if err := r.running(); err != nil {
 		return nil, err
 	}
 	var peers []*api.Peer
-	if err := r.srv.ListPeer(ctx, &api.ListPeerRequest{EnableAdvertised: true}, func(p *api.Peer) { peers = append(peers, p) }); err != nil {
+	if err := r.srv.ListPeer(ctx, &api.ListPeerRequest{EnableAdvertised: counts}, func(p *api.Peer) { peers = append(peers, p) }); err != nil {
 		return nil, fmt.Errorf("bgp: list neighbors: %w", err)
 	}
 	byAddr := make(map[netip.Addr]*api.Peer, len(peers))
@@ -210,7 +229,12 @@ func (r *router) Neighbors(ctx context.Context) (out []PeerState, err error) {
 			byAddr[a.Unmap()] = p
 		}
 	}
-	accepted := r.acceptedCounts(byAddr)
+	var accepted map[netip.Addr]uint64
+	if counts {
+		if accepted, err = r.acceptedCounts(ctx); err != nil {
+			return nil, err
+		}
+	}
 	r.mu.Lock()
 	for addr, n := range r.neighbors {
 		ps := PeerState{Neighbor: n, State: StateIdle}
@@ -224,7 +248,9 @@ func (r *router) Neighbors(ctx context.Context) (out []PeerState, err error) {
 		}
 		if p, ok := byAddr[addr]; ok {
 			fillPeerState(&ps, p)
-			ps.Accepted = accepted[addr]
+			if ps.State == StateEstablished { // not the stale paths of a restarting peer
+				ps.Accepted = accepted[addr]
+			}
 		}
 		out = append(out, ps)
 	}
@@ -233,29 +259,30 @@ func (r *router) Neighbors(ctx context.Context) (out []PeerState, err error) {
 	return out, nil
 }
 
-// acceptedCounts counts, per peer, the received paths the import filter accepts.
-// GoBGP's own "accepted" counter ignores the (global) import policy.
-func (r *router) acceptedCounts(peers map[netip.Addr]*api.Peer) map[netip.Addr]uint64 {
-	r.mu.Lock()
-	f := r.filter
-	r.mu.Unlock()
-	out := make(map[netip.Addr]uint64, len(peers))
-	for a, p := range peers {
-		if p.GetState().GetSessionState() != api.PeerState_SESSION_STATE_ESTABLISHED {
-			continue
-		}
-		for _, fam := range families {
-			_ = r.srv.ListPath(apiutil.ListPathRequest{TableType: api.TableType_TABLE_TYPE_ADJ_IN, Name: a.String(), Family: fam},
-				func(_ bgp.NLRI, paths []*apiutil.Path) {
-					for _, path := range paths {
-						if pfx, ok := pathPrefix(path); ok && f.classify(a, pfx) == "" {
-							out[a]++
-						}
+// acceptedCounts counts, per peer, the received paths the import filter accepts: the
+// peer's paths in the global table, which holds what the import policy accepted and
+// nothing it refused. GoBGP's own "accepted" counter ignores the (global) import policy,
+// and listing each peer's adj-RIB-in costs a table per peer (GoBGP builds one, 2,048
+// shards, for each listing); one listing of the global table per family serves all peers.
+func (r *router) acceptedCounts(ctx context.Context) (map[netip.Addr]uint64, error) {
+	out := map[netip.Addr]uint64{}
+	for _, fam := range families {
+		err := r.srv.ListPath(apiutil.ListPathRequest{TableType: api.TableType_TABLE_TYPE_GLOBAL, Family: fam},
+			func(_ bgp.NLRI, paths []*apiutil.Path) {
+				for _, p := range paths {
+					if !p.Withdrawal && p.PeerAddress.IsValid() {
+						out[p.PeerAddress.Unmap()]++
 					}
-				})
+				}
+			})
+		if err != nil {
+			return nil, fmt.Errorf("bgp: count accepted paths: %w", err)
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, fmt.Errorf("bgp: count accepted paths: %w", err)
 		}
 	}
-	return out
+	return out, nil
 }
 
 var sessionStates = map[api.PeerState_SessionState]string{

@@ -57,17 +57,24 @@ func (r *router) applyPoliciesLocked(ctx context.Context, initial bool) error {
 	}
 	// SetPolicies keeps existing assignments, so they are made once.
 	for _, a := range []struct {
-		name string
-		dir  api.PolicyDirection
-	}{{importPolicyName, api.PolicyDirection_POLICY_DIRECTION_IMPORT}, {exportPolicyName, api.PolicyDirection_POLICY_DIRECTION_EXPORT}} {
+		names []string
+		dir   api.PolicyDirection
+	}{
+		{[]string{importOriginsPolicyName, importPolicyName}, api.PolicyDirection_POLICY_DIRECTION_IMPORT},
+		{[]string{exportPolicyName}, api.PolicyDirection_POLICY_DIRECTION_EXPORT},
+	} {
+		var policies []*api.Policy
+		for _, name := range a.names {
+			policies = append(policies, &api.Policy{Name: name})
+		}
 		err := r.srv.SetPolicyAssignment(ctx, &api.SetPolicyAssignmentRequest{Assignment: &api.PolicyAssignment{
 			Name:          "global",
 			Direction:     a.dir,
-			Policies:      []*api.Policy{{Name: a.name}},
+			Policies:      policies,
 			DefaultAction: api.RouteAction_ROUTE_ACTION_REJECT,
 		}})
 		if err != nil {
-			return fmt.Errorf("bgp: assign policy %s: %w", a.name, err)
+			return fmt.Errorf("bgp: assign policies %v: %w", a.names, err)
 		}
 	}
 	return nil
@@ -235,8 +242,8 @@ func (r *router) resetOutLocked(ctx context.Context, pick func(Neighbor) bool) e
 	return nil
 }
 
-// shapesPolicy tells whether adding, changing or removing neighbour n must rebuild the
-// policy: it is in one of the export policy's neighbour sets. Needs opMu.
+// shapesPolicy tells whether adding, changing or removing neighbour n changes the policy:
+// it is in one of the export policy's neighbour sets (neighborSetsChangedLocked). Needs opMu.
 func (r *router) shapesPolicy(n Neighbor) bool {
 	if n.RouteReflectorClient || n.NoExport {
 		return true
@@ -250,6 +257,210 @@ func (r *router) listsInternal() bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return len(r.externalOnly[0])+len(r.externalOnly[1])+len(r.prepend[0])+len(r.prepend[1]) > 0
+}
+
+// neighborSetsChangedLocked brings the export policy's neighbour sets from neighbour old to
+// n (nil: not configured), r.neighbors already holding n. Adding a neighbour to a set, or
+// taking it out, edits the set in place, as setExternalOnlyLocked does, so the neighbours
+// already there keep their policy untouched. A set's first member in or last one out
+// rebuilds the policy: only a non-empty set exists, with the statement using it. Needs opMu.
+func (r *router) neighborSetsChangedLocked(ctx context.Context, old, n *Neighbor) error {
+	listed := r.listsInternal()
+	sets := []struct {
+		name string
+		in   func(Neighbor) bool
+	}{
+		{setRRClients, func(n Neighbor) bool { return n.RouteReflectorClient }},
+		{setNoExport, func(n Neighbor) bool { return n.NoExport }},
+		// The internal neighbours' set exists only while listsInternal (see policies).
+		{setInternal, func(n Neighbor) bool { return listed && n.nodeToNode() }},
+	}
+	in := func(n *Neighbor, i int) bool { return n != nil && sets[i].in(*n) }
+	var a netip.Addr
+	if old != nil {
+		a = old.Address
+	} else if n != nil {
+		a = n.Address
+	}
+	var adds, dels []string
+	rebuild := false
+	r.mu.Lock()
+	for i, set := range sets {
+		if in(old, i) == in(n, i) {
+			continue
+		}
+		others := false
+		for b, m := range r.neighbors {
+			if b != a && set.in(m) {
+				others = true
+				break
+			}
+		}
+		switch {
+		case !others:
+			rebuild = true
+		case in(n, i):
+			adds = append(adds, set.name)
+		default:
+			dels = append(dels, set.name)
+		}
+	}
+	r.mu.Unlock()
+	if rebuild {
+		return r.applyPoliciesLocked(ctx, false)
+	}
+	for _, name := range adds {
+		if err := r.srv.AddDefinedSet(ctx, &api.AddDefinedSetRequest{DefinedSet: neighborSet(name, a)}); err != nil {
+			return r.rebuildAfter(ctx, fmt.Errorf("add %s to %s: %w", a, name, err))
+		}
+	}
+	for _, name := range dels {
+		if err := r.srv.DeleteDefinedSet(ctx, &api.DeleteDefinedSetRequest{DefinedSet: neighborSet(name, a)}); err != nil {
+			return r.rebuildAfter(ctx, fmt.Errorf("remove %s from %s: %w", a, name, err))
+		}
+	}
+	return nil
+}
+
+// rebuildAfter rebuilds the policy after an in-place edit failed half-way, which leaves
+// GoBGP's policy part old, part new; the edit's error is only logged if the rebuild works.
+// Needs opMu.
+func (r *router) rebuildAfter(ctx context.Context, err error) error {
+	r.log.Warn("bgp: routing policy edit failed, rebuilding it", "err", err)
+	if rerr := r.applyPoliciesLocked(ctx, false); rerr != nil {
+		return errors.Join(fmt.Errorf("bgp: edit routing policy: %w", err), rerr)
+	}
+	return nil
+}
+
+// updateImportLocked brings GoBGP's import policy from filter old to nf, both normalized.
+// A change of the shared rules, or the first PeerPrefixes entry in or the last one out,
+// rebuilds the whole policy. A change of some neighbours' entries, a Node coming or going,
+// edits the policy in place, per neighbour (updateOriginLocked): the cost is that of the
+// change, not of the cluster, and no other neighbour's policy is touched. Needs opMu.
+func (r *router) updateImportLocked(ctx context.Context, old, nf ImportFilter) error {
+	if !old.sameShared(nf) || (len(old.PeerPrefixes) == 0) != (len(nf.PeerPrefixes) == 0) {
+		return r.applyPoliciesLocked(ctx, false)
+	}
+	var changed []netip.Addr
+	for a, own := range nf.PeerPrefixes {
+		if was, ok := old.PeerPrefixes[a]; !ok || !slices.Equal(was, own) {
+			changed = append(changed, a)
+		}
+	}
+	for a := range old.PeerPrefixes {
+		if _, ok := nf.PeerPrefixes[a]; !ok {
+			changed = append(changed, a)
+		}
+	}
+	slices.SortFunc(changed, netip.Addr.Compare)
+	for _, a := range changed {
+		if err := r.updateOriginLocked(ctx, a, old, nf); err != nil {
+			return r.rebuildAfter(ctx, fmt.Errorf("update origin of %s: %w", a, err))
+		}
+	}
+	return nil
+}
+
+// updateOriginLocked edits the import policy in place from neighbour a's PeerPrefixes entry
+// in old to its entry in nf: its membership of the validated set, its neighbor and prefix
+// sets, and its origin statements. A new statement goes to the end of the origins policy,
+// which GoBGP evaluates before the import policy (see policies); a statement leaving is
+// taken out of whichever policy holds it. Needs opMu.
+func (r *router) updateOriginLocked(ctx context.Context, a netip.Addr, old, nf ImportFilter) error {
+	was, had := old.PeerPrefixes[a]
+	own, has := nf.PeerPrefixes[a]
+	from, to := originOf(a, was), originOf(a, own)
+	validated := neighborSet(setValidated, a)
+	if had && !has {
+		// From here on a's paths are judged by the shared rules alone.
+		if err := r.srv.DeleteDefinedSet(ctx, &api.DeleteDefinedSetRequest{DefinedSet: validated}); err != nil {
+			return fmt.Errorf("leave %s: %w", setValidated, err)
+		}
+	}
+	if from.neighbors == nil && to.neighbors != nil {
+		if err := r.srv.AddDefinedSet(ctx, &api.AddDefinedSetRequest{DefinedSet: to.neighbors}); err != nil {
+			return fmt.Errorf("define %s: %w", to.neighbors.Name, err)
+		}
+	}
+	for fam := range to.prefixes {
+		if err := r.updateOriginFamilyLocked(ctx, from, to, fam); err != nil {
+			return err
+		}
+	}
+	if from.neighbors != nil && to.neighbors == nil {
+		if err := r.srv.DeleteDefinedSet(ctx, &api.DeleteDefinedSetRequest{DefinedSet: from.neighbors, All: true}); err != nil {
+			return fmt.Errorf("delete %s: %w", from.neighbors.Name, err)
+		}
+	}
+	if !had && has {
+		// Only now, with its own prefixes accepted, is the rest a sends refused.
+		if err := r.srv.AddDefinedSet(ctx, &api.AddDefinedSetRequest{DefinedSet: validated}); err != nil {
+			return fmt.Errorf("join %s: %w", setValidated, err)
+		}
+	}
+	return nil
+}
+
+// updateOriginFamilyLocked edits one family of a neighbour's origin from from to to: a
+// statement with its prefix set comes or goes, or the set's entries change. Needs opMu.
+func (r *router) updateOriginFamilyLocked(ctx context.Context, from, to origin, fam int) error {
+	was, is := from.prefixes[fam], to.prefixes[fam]
+	switch {
+	case was == nil && is == nil:
+		return nil
+	case was == nil:
+		if err := r.srv.AddDefinedSet(ctx, &api.AddDefinedSetRequest{DefinedSet: is}); err != nil {
+			return fmt.Errorf("define %s: %w", is.Name, err)
+		}
+		policy := &api.Policy{Name: importOriginsPolicyName, Statements: []*api.Statement{to.statements[fam]}}
+		if err := r.srv.AddPolicy(ctx, &api.AddPolicyRequest{Policy: policy}); err != nil {
+			return fmt.Errorf("add statement %s: %w", to.statements[fam].Name, err)
+		}
+		return nil
+	case is == nil:
+		st := from.statements[fam]
+		for _, name := range []string{importOriginsPolicyName, importPolicyName} {
+			// GoBGP takes a statement out of a policy by name, and ignores a policy
+			// without it; the statement itself stays defined until deleted.
+			policy := &api.Policy{Name: name, Statements: []*api.Statement{st}}
+			if err := r.srv.DeletePolicy(ctx, &api.DeletePolicyRequest{Policy: policy, PreserveStatements: true}); err != nil {
+				return fmt.Errorf("take statement %s out of %s: %w", st.Name, name, err)
+			}
+		}
+		if err := r.srv.DeleteStatement(ctx, &api.DeleteStatementRequest{Statement: st, All: true}); err != nil {
+			return fmt.Errorf("delete statement %s: %w", st.Name, err)
+		}
+		if err := r.srv.DeleteDefinedSet(ctx, &api.DeleteDefinedSetRequest{DefinedSet: was, All: true}); err != nil {
+			return fmt.Errorf("delete %s: %w", was.Name, err)
+		}
+		return nil
+	}
+	// Both have prefixes: new entries in before old ones out, so a prefix listed in both
+	// is never missing.
+	key := func(p *api.Prefix) string { return p.IpPrefix }
+	diff := func(a, b []*api.Prefix) []*api.Prefix {
+		var out []*api.Prefix
+		for _, p := range a {
+			if !slices.ContainsFunc(b, func(q *api.Prefix) bool { return key(q) == key(p) }) {
+				out = append(out, p)
+			}
+		}
+		return out
+	}
+	if add := diff(is.Prefixes, was.Prefixes); len(add) > 0 {
+		set := &api.DefinedSet{DefinedType: api.DefinedType_DEFINED_TYPE_PREFIX, Name: is.Name, Prefixes: add}
+		if err := r.srv.AddDefinedSet(ctx, &api.AddDefinedSetRequest{DefinedSet: set}); err != nil {
+			return fmt.Errorf("add to %s: %w", is.Name, err)
+		}
+	}
+	if del := diff(was.Prefixes, is.Prefixes); len(del) > 0 {
+		set := &api.DefinedSet{DefinedType: api.DefinedType_DEFINED_TYPE_PREFIX, Name: is.Name, Prefixes: del}
+		if err := r.srv.DeleteDefinedSet(ctx, &api.DeleteDefinedSetRequest{DefinedSet: set}); err != nil {
+			return fmt.Errorf("remove from %s: %w", is.Name, err)
+		}
+	}
+	return nil
 }
 
 func (r *router) UpdateImportFilter(ctx context.Context, f ImportFilter) (err error) {
@@ -277,7 +488,7 @@ func (r *router) UpdateImportFilter(ctx context.Context, f ImportFilter) (err er
 		}
 	}
 	r.mu.Unlock()
-	if err := r.applyPoliciesLocked(ctx, false); err != nil {
+	if err := r.updateImportLocked(ctx, old, nf); err != nil {
 		return err
 	}
 	// Forget refusals the new filter allows, and account paths already held that it
@@ -334,6 +545,14 @@ const (
 	setInternal      = "podroute-internal"
 )
 
+// importOriginsPolicyName is evaluated before the import policy; it holds the origin
+// statements added since the last rebuild (see updateImportLocked), after copies of the
+// import policy's first statements named with originsPrefix.
+const (
+	importOriginsPolicyName = "podroute-import-origins"
+	originsPrefix           = "origins-"
+)
+
 // setExternalOnly names the external-only prefix sets, by family.
 var setExternalOnly = [2]string{"podroute-external-only-v4", "podroute-external-only-v6"}
 
@@ -372,6 +591,12 @@ type exportRules struct {
 // set against the address of the peer the path came from, so steps 4 and 5 single out
 // the validated neighbors.
 //
+// The import policy comes second in the global assignment: first is the origins policy,
+// with copies of steps 1 to 3 and then the origin statements (step 4) added in place since
+// this build (updateImportLocked; GoBGP only appends statements to a policy). A path no
+// statement of it decides goes on to the import policy, so both together decide as the
+// steps above. Built anew, it holds the copies only.
+//
 // Export: nothing to NoExport neighbors; no external-only prefix to internal neighbours;
 // accept our own paths, prepended with our AS the prefix's count of times towards
 // neighbours other than internal ones; accept everything towards route-reflector clients
@@ -402,11 +627,7 @@ func (f *ImportFilter) policies(rules exportRules) *api.SetPoliciesRequest {
 		if len(addrs) == 0 {
 			return false
 		}
-		list := make([]string, 0, len(addrs))
-		for _, a := range addrs {
-			list = append(list, netip.PrefixFrom(a, a.BitLen()).String())
-		}
-		req.DefinedSets = append(req.DefinedSets, &api.DefinedSet{DefinedType: api.DefinedType_DEFINED_TYPE_NEIGHBOR, Name: name, List: list})
+		req.DefinedSets = append(req.DefinedSets, neighborSet(name, addrs...))
 		return true
 	}
 	addStatement := func(name string, c *api.Conditions, actions *api.Actions) {
@@ -425,34 +646,25 @@ func (f *ImportFilter) policies(rules exportRules) *api.SetPoliciesRequest {
 	matchPrefixes(setDeny4, deny4, reject)
 	matchPrefixes(setDeny6, deny6, reject)
 
+	// The origins policy, evaluated first, repeats the statements so far: the origin
+	// statements added to it in place (updateImportLocked) come after them.
+	origins := &api.Policy{Name: importOriginsPolicyName}
+	for _, st := range imp.Statements {
+		origins.Statements = append(origins.Statements, &api.Statement{Name: originsPrefix + st.Name, Conditions: st.Conditions, Actions: st.Actions})
+	}
+
 	peers := slices.SortedFunc(maps.Keys(f.PeerPrefixes), netip.Addr.Compare)
 	for _, a := range peers {
-		// Exact-length entries are safe with GoBGP's longest-match lookup: a listed
-		// candidate finds itself (no longer stored prefix can contain it), and any
-		// other candidate finds a shorter entry whose single length it misses.
-		var own4, own6 []*api.Prefix
-		for _, p := range f.PeerPrefixes[a] {
-			if p.Addr().Is4() {
-				own4 = append(own4, apiPrefix(p, p.Bits(), p.Bits()))
-			} else {
-				own6 = append(own6, apiPrefix(p, p.Bits(), p.Bits()))
-			}
+		// A neighbour without prefixes has no origin statement: the validated-peers
+		// statement rejects all it sends.
+		o := originOf(a, f.PeerPrefixes[a])
+		if o.neighbors != nil {
+			req.DefinedSets = append(req.DefinedSets, o.neighbors)
 		}
-		if len(own4)+len(own6) == 0 {
-			continue // rejected by the validated-peers statement
-		}
-		nset := setPeerPrefix + a.String()
-		addNeighborSet(nset, []netip.Addr{a})
-		for _, fam := range []struct {
-			suffix   string
-			prefixes []*api.Prefix
-		}{{"-v4", own4}, {"-v6", own6}} {
-			pset := nset + fam.suffix
-			if addPrefixSet(pset, fam.prefixes) {
-				addStatement("origin-"+pset, &api.Conditions{
-					NeighborSet: &api.MatchSet{Type: api.MatchSet_TYPE_ANY, Name: nset},
-					PrefixSet:   &api.MatchSet{Type: api.MatchSet_TYPE_ANY, Name: pset},
-				}, accept)
+		for fam := range o.prefixes {
+			if o.prefixes[fam] != nil {
+				req.DefinedSets = append(req.DefinedSets, o.prefixes[fam])
+				imp.Statements = append(imp.Statements, o.statements[fam])
 			}
 		}
 	}
@@ -482,8 +694,17 @@ func (f *ImportFilter) policies(rules exportRules) *api.SetPoliciesRequest {
 	// The external-only sets are defined whenever they have prefixes, so that
 	// setExternalOnlyLocked can edit them in place, and referenced once there are internal
 	// neighbours. Exact-length entries, as for the origin sets above: a prefix matches
-	// only itself, never a longer pod CIDR inside it.
-	internal := addNeighborSet(setInternal, rules.internal)
+	// only itself, never a longer pod CIDR inside it. The internal neighbours' set exists
+	// only while a statement refers to it, so that a node joining a mesh without such
+	// prefixes costs the policy nothing (shapesPolicy).
+	listed := false
+	for _, l := range rules.externalOnly {
+		listed = listed || len(l) > 0
+	}
+	for _, byFam := range rules.prepend {
+		listed = listed || len(byFam[0])+len(byFam[1]) > 0
+	}
+	internal := listed && addNeighborSet(setInternal, rules.internal)
 	for i, prefixes := range rules.externalOnly {
 		entries := make([]*api.Prefix, 0, len(prefixes))
 		for _, p := range prefixes {
@@ -544,8 +765,60 @@ func (f *ImportFilter) policies(rules exportRules) *api.SetPoliciesRequest {
 			Actions:    accept,
 		})
 	}
-	req.Policies = []*api.Policy{imp, exp}
+	req.Policies = []*api.Policy{imp, exp, origins}
 	return req
+}
+
+// origin is what the import policy holds for one neighbour with a PeerPrefixes entry: for
+// each family it lists prefixes of, a prefix set of exactly those and the statement
+// accepting them from the neighbour's own neighbor set, which exists while either does.
+type origin struct {
+	neighbors  *api.DefinedSet
+	prefixes   [2]*api.DefinedSet // by family; nil: none
+	statements [2]*api.Statement
+}
+
+// originOf is neighbour a's origin for its PeerPrefixes entry own.
+//
+// Exact-length entries are safe with GoBGP's longest-match lookup: a listed candidate
+// finds itself (no longer stored prefix can contain it), and any other candidate finds a
+// shorter entry whose single length it misses.
+func originOf(a netip.Addr, own []netip.Prefix) origin {
+	var o origin
+	var entries [2][]*api.Prefix
+	for _, p := range own {
+		entries[family(p)] = append(entries[family(p)], apiPrefix(p, p.Bits(), p.Bits()))
+	}
+	nset := setPeerPrefix + a.String()
+	for fam, e := range entries {
+		if len(e) == 0 {
+			continue // GoBGP refuses an empty prefix set
+		}
+		pset := nset + [2]string{"-v4", "-v6"}[fam]
+		o.prefixes[fam] = &api.DefinedSet{DefinedType: api.DefinedType_DEFINED_TYPE_PREFIX, Name: pset, Prefixes: e}
+		o.statements[fam] = &api.Statement{
+			Name: "origin-" + pset,
+			Conditions: &api.Conditions{
+				NeighborSet: &api.MatchSet{Type: api.MatchSet_TYPE_ANY, Name: nset},
+				PrefixSet:   &api.MatchSet{Type: api.MatchSet_TYPE_ANY, Name: pset},
+			},
+			Actions: &api.Actions{RouteAction: api.RouteAction_ROUTE_ACTION_ACCEPT},
+		}
+	}
+	if o.prefixes[0] != nil || o.prefixes[1] != nil {
+		o.neighbors = neighborSet(nset, a)
+	}
+	return o
+}
+
+// neighborSet is the neighbor set name with the given addresses: a whole set, or the
+// entries AddDefinedSet and DeleteDefinedSet add to or remove from one in place.
+func neighborSet(name string, addrs ...netip.Addr) *api.DefinedSet {
+	list := make([]string, 0, len(addrs))
+	for _, a := range addrs {
+		list = append(list, netip.PrefixFrom(a, a.BitLen()).String())
+	}
+	return &api.DefinedSet{DefinedType: api.DefinedType_DEFINED_TYPE_NEIGHBOR, Name: name, List: list}
 }
 
 // denyEntries turns non-nested deny prefixes into prefix-set entries matching every

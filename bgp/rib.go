@@ -307,7 +307,7 @@ func pathPrefix(p *apiutil.Path) (netip.Prefix, bool) {
 }
 
 func (r *router) Synced(ctx context.Context) (bool, error) {
-	peers, err := r.Neighbors(ctx)
+	peers, err := r.neighborStates(ctx, false)
 	if err != nil {
 		return false, err
 	}
