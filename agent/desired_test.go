@@ -517,7 +517,8 @@ func TestBFDNeighbors(t *testing.T) {
 	}
 }
 
-// bfdRouter reports BFD up on every session that runs it, except at down.
+// bfdRouter reports BFD up on every session that runs it, except at down (down after two
+// flaps).
 type bfdRouter struct {
 	*fakeRouter
 	down netip.Addr
@@ -529,7 +530,7 @@ func (r *bfdRouter) Neighbors(ctx context.Context) ([]bgp.PeerState, error) {
 		switch {
 		case states[i].BFD == nil:
 		case states[i].Address == r.down:
-			states[i].BFDState = bgp.BFDStateDown
+			states[i].BFDState, states[i].BFDFlaps = bgp.BFDStateDown, 2
 		default:
 			states[i].BFDState = bgp.BFDStateUp
 		}

@@ -22,6 +22,7 @@ type Metrics struct {
 	routesFailed      prometheus.Gauge
 	peers             *prometheus.GaugeVec
 	peerBFDUp         *prometheus.GaugeVec
+	peerBFDFlaps      *prometheus.GaugeVec
 	refused           prometheus.Gauge
 	refusedTotal      prometheus.Gauge
 	policyDropped     *prometheus.CounterVec
@@ -60,6 +61,12 @@ func newMetrics() *Metrics {
 			Name: "podroute_bgp_peer_bfd_up",
 			Help: "1 when the BFD session with the BGP peer is up, 0 when it is not; only peers configured with BFD have a series.",
 		}, []string{"peer", "kind"}),
+		peerBFDFlaps: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			// A gauge: the count lives with the BFD session, which starts again (from 0)
+			// with the agent or when the peer's BFD is turned off and on.
+			Name: "podroute_bgp_peer_bfd_flaps",
+			Help: "Times the BFD session with the BGP peer went from up to down since the session started; only peers configured with BFD have a series.",
+		}, []string{"peer", "kind"}),
 		refused: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "podroute_bgp_refused_prefixes",
 			Help: "Distinct (prefix, peer) announcements refused by the import filter.",
@@ -80,7 +87,7 @@ func newMetrics() *Metrics {
 		}),
 	}
 	m.Registry.MustRegister(m.reconcileDuration, m.reconcileErrors, m.routesInstalled, m.routesLearned,
-		m.routesFailed, m.peers, m.peerBFDUp, m.refused, m.refusedTotal, m.policyDropped, m.policyHeld,
+		m.routesFailed, m.peers, m.peerBFDUp, m.peerBFDFlaps, m.refused, m.refusedTotal, m.policyDropped, m.policyHeld,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -89,6 +96,7 @@ func newMetrics() *Metrics {
 // went or dropped BFD lose theirs.
 func (m *Metrics) setPeerBFD(states []bgp.PeerState) {
 	m.peerBFDUp.Reset()
+	m.peerBFDFlaps.Reset()
 	for _, s := range states {
 		if s.BFD == nil {
 			continue
@@ -98,6 +106,7 @@ func (m *Metrics) setPeerBFD(states []bgp.PeerState) {
 			up = 1
 		}
 		m.peerBFDUp.WithLabelValues(s.Address.String(), s.Kind).Set(up)
+		m.peerBFDFlaps.WithLabelValues(s.Address.String(), s.Kind).Set(float64(s.BFDFlaps))
 	}
 }
 

@@ -129,8 +129,8 @@ func (nopPolicyKernel) Sync(context.Context, *policy.Ruleset) (policy.Changes, e
 }
 func (nopPolicyKernel) Invalidate() {}
 
-// bfdGauge is podroute_bgp_peer_bfd_up, "peer kind" → value.
-func bfdGauge(t *testing.T, m *Metrics) map[string]float64 {
+// bfdGauge is podroute_bgp_peer_bfd_up (or the gauge named), "peer kind" → value.
+func bfdGauge(t *testing.T, m *Metrics, name ...string) map[string]float64 {
 	t.Helper()
 	mfs, err := m.Registry.Gather()
 	if err != nil {
@@ -138,7 +138,7 @@ func bfdGauge(t *testing.T, m *Metrics) map[string]float64 {
 	}
 	out := map[string]float64{}
 	for _, mf := range mfs {
-		if mf.GetName() == "podroute_bgp_peer_bfd_up" {
+		if mf.GetName() == append(name, "podroute_bgp_peer_bfd_up")[0] {
 			for _, s := range mf.GetMetric() {
 				out[label(s, "peer")+" "+label(s, "kind")] = s.GetGauge().GetValue()
 			}
@@ -159,6 +159,10 @@ func TestPeerBFDGauge(t *testing.T) {
 	}
 	if got := bfdGauge(t, r.a.metrics); !maps.Equal(got, want) {
 		t.Errorf("gauge %v, want %v (the ToR runs no BFD: no series)", got, want)
+	}
+	flaps := map[string]float64{nodes[1].Addresses[0].String() + " mesh": 0, nodes[2].Addresses[0].String() + " mesh": 2}
+	if got := bfdGauge(t, r.a.metrics, "podroute_bgp_peer_bfd_flaps"); !maps.Equal(got, flaps) {
+		t.Errorf("flaps gauge %v, want %v", got, flaps)
 	}
 
 	c.MeshBFD = nil
