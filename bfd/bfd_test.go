@@ -103,11 +103,19 @@ func TestUpAtConfiguredRate(t *testing.T) {
 	}
 }
 
-func TestSilentPeerIsDown(t *testing.T) {
-	a, b, _ := pair(t, fast)
+// crashedPeer brings a session up, then closes B's server without AdminDown (as a crash)
+// and waits for A's session to go down: the event and how long after the crash.
+func crashedPeer(t *testing.T) (a *end, port int, ev Event, took time.Duration) {
+	t.Helper()
+	a, b, port := pair(t, fast)
 	settled(t, a, addrB, 150*time.Millisecond)
-	b.srv.Close(false) // as a crash: no AdminDown
-	ev, took := a.wantEvent(t, StateDown, 2*time.Second)
+	b.srv.Close(false)
+	ev, took = a.wantEvent(t, StateDown, 2*time.Second)
+	return a, port, ev, took
+}
+
+func TestSilentPeerIsDown(t *testing.T) {
+	a, _, ev, took := crashedPeer(t)
 	if ev.Diag != DiagDetectionExpired || ev.Previous != StateUp || ev.RemoteState != StateUp {
 		t.Errorf("event %+v, want Up -> Down for detection time expired, the peer last saying Up", ev)
 	}
@@ -136,10 +144,7 @@ func TestAdminDownIsNotAFailure(t *testing.T) {
 // A peer that comes back (a restarted agent: a new discriminator) is taken on by its
 // address and the session comes up again.
 func TestRestartedPeer(t *testing.T) {
-	a, b, port := pair(t, fast)
-	settled(t, a, addrB, 150*time.Millisecond)
-	b.srv.Close(false)
-	a.wantEvent(t, StateDown, 2*time.Second)
+	a, port, _, _ := crashedPeer(t)
 	b2 := newEnd(t, port, addrB)
 	if err := b2.srv.Set(addrA, addrB, fast); err != nil {
 		t.Fatal(err)
@@ -381,10 +386,7 @@ func TestPeerSpeedsUpAfterUp(t *testing.T) {
 // After the peer's BFD is gone but its host is alive (its kernel refuses our packets), the
 // session keeps hearing from the host: LastHeard moves on while the session is down.
 func TestRefusedPacketsAreSignsOfLife(t *testing.T) {
-	a, b, _ := pair(t, fast)
-	settled(t, a, addrB, 150*time.Millisecond)
-	b.srv.Close(false)
-	a.wantEvent(t, StateDown, 2*time.Second)
+	a, _, _, _ := crashedPeer(t)
 	down, _ := a.srv.Status(addrB)
 	err := wait.PollUntilContextTimeout(context.Background(), 50*time.Millisecond, 5*time.Second, true, func(context.Context) (bool, error) {
 		st, _ := a.srv.Status(addrB)

@@ -2,6 +2,7 @@ package tor_test
 
 import (
 	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -23,21 +24,7 @@ import (
 //	     │                 │
 //	  node-1  ─── mesh ─── node-2
 func TestBFD(t *testing.T) {
-	l := lab.New(t, lab.Options{})
-	c := lab.InstallCRDs(t, l)
-	fab := l.DefaultSegment()
-	tor := l.AddRouter(t, "tor", lab.RouterOptions{ASN: 65101, Segments: []*lab.Segment{fab}, BFD: true})
-	torAddr := tor.Addr4(fab)
-	c.Configuration(config.BGPConfigurationSpec{NodeToNodeMesh: ptr(true), MeshBFD: &config.BFDSpec{}})
-	c.Peer("tor", config.BGPPeerSpec{PeerAddress: torAddr.String(), PeerASN: 65101, BFD: &config.BFDSpec{}})
-	var nodes []*lab.Node
-	for i := 1; i <= 2; i++ {
-		n := l.AddNode(t, fmt.Sprintf("node-%d", i), lab.NodeOptions{Index: i})
-		if err := tor.AddNeighbor(lab.Neighbor{Address: n.IPv4, ASN: config.DefaultASN, Description: n.Name, BFD: true}); err != nil {
-			t.Fatal(err)
-		}
-		nodes = append(nodes, n)
-	}
+	c, tor, torAddr, nodes := bfdLab(t, &config.BFDSpec{}, 0)
 
 	for i, n := range nodes {
 		want := map[string]string{torAddr.String(): "up", nodes[1-i].IPv4.String(): "up"}
@@ -90,6 +77,31 @@ func TestBFD(t *testing.T) {
 	})
 }
 
+// bfdLab is a ToR running bfdd and two nodes in a mesh, with BFD at spec on the mesh and
+// towards the ToR, and at interval x 3 on the ToR's side (bfdd's defaults when 0).
+func bfdLab(t *testing.T, spec *config.BFDSpec, interval time.Duration) (*lab.CRDs, *lab.Router, netip.Addr, []*lab.Node) {
+	l := lab.New(t, lab.Options{})
+	c := lab.InstallCRDs(t, l)
+	fab := l.DefaultSegment()
+	tor := l.AddRouter(t, "tor", lab.RouterOptions{ASN: 65101, Segments: []*lab.Segment{fab}, BFD: true})
+	torAddr := tor.Addr4(fab)
+	c.Configuration(config.BGPConfigurationSpec{NodeToNodeMesh: ptr(true), MeshBFD: spec})
+	c.Peer("tor", config.BGPPeerSpec{PeerAddress: torAddr.String(), PeerASN: 65101, BFD: spec})
+	var nodes []*lab.Node
+	for i := 1; i <= 2; i++ {
+		n := l.AddNode(t, fmt.Sprintf("node-%d", i), lab.NodeOptions{Index: i})
+		nb := lab.Neighbor{Address: n.IPv4, ASN: config.DefaultASN, Description: n.Name, BFD: true}
+		if interval > 0 {
+			nb.BFDInterval, nb.BFDMultiplier = interval, 3
+		}
+		if err := tor.AddNeighbor(nb); err != nil {
+			t.Fatal(err)
+		}
+		nodes = append(nodes, n)
+	}
+	return c, tor, torAddr, nodes
+}
+
 // bfdStates checks that n's sessions with the peers of want are established, each with the
 // BFD state wanted ("" for none).
 func bfdStates(n *lab.Node, want map[string]string) error {
@@ -119,24 +131,7 @@ func bfdStates(n *lab.Node, want map[string]string) error {
 // once) loses them within BFD's detection time rather than the hold time (9 s) plus the
 // graceful-restart time (120 s).
 func TestBFDRestart(t *testing.T) {
-	l := lab.New(t, lab.Options{})
-	c := lab.InstallCRDs(t, l)
-	fab := l.DefaultSegment()
-	tor := l.AddRouter(t, "tor", lab.RouterOptions{ASN: 65101, Segments: []*lab.Segment{fab}, BFD: true})
-	torAddr := tor.Addr4(fab)
-	fast := &config.BFDSpec{MinTx: "100ms", MinRx: "100ms"}
-	c.Configuration(config.BGPConfigurationSpec{NodeToNodeMesh: ptr(true), MeshBFD: fast})
-	c.Peer("tor", config.BGPPeerSpec{PeerAddress: torAddr.String(), PeerASN: 65101, BFD: fast})
-	var nodes []*lab.Node
-	for i := 1; i <= 2; i++ {
-		n := l.AddNode(t, fmt.Sprintf("node-%d", i), lab.NodeOptions{Index: i})
-		err := tor.AddNeighbor(lab.Neighbor{Address: n.IPv4, ASN: config.DefaultASN, Description: n.Name,
-			BFD: true, BFDInterval: 100 * time.Millisecond, BFDMultiplier: 3})
-		if err != nil {
-			t.Fatal(err)
-		}
-		nodes = append(nodes, n)
-	}
+	_, tor, torAddr, nodes := bfdLab(t, &config.BFDSpec{MinTx: "100ms", MinRx: "100ms"}, 100*time.Millisecond)
 	a, b := nodes[0], nodes[1]
 	allUp := func(t *testing.T) {
 		t.Helper()
