@@ -252,7 +252,7 @@ func (a *Agent) updatePeerMetrics(ctx context.Context, r bgp.Router) {
 		return
 	}
 	a.metricsAt = time.Now()
-	states, err := bgp.Sessions(ctx, r)
+	states, err := r.Sessions(ctx)
 	if err != nil {
 		return
 	}

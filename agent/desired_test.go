@@ -524,6 +524,8 @@ type bfdRouter struct {
 	down netip.Addr
 }
 
+func (r *bfdRouter) Sessions(ctx context.Context) ([]bgp.PeerState, error) { return r.Neighbors(ctx) }
+
 func (r *bfdRouter) Neighbors(ctx context.Context) ([]bgp.PeerState, error) {
 	states, err := r.fakeRouter.Neighbors(ctx)
 	for i := range states {

@@ -197,18 +197,9 @@ func (r *router) Neighbors(ctx context.Context) (out []PeerState, err error) {
 	return r.neighborStates(ctx, true)
 }
 
-// Sessions is Neighbors without the accepted and advertised counts (both zero), for
-// callers that want the sessions' states only: GoBGP counts a peer's advertised paths by
-// running its export policy over every best path, per peer and listing, which on a route
-// reflector is every node's route for every node. A Router of another kind answers with
-// Neighbors.
-func Sessions(ctx context.Context, r Router) (out []PeerState, err error) {
-	rt, ok := r.(*router)
-	if !ok {
-		return r.Neighbors(ctx)
-	}
+func (r *router) Sessions(ctx context.Context) (out []PeerState, err error) {
 	defer guard("sessions", &err)
-	return rt.neighborStates(ctx, false)
+	return r.neighborStates(ctx, false)
 }
 
 // neighborStates lists the neighbours, with their prefix counts if counts is set.

@@ -71,6 +71,11 @@ type Router interface {
 
 	// Neighbors reports every configured peer with its session state and counters.
 	Neighbors(ctx context.Context) ([]PeerState, error)
+	// Sessions is Neighbors without the accepted and advertised counts (both zero), for
+	// callers that want the sessions' states only: GoBGP counts a peer's advertised paths
+	// by running its export policy over every best path, per peer and listing, which on a
+	// route reflector is every node's route for every node.
+	Sessions(ctx context.Context) ([]PeerState, error)
 	// Routes reports the learned best routes: one Route per prefix, carrying every path
 	// of the ECMP multipath set. Prefixes whose best path is our own advertisement are
 	// left out, as are paths refused by the import policy.

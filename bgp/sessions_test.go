@@ -33,7 +33,7 @@ func TestSessionsWithoutCounts(t *testing.T) {
 		}
 		return ""
 	})
-	ss, err := Sessions(ctx, a.Router)
+	ss, err := a.Router.Sessions(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
