@@ -274,8 +274,7 @@ func (a *Agent) buildReconcilers(table routeTable, masq masquerader, started tim
 		a.reconcilers = append(a.reconcilers, &egressRules{masq: masq, now: time.Now})
 	}
 	a.reconcilers = append(a.reconcilers,
-		&advertisements{speaker: a.speaker, log: a.log.With("component", "bgp")},
-		&serviceRoutes{speaker: a.speaker, log: a.log.With("component", "services")},
+		&originated{speaker: a.speaker, log: a.log.With("component", "bgp")},
 		&kernelRoutes{
 			speaker: a.speaker, table: table, log: a.log.With("component", "routes"), metrics: a.metrics,
 			now: time.Now, started: started, restarting: a.restarting, staleTimeout: a.cfg.StaleTimeout,

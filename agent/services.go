@@ -2,17 +2,12 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"log/slog"
-	"net/netip"
-	"slices"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/tools/record"
 
-	"github.com/podroute/podroute/bgp"
 	"github.com/podroute/podroute/cluster"
 	"github.com/podroute/podroute/config"
 	"github.com/podroute/podroute/services"
@@ -124,85 +119,4 @@ func (a *Agent) kubeProxyServes() bool {
 		return true
 	}
 	return a.kubeProxy.Load().Mode != ""
-}
-
-// serviceRoutes originates the Service addresses this node serves (services.Desired) to its
-// external peers only: every node's kube-proxy serves Service addresses itself, so they are
-// never sent to other nodes (bgp.Attributes.ExternalOnly), and the import filter refuses
-// them from peers. An unchanged advertisement is never resent.
-type serviceRoutes struct {
-	speaker *speaker
-	log     *slog.Logger
-
-	generation int
-	applied    map[netip.Prefix]services.Advertisement
-}
-
-func (s *serviceRoutes) name() string { return "service-advertisements" }
-
-func (s *serviceRoutes) reconcile(ctx context.Context, d *desired) error {
-	if !d.servicesSynced {
-		return nil
-	}
-	r, gen := s.speaker.current()
-	if r == nil {
-		return nil
-	}
-	if gen != s.generation || s.applied == nil {
-		s.generation, s.applied = gen, map[netip.Prefix]services.Advertisement{}
-	}
-	want := make(map[netip.Prefix]bool, len(d.services))
-	var errs []error
-	for _, adv := range d.services {
-		// A pod CIDR is the pod advertisement's to make; a Service range configured over
-		// one must not take it over (nor withdraw it when the Service goes).
-		if slices.Contains(d.me.PodCIDRs, adv.Prefix) {
-			continue
-		}
-		want[adv.Prefix] = true
-		old, had := s.applied[adv.Prefix]
-		if had && sameAttributes(old.Attributes, adv.Attributes) {
-			s.applied[adv.Prefix] = adv // the Services behind it may have changed
-			continue
-		}
-		attrs := bgp.Attributes{Communities: adv.Communities, ASPathPrepend: adv.ASPathPrepend, ExternalOnly: true}
-		if err := r.Advertise(ctx, adv.Prefix, attrs); err != nil {
-			errs = append(errs, fmt.Errorf("advertise Service address %s: %w", adv.Prefix, err))
-			continue
-		}
-		s.applied[adv.Prefix] = adv
-		s.log.Info("advertising Service address", "prefix", adv.Prefix, "class", adv.Class, "services", adv.Services,
-			"communities", fmt.Sprint(adv.Communities), "asPathPrepend", adv.ASPathPrepend)
-	}
-	for _, p := range sortedKeys(s.applied) {
-		if want[p] {
-			continue
-		}
-		if err := r.Withdraw(ctx, p); err != nil {
-			errs = append(errs, fmt.Errorf("withdraw Service address %s: %w", p, err))
-			continue
-		}
-		s.log.Info("withdrew Service address", "prefix", p, "class", s.applied[p].Class, "services", s.applied[p].Services)
-		delete(s.applied, p)
-	}
-	return errors.Join(errs...)
-}
-
-func (s *serviceRoutes) report(snap *snapshot) {
-	for _, p := range sortedKeys(s.applied) {
-		snap.ServiceRoutes = append(snap.ServiceRoutes, s.applied[p])
-	}
-}
-
-func sameAttributes(a, b config.Attributes) bool {
-	return a.ASPathPrepend == b.ASPathPrepend && slices.Equal(a.Communities, b.Communities)
-}
-
-func sortedKeys[V any](m map[netip.Prefix]V) []netip.Prefix {
-	keys := make([]netip.Prefix, 0, len(m))
-	for p := range m {
-		keys = append(keys, p)
-	}
-	slices.SortFunc(keys, netip.Prefix.Compare)
-	return keys
 }
