@@ -164,12 +164,16 @@ func (s *Server) Set(peer, local netip.Addr, t Timers) error {
 	if old := s.sessions[peer]; old != nil {
 		if old.local == local {
 			s.mu.Unlock()
-			// update holds one value: replace a pending one so the last Set wins.
+			// update holds one value: replace a pending one so the last Set wins. A
+			// session removed meanwhile takes no more.
 			select {
 			case <-old.update:
 			default:
 			}
-			old.update <- t
+			select {
+			case old.update <- t:
+			case <-old.done:
+			}
 			return nil
 		}
 		s.removeLocked(peer, true)

@@ -60,6 +60,9 @@ func (r *router) setBFD(ctx context.Context, n Neighbor) {
 // BGP is up (with the session's source address), and one that was already up would go
 // down, which FRR takes for a failure and resets the BGP session.
 func (r *router) startBFD(addr netip.Addr) {
+	// Under opMu, so a neighbour being removed or changed is not given a session after.
+	r.opMu.Lock()
+	defer r.opMu.Unlock()
 	r.mu.Lock()
 	n, ok := r.neighbors[addr]
 	r.mu.Unlock()
