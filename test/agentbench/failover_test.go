@@ -295,43 +295,48 @@ func deathSetting(b *testing.B, s foSetting, reps int) []deathRound {
 // BFD up when the setting has it, and FRR's too.
 func up(b *testing.B, s foSetting, nodes []*lab.Node, tor *lab.Router, torAddr netip.Addr) {
 	b.Helper()
-	lab.Eventually(b, converge, "sessions established (BFD up)", func() error {
-		for _, n := range nodes {
-			want := map[string]bool{torAddr.String(): true}
-			for _, o := range nodes {
-				if o != n {
-					want[o.IPv4.String()] = true
-				}
-			}
-			ns, err := n.Neighbors()
-			if err != nil {
-				return err
-			}
-			for _, p := range ns {
-				if !want[p.Address] {
-					continue
-				}
-				if p.State != "established" || (s.bfd && p.BFD != "up") {
-					return fmt.Errorf("%s: %s is %s, BFD %q", n.Name, p.Address, p.State, p.BFD)
-				}
-				delete(want, p.Address)
-			}
-			if len(want) > 0 {
-				return fmt.Errorf("%s: no session with %v", n.Name, want)
+	lab.Eventually(b, converge, "sessions established (BFD up)", func() error { return upErr(s, s.bfd, nodes, tor, torAddr) })
+}
+
+// upErr is up's check; torBFD says whether the ToR's sessions run BFD (the mesh's do when
+// s.bfd).
+func upErr(s foSetting, torBFD bool, nodes []*lab.Node, tor *lab.Router, torAddr netip.Addr) error {
+	for _, n := range nodes {
+		want := map[string]bool{torAddr.String(): torBFD}
+		for _, o := range nodes {
+			if o != n {
+				want[o.IPv4.String()] = s.bfd
 			}
 		}
-		var addrs []netip.Addr
-		for _, n := range nodes {
-			addrs = append(addrs, n.IPv4)
-		}
-		if err := tor.Established(addrs...); err != nil {
+		ns, err := n.Neighbors()
+		if err != nil {
 			return err
 		}
-		if !s.bfd {
-			return nil
+		for _, p := range ns {
+			withBFD, ok := want[p.Address]
+			if !ok {
+				continue
+			}
+			if p.State != "established" || (withBFD && p.BFD != "up") {
+				return fmt.Errorf("%s: %s is %s, BFD %q", n.Name, p.Address, p.State, p.BFD)
+			}
+			delete(want, p.Address)
 		}
-		return bfdUp(tor, addrs...)
-	})
+		if len(want) > 0 {
+			return fmt.Errorf("%s: no session with %v", n.Name, want)
+		}
+	}
+	var addrs []netip.Addr
+	for _, n := range nodes {
+		addrs = append(addrs, n.IPv4)
+	}
+	if err := tor.Established(addrs...); err != nil {
+		return err
+	}
+	if !torBFD {
+		return nil
+	}
+	return bfdUp(tor, addrs...)
 }
 
 // bfdUp reports an error unless bfdd's sessions with addrs are up at 100 ms x 3 both ways.
