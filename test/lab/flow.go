@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net"
-	"net/netip"
 	"sync"
 	"time"
 )
@@ -53,38 +52,7 @@ func (s FlowStats) String() string {
 // StartFlow starts a UDP echo flow from pod `from` to pod `to`'s address of the family of v6,
 // one datagram per interval. Call Stop to end it and read the counts.
 func StartFlow(from, to *Pod, v6 bool, interval time.Duration) (*Flow, error) {
-	dst := to.Addr(v6)
-	var server, client *net.UDPConn
-	err := to.Do(func() error {
-		var err error
-		server, err = net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(dst, 0)))
-		return err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("flow: listen in %s: %w", to.Name, err)
-	}
-	err = from.Do(func() error {
-		var err error
-		client, err = net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(from.Addr(v6), 0)))
-		return err
-	})
-	if err != nil {
-		server.Close()
-		return nil, fmt.Errorf("flow: socket in %s: %w", from.Name, err)
-	}
-	f := &Flow{
-		client: client, server: server,
-		dst:      server.LocalAddr().(*net.UDPAddr),
-		interval: interval,
-		stop:     make(chan struct{}),
-		got:      map[uint64]bool{},
-		start:    time.Now(),
-	}
-	f.wg.Add(3)
-	go f.echo()
-	go f.receive()
-	go f.send()
-	return f, nil
+	return StartFlowFrom(from.NetNS, from.Addr(v6), to, interval)
 }
 
 func (f *Flow) echo() {
