@@ -83,6 +83,20 @@ func TestMeshNeighbors(t *testing.T) {
 	if len(problems) != 1 || !strings.Contains(problems[0], "node d") {
 		t.Fatalf("problems %v: want node d named", problems)
 	}
+	if b.Neighbor.Families != bgp.IPv4|bgp.IPv6 {
+		t.Fatalf("dual-stack cluster: peer b carries families %#x, want both", b.Neighbor.Families)
+	}
+	// A single-stack cluster's sessions carry its one family (Service CIDRs count too).
+	cfg.ClusterCIDRs = cfg.ClusterCIDRs[:1]
+	peers, _ = meshNeighbors(&cfg, me, testNodes())
+	if got := peers[addr("192.0.2.2")].Neighbor.Families; got != bgp.IPv4 {
+		t.Fatalf("IPv4-only cluster: peer b carries families %#x, want IPv4", got)
+	}
+	cfg.ServiceCIDRs = append(cfg.ServiceCIDRs, pfx("fd00:96::/108"))
+	peers, _ = meshNeighbors(&cfg, me, testNodes())
+	if got := peers[addr("192.0.2.2")].Neighbor.Families; got != bgp.IPv4|bgp.IPv6 {
+		t.Fatalf("IPv6 Service CIDR: peer b carries families %#x, want both", got)
+	}
 }
 
 func TestImportFilter(t *testing.T) {

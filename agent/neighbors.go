@@ -3,6 +3,7 @@ package agent
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/podroute/podroute/bgp"
@@ -29,6 +30,7 @@ func nodeNeighbor(cfg *Config, kind string, local, remote netip.Addr, asn uint32
 		HoldTime:        cfg.HoldTime,
 		KeepaliveTime:   cfg.KeepaliveTime,
 		ConnectRetry:    nodeConnectRetry,
+		Families:        cfg.families(),
 		GracefulRestart: cfg.GracefulRestart,
 		Kind:            kind,
 		BFD:             cloneBFD(bfd),
@@ -37,6 +39,21 @@ func nodeNeighbor(cfg *Config, kind string, local, remote netip.Addr, asn uint32
 		nb.RestartTime = cfg.RestartTime
 	}
 	return nb
+}
+
+// families are the address families of the cluster's pod and Service CIDRs: what any
+// session of this node has to carry. A single-stack cluster's sessions carry one family,
+// which halves the speaker's tables per peer (a reflector's memory at 1,000 nodes).
+func (c *Config) families() bgp.Families {
+	var f bgp.Families
+	for _, p := range slices.Concat(c.ClusterCIDRs, c.ServiceCIDRs) {
+		if p.Addr().Is4() {
+			f |= bgp.IPv4
+		} else {
+			f |= bgp.IPv6
+		}
+	}
+	return f
 }
 
 // externalNeighbor is the session to a BGPPeer from this node: its peering address of the
@@ -52,6 +69,7 @@ func externalNeighbor(cfg *Config, p config.Peer, me self) bgp.Neighbor {
 		KeepaliveTime:           p.KeepaliveTime,
 		EBGPMultihopTTL:         p.EBGPMultihopTTL,
 		TTLSecurityHops:         p.TTLSecurityHops,
+		Families:                cfg.families(),
 		GracefulRestart:         cfg.GracefulRestart,
 		RestartTime:             p.GracefulRestartTime,
 		RouteReflectorClient:    p.RouteReflectorClient,

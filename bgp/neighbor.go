@@ -32,7 +32,25 @@ const (
 	maxBFDInterval      = bfd.MaxInterval
 )
 
-// Neighbor is a BGP peer. Every session carries IPv4 and IPv6 unicast.
+// Families is a set of address families a session carries (unicast).
+type Families uint8
+
+// The families. Zero Families means both.
+const (
+	IPv4 Families = 1 << iota
+	IPv6
+	bothFamilies = IPv4 | IPv6
+)
+
+// of is the set as given, both when zero.
+func (f Families) of() Families {
+	if f == 0 {
+		return bothFamilies
+	}
+	return f
+}
+
+// Neighbor is a BGP peer.
 type Neighbor struct {
 	// Address is the peer's address. Required; link-local addresses are not supported.
 	Address netip.Addr
@@ -44,6 +62,10 @@ type Neighbor struct {
 	Port uint16
 	// Password enables TCP MD5 signatures (RFC 2385) with this key.
 	Password string
+	// Families are the unicast families the session carries: IPv4, IPv6 or both (zero).
+	// Each family costs a table per peer in the speaker (about 200 KB even when empty), so
+	// a single-stack cluster's sessions carry its one family. A change resets the session.
+	Families Families
 	// Passive makes us wait for the peer to connect instead of dialing it. Node-to-node
 	// peers (Kind mesh, reflector, rr-client) with LocalAddress set are made passive
 	// automatically when LocalAddress is the greater address, so exactly one end of each
@@ -170,6 +192,9 @@ func (n Neighbor) Validate() error {
 		if !n.RouteReflectorClient {
 			add(fieldErr("Neighbor.RouteReflectorClusterID", "set without RouteReflectorClient"))
 		}
+	}
+	if n.Families&^bothFamilies != 0 {
+		add(fieldErr("Neighbor.Families", "%#x is not IPv4, IPv6 or both", uint8(n.Families)))
 	}
 	switch n.Kind {
 	case "", KindMesh, KindExternal, KindReflector, KindReflectorClient:

@@ -319,6 +319,30 @@ var (
 	familyIPv6 = &api.Family{Afi: api.Family_AFI_IP6, Safi: api.Family_SAFI_UNICAST}
 )
 
+// api is the set in GoBGP's API terms.
+func (f Families) api() []*api.Family {
+	var out []*api.Family
+	if f.of()&IPv4 != 0 {
+		out = append(out, familyIPv4)
+	}
+	if f.of()&IPv6 != 0 {
+		out = append(out, familyIPv6)
+	}
+	return out
+}
+
+// table is the set in GoBGP's table terms.
+func (f Families) table() []bgp.Family {
+	var out []bgp.Family
+	if f.of()&IPv4 != 0 {
+		out = append(out, bgp.RF_IPv4_UC)
+	}
+	if f.of()&IPv6 != 0 {
+		out = append(out, bgp.RF_IPv6_UC)
+	}
+	return out
+}
+
 // toAPI converts a validated neighbor into GoBGP's peer configuration.
 func (n Neighbor) toAPI(cfg *Config, localRestarting bool) *api.Peer {
 	secs := func(d time.Duration) uint64 { return uint64(d / time.Second) }
@@ -382,7 +406,7 @@ func (n Neighbor) toAPI(cfg *Config, localRestarting bool) *api.Peer {
 			LocalRestarting:     localRestarting,
 		}
 	}
-	for _, f := range []*api.Family{familyIPv4, familyIPv6} {
+	for _, f := range n.Families.api() {
 		p.AfiSafis = append(p.AfiSafis, &api.AfiSafi{
 			Config:            &api.AfiSafiConfig{Family: f, Enabled: true},
 			MpGracefulRestart: &api.MpGracefulRestart{Config: &api.MpGracefulRestartConfig{Enabled: n.GracefulRestart}},

@@ -496,7 +496,10 @@ func (r *router) UpdateImportFilter(ctx context.Context, f ImportFilter) (err er
 	r.refusals.retain(func(p netip.Prefix, peer netip.Addr) bool { return nf.classify(peer, p) != "" })
 	slices.SortFunc(addrs, netip.Addr.Compare)
 	for _, a := range addrs {
-		for _, fam := range families {
+		r.mu.Lock()
+		fams := r.neighbors[a].Families.table()
+		r.mu.Unlock()
+		for _, fam := range fams {
 			err := r.srv.ListPath(apiutil.ListPathRequest{TableType: api.TableType_TABLE_TYPE_ADJ_IN, Name: a.String(), Family: fam},
 				func(_ bgp.NLRI, paths []*apiutil.Path) {
 					for _, p := range paths {

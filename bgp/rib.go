@@ -16,7 +16,8 @@ import (
 	"github.com/osrg/gobgp/v4/pkg/packet/bgp"
 )
 
-// families are the address families of every session and of the global table.
+// families are the address families of the global table; a session carries its
+// Neighbor.Families.
 var families = []bgp.Family{bgp.RF_IPv4_UC, bgp.RF_IPv6_UC}
 
 func (r *router) Advertise(ctx context.Context, prefix netip.Prefix, attrs Attributes) (err error) {

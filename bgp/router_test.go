@@ -132,6 +132,55 @@ func TestIPv6PrefixOverIPv4Session(t *testing.T) {
 	})
 }
 
+// A session of one family carries that family only (a single-stack cluster's sessions:
+// the speaker keeps no table for the other), and widening it later brings the other.
+func TestSingleFamilySession(t *testing.T) {
+	ctx := context.Background()
+	port := freePort(t)
+	a := startSpeaker(t, "127.0.2.5", port, func(c *Config) { c.NextHopIPv6 = addr("fd00:10::5") })
+	b := startSpeaker(t, "127.0.2.6", port, nil)
+	peer(t, a, b, func(n *Neighbor) { n.Families = IPv4 })
+	p6, p4 := pfx("fd10:244:0:5::/64"), pfx("10.244.5.0/24")
+	for _, p := range []netip.Prefix{p6, p4} {
+		if err := a.Advertise(ctx, p, Attributes{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, 15*time.Second, func() string {
+		if _, ok := b.route(t, p4); !ok {
+			return "IPv4 route missing on B"
+		}
+		return ""
+	})
+	// A's UPDATEs for the IPv4 route are in; give an IPv6 one the same chance to be wrong.
+	time.Sleep(500 * time.Millisecond)
+	if _, ok := b.route(t, p6); ok {
+		t.Fatal("an IPv4-only session carried an IPv6 route")
+	}
+	if ns, err := a.Neighbors(ctx); err != nil || len(ns) != 1 || ns[0].Advertised != 1 {
+		t.Fatalf("A's neighbors %+v, %v: want 1 prefix advertised to B", ns, err)
+	}
+	for _, s := range []*speaker{a, b} {
+		other := a
+		if s == a {
+			other = b
+		}
+		n := s.neighborOf(other)
+		n.Families = IPv4 | IPv6
+		if err := s.UpdateNeighbor(ctx, n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, 20*time.Second, func() string {
+		for _, p := range []netip.Prefix{p4, p6} {
+			if _, ok := b.route(t, p); !ok {
+				return fmt.Sprintf("%s missing on B after both families were enabled", p)
+			}
+		}
+		return ""
+	})
+}
+
 func TestECMP(t *testing.T) {
 	ctx := context.Background()
 	port := freePort(t)
@@ -624,6 +673,7 @@ func TestNeighborValidation(t *testing.T) {
 		{"Neighbor.RouteReflectorClusterID", func(n *Neighbor) { n.RouteReflectorClient = true; n.RouteReflectorClusterID = addr("::1") }},
 		{"Neighbor.Password", func(n *Neighbor) { n.Password = strings.Repeat("x", 81) }},
 		{"Neighbor.Kind", func(n *Neighbor) { n.Kind = "bogus" }},
+		{"Neighbor.Families", func(n *Neighbor) { n.Families = 4 }},
 		{"Neighbor.BFD.MinTx", func(n *Neighbor) {
 			n.BFD = &BFDConfig{MinTx: 5 * time.Millisecond, MinRx: 50 * time.Millisecond, Multiplier: 3}
 		}},
