@@ -40,7 +40,8 @@
 // second join mode, default 3000), AGENTBENCH_RR_NODES (reflector scale: nodes in all,
 // default 1000), AGENTBENCH_RR_CLIENTS (real client agents, default 4), AGENTBENCH_RR_JOINS
 // (default 5), AGENTBENCH_RR_HOLD_SECONDS (BGP hold time there, default 9),
-// AGENTBENCH_RR_AGENT_ARGS (extra podroute-agent flags there).
+// AGENTBENCH_RR_AGENT_ARGS (extra podroute-agent flags there), AGENTBENCH_RR_DUAL_STACK (1: a
+// dual-stack cluster; default IPv4 only, like the emulated nodes).
 // The package has no tests: plain go test only compiles it.
 package agentbench
 
@@ -65,6 +66,7 @@ import (
 
 	"github.com/podroute/podroute/routes"
 	"github.com/podroute/podroute/test/lab"
+	"github.com/podroute/podroute/test/scaleplot"
 )
 
 // converge bounds how long a routing change may take in the lab.
@@ -366,3 +368,40 @@ func rssKiB(pid int) (rss, hwm int, err error) {
 }
 
 func mib(kib int) string { return fmt.Sprintf("%.1f", float64(kib)/1024) }
+
+// recordScale adds a scale benchmark's figures at one cluster size to the plot of
+// convergence and memory against cluster size (docs/scale.svg and its data, docs/scale.json)
+// when AGENTBENCH_RECORD names that directory (e.g. ../../docs from this package); the
+// point replaces an earlier one of the same topology and size.
+func recordScale(b *testing.B, p scaleplot.Point) {
+	b.Helper()
+	dir := os.Getenv("AGENTBENCH_RECORD")
+	if dir == "" {
+		return
+	}
+	p.Date = time.Now().UTC().Format("2006-01-02")
+	p.Machine = fmt.Sprintf("%d vCPU", runtime.NumCPU())
+	if out, err := exec.Command("git", "rev-parse", "--short", "HEAD").Output(); err == nil {
+		p.Commit = strings.TrimSpace(string(out))
+	}
+	if err := scaleplot.Record(dir, p); err != nil {
+		b.Errorf("record the scale figures: %v", err)
+		return
+	}
+	fmt.Printf("recorded %s at %d nodes in %s\n", p.Topology, p.Nodes, dir)
+}
+
+// anonKiB is a process's own resident memory (RssAnon): VmRSS without the pages of files
+// it maps, its executable's above all, which the page cache shares and can reclaim.
+func anonKiB(pid int) (int, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(l, "RssAnon:"); ok {
+			return strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(rest), " kB"))
+		}
+	}
+	return 0, errors.New("no RssAnon")
+}

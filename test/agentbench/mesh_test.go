@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/podroute/podroute/test/lab"
+	"github.com/podroute/podroute/test/scaleplot"
 )
 
 // BenchmarkMeshScale: a full iBGP mesh of AGENTBENCH_MESH_NODES (default 50) real
@@ -112,6 +113,18 @@ func BenchmarkMeshScale(b *testing.B) {
 	b.ReportMetric(big.up.routes.Seconds(), "mesh-up-s")
 	b.ReportMetric(median(big.steady.cpu), "cpu-median-pct")
 	b.ReportMetric(float64(median(big.steady.rss))/1024, "rss-median-MiB")
+	for _, ph := range []*meshPhase{small, big} {
+		ph.joins = ph.modes[0]
+		add := ph.durs(func(j meshJoin) time.Duration { return j.add })
+		recordScale(b, scaleplot.Point{
+			Topology: "full mesh", Nodes: ph.nodes,
+			JoinMedian: median(add).Seconds(), JoinWorst: pct(add, 100).Seconds(),
+			MemoryMiB: map[string]float64{
+				"agent":                float64(median(ph.steady.rss)) / 1024,
+				"agent, own (RssAnon)": float64(median(ph.steady.anon)) / 1024,
+			},
+		})
+	}
 }
 
 // meshHeadroom checks memory and file descriptors for n agents (about 40 MiB and 100
@@ -593,13 +606,15 @@ type meshSteadyState struct {
 	window     time.Duration
 	cpu        []float64 // % of one CPU, per agent
 	rss        []int64   // VmRSS KiB, per agent, at the end
+	anon       []int64   // RssAnon KiB (the agent's own memory, without its executable's pages)
 	passes     []int64   // reconcile passes in the window, per agent
 	sessionsUp int
 }
 
 func (s meshSteadyState) String() string {
-	return fmt.Sprintf("CPU median %.2f%% max %.2f%% of one CPU, VmRSS median %s max %s MiB, reconcile passes median %d max %d, %d sessions up",
-		median(s.cpu), slices.Max(s.cpu), mib(int(median(s.rss))), mib(int(slices.Max(s.rss))), median(s.passes), slices.Max(s.passes), s.sessionsUp)
+	return fmt.Sprintf("CPU median %.2f%% max %.2f%% of one CPU, VmRSS median %s max %s MiB, RssAnon median %s max %s MiB, reconcile passes median %d max %d, %d sessions up",
+		median(s.cpu), slices.Max(s.cpu), mib(int(median(s.rss))), mib(int(slices.Max(s.rss))), mib(int(median(s.anon))), mib(int(slices.Max(s.anon))),
+		median(s.passes), slices.Max(s.passes), s.sessionsUp)
 }
 
 // meshSteady lets the mesh settle for 10 s, then measures every agent over window.
@@ -633,7 +648,11 @@ func meshSteady(b *testing.B, nodes []*lab.Node, window time.Duration) meshStead
 		if err != nil {
 			b.Fatalf("%s: %v", n.Name, err)
 		}
-		s.rss = append(s.rss, int64(rss))
+		anon, err := anonKiB(pids[i])
+		if err != nil {
+			b.Fatalf("%s: %v", n.Name, err)
+		}
+		s.rss, s.anon = append(s.rss, int64(rss)), append(s.anon, int64(anon))
 		s.passes = append(s.passes, int64(m1[i].count-m0[i].count))
 	}
 	s.sessionsUp = meshSessions(b, nodes)

@@ -14,10 +14,12 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/podroute/podroute/agentapi"
 	"github.com/podroute/podroute/config"
 	"github.com/podroute/podroute/test/lab"
+	"github.com/podroute/podroute/test/scaleplot"
 )
 
 // reflectorLabel selects the route reflectors (docs/peering.md, section 3).
@@ -69,10 +71,14 @@ func BenchmarkReflectorScale(b *testing.B) {
 	keepalive := max(time.Second, hold/3)
 	agentArgs := []string{"--hold-time", hold.String(), "--keepalive", keepalive.String()}
 	agentArgs = append(agentArgs, strings.Fields(os.Getenv("AGENTBENCH_RR_AGENT_ARGS"))...)
-	l := lab.New(b, lab.Options{
-		ClusterCIDRs: []netip.Prefix{scaleClusterV4, lab.DefaultClusterV6},
-		AgentArgs:    agentArgs,
-	})
+	// The emulated nodes are IPv4 only, so the cluster is too, unless AGENTBENCH_RR_DUAL_STACK=1
+	// (the real nodes then carry IPv6 pod CIDRs and every session both families).
+	clusterCIDRs := []netip.Prefix{scaleClusterV4}
+	if envInt("AGENTBENCH_RR_DUAL_STACK", 0) == 1 {
+		clusterCIDRs = append(clusterCIDRs, lab.DefaultClusterV6)
+	}
+	fmt.Printf("cluster CIDRs %v\n", clusterCIDRs)
+	l := lab.New(b, lab.Options{ClusterCIDRs: clusterCIDRs, AgentArgs: agentArgs})
 	crds := lab.InstallCRDs(b, l)
 	crds.Configuration(config.BGPConfigurationSpec{
 		NodeToNodeMesh:             ptr(false),
@@ -134,6 +140,15 @@ func BenchmarkReflectorScale(b *testing.B) {
 	b.ReportMetric(float64(ch.flaps), "churn-flaps")
 	b.ReportMetric(float64(ch.missing), "churn-routes-lost")
 	b.ReportMetric(fresh.routes.Seconds(), "fresh-routes-s")
+	recordScale(b, scaleplot.Point{
+		Topology: "route reflectors", Nodes: total,
+		JoinMedian: median(joinWorsts(js)).Seconds(), JoinWorst: slices.Max(joinWorsts(js)).Seconds(),
+		MemoryMiB: map[string]float64{
+			"reflector":                float64(slices.Max(st.rss[:reflectors])) / 1024,
+			"reflector, own (RssAnon)": float64(slices.Max(st.anon[:reflectors])) / 1024,
+			"client":                   float64(median(toInt64(st.rss[reflectors:]))) / 1024,
+		},
+	})
 	if ch.flaps > 0 || ch.missing > 0 {
 		b.Errorf("churn: %d sessions to surviving nodes flapped, %d surviving routes left a client (%s)", ch.flaps, ch.missing, ch.detail)
 	}
@@ -291,16 +306,21 @@ func (c *rrCluster) startUp(b *testing.B) rrUp {
 	u.allRoutes = slices.Max(u.routes)
 	fmt.Printf("start-up: every other node's pod CIDRs in the kernel of each real node after %v ms, Ready after %v ms\n", msList(u.routes), msList(u.ready))
 	// Sessions: the farm's first "established" after t0 of every speaker with each reflector.
+	// The clients may have every route through one reflector while the other still dials
+	// its last nodes, and the farm's log lags: wait for it, up to two hold times.
 	for _, r := range c.rrs {
 		est := map[netip.Addr]time.Time{}
-		for _, s := range c.f.states() {
-			if s.neighbor == r.IPv4 && s.state == "established" && !s.at.Before(t0) {
-				if _, seen := est[s.speaker]; !seen {
-					est[s.speaker] = s.at
+		err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, max(20*time.Second, 2*c.hold), true, func(context.Context) (bool, error) {
+			for _, s := range c.f.states() {
+				if s.neighbor == r.IPv4 && s.state == "established" && !s.at.Before(t0) {
+					if _, seen := est[s.speaker]; !seen {
+						est[s.speaker] = s.at
+					}
 				}
 			}
-		}
-		if len(est) != len(c.live) {
+			return len(est) == len(c.live), nil
+		})
+		if err != nil {
 			b.Fatalf("start-up: %d of %d emulated nodes have a session with %s", len(est), len(c.live), r.Name)
 		}
 		var last time.Time
@@ -405,11 +425,12 @@ type rrSteady struct {
 	farmCPU  float64
 	farmRSS  int
 	heap     []float64 // Go heap in use, bytes
+	anon     []int     // RssAnon KiB
 }
 
 func (s rrSteady) String() string {
-	return fmt.Sprintf("over %v: CPU %% %.2f, VmRSS MiB %v; farm CPU %.1f %%, VmRSS %s MiB",
-		s.window.Round(time.Second), s.cpu, toMiB(s.rss), s.farmCPU, mib(s.farmRSS))
+	return fmt.Sprintf("over %v: CPU %% %.2f, VmRSS MiB %v, RssAnon MiB %v; farm CPU %.1f %%, VmRSS %s MiB",
+		s.window.Round(time.Second), s.cpu, toMiB(s.rss), toMiB(s.anon), s.farmCPU, mib(s.farmRSS))
 }
 
 func toMiB(kib []int) []string {
@@ -449,7 +470,11 @@ func (c *rrCluster) steadyState(b *testing.B, window time.Duration) rrSteady {
 		if err != nil {
 			b.Fatal(err)
 		}
-		s.rss, s.hwm = append(s.rss, rss), append(s.hwm, hwm)
+		anon, err := anonKiB(n.Agent.PID())
+		if err != nil {
+			b.Fatal(err)
+		}
+		s.rss, s.hwm, s.anon = append(s.rss, rss), append(s.hwm, hwm), append(s.anon, anon)
 		s.heap = append(s.heap, agentMetric(n, "go_memstats_heap_inuse_bytes"))
 	}
 	f1, err := cpuTicks(c.f.PID())

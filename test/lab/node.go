@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -156,6 +157,11 @@ func (l *Lab) addNodeOn(t testing.TB, name string, index int, rogue bool, seg *S
 			netip.MustParsePrefix(fmt.Sprintf("fd00:10:244:%d::/64", index)),
 		}
 	}
+	// A single-stack lab's nodes get pod CIDRs of its family only, as a single-stack
+	// cluster's node IPAM gives them.
+	n.PodCIDRs = slices.DeleteFunc(n.PodCIDRs, func(p netip.Prefix) bool {
+		return !slices.ContainsFunc(l.opts.ClusterCIDRs, func(c netip.Prefix) bool { return c.Addr().Is4() == p.Addr().Is4() })
+	})
 	n.Dir = filepath.Join(l.Dir, name)
 	n.ConfDir = filepath.Join(n.Dir, "net.d")
 	n.BinDir = filepath.Join(n.Dir, "bin")
