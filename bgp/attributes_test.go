@@ -330,13 +330,13 @@ func TestExportPolicyExternalOnly(t *testing.T) {
 		return names, sets
 	}
 	rules := exportRules{
-		rrClients:    []netip.Addr{addr("192.0.2.3")},
+		noReflect:    []netip.Addr{addr("192.0.2.2")},
 		noExport:     []netip.Addr{addr("198.51.100.1")},
 		internal:     []netip.Addr{addr("192.0.2.2"), addr("192.0.2.3")},
 		externalOnly: [2][]netip.Prefix{{pfx("10.96.0.0/16"), pfx("10.96.0.10/32")}, nil},
 	}
 	names, sets := statements(rules)
-	want := []string{"no-export", "external-only-" + setExternalOnly[0], "export-local", "reflect-to-clients"}
+	want := []string{"no-export", "external-only-" + setExternalOnly[0], "export-local", "learned-to-clients-only"}
 	if !slices.Equal(names, want) {
 		t.Errorf("export statements %v, want %v", names, want)
 	}
@@ -353,7 +353,7 @@ func TestExportPolicyExternalOnly(t *testing.T) {
 	// statement uses it: an empty neighbour set would match every neighbour.
 	rules.internal = nil
 	names, sets = statements(rules)
-	if want := []string{"no-export", "export-local", "reflect-to-clients"}; !slices.Equal(names, want) {
+	if want := []string{"no-export", "export-local", "learned-to-clients-only"}; !slices.Equal(names, want) {
 		t.Errorf("export statements without internal neighbours %v, want %v", names, want)
 	}
 	if _, ok := sets[setExternalOnly[0]]; !ok {

@@ -22,8 +22,8 @@ func (r *router) applyPoliciesLocked(ctx context.Context, initial bool) error {
 	f := r.filter
 	rules := exportRules{asn: r.cfg.ASN}
 	for a, n := range r.neighbors {
-		if n.RouteReflectorClient {
-			rules.rrClients = append(rules.rrClients, a)
+		if noReflect(n) {
+			rules.noReflect = append(rules.noReflect, a)
 		}
 		if n.NoExport {
 			rules.noExport = append(rules.noExport, a)
@@ -46,7 +46,7 @@ func (r *router) applyPoliciesLocked(ctx context.Context, initial bool) error {
 			slices.SortFunc(l, netip.Prefix.Compare)
 		}
 	}
-	for _, l := range [][]netip.Addr{rules.rrClients, rules.noExport, rules.internal} {
+	for _, l := range [][]netip.Addr{rules.noReflect, rules.noExport, rules.internal} {
 		slices.SortFunc(l, netip.Addr.Compare)
 	}
 	if err := r.srv.SetPolicies(ctx, f.policies(rules)); err != nil {
@@ -55,13 +55,15 @@ func (r *router) applyPoliciesLocked(ctx context.Context, initial bool) error {
 	if !initial {
 		return nil
 	}
-	// SetPolicies keeps existing assignments, so they are made once.
+	// SetPolicies keeps existing assignments, so they are made once. Export accepts what
+	// its statements do not reject (see policies).
 	for _, a := range []struct {
 		names []string
 		dir   api.PolicyDirection
+		def   api.RouteAction
 	}{
-		{[]string{importOriginsPolicyName, importPolicyName}, api.PolicyDirection_POLICY_DIRECTION_IMPORT},
-		{[]string{exportPolicyName}, api.PolicyDirection_POLICY_DIRECTION_EXPORT},
+		{[]string{importOriginsPolicyName, importPolicyName}, api.PolicyDirection_POLICY_DIRECTION_IMPORT, api.RouteAction_ROUTE_ACTION_REJECT},
+		{[]string{exportPolicyName}, api.PolicyDirection_POLICY_DIRECTION_EXPORT, api.RouteAction_ROUTE_ACTION_ACCEPT},
 	} {
 		var policies []*api.Policy
 		for _, name := range a.names {
@@ -71,7 +73,7 @@ func (r *router) applyPoliciesLocked(ctx context.Context, initial bool) error {
 			Name:          "global",
 			Direction:     a.dir,
 			Policies:      policies,
-			DefaultAction: api.RouteAction_ROUTE_ACTION_REJECT,
+			DefaultAction: a.def,
 		}})
 		if err != nil {
 			return fmt.Errorf("bgp: assign policies %v: %w", a.names, err)
@@ -242,10 +244,14 @@ func (r *router) resetOutLocked(ctx context.Context, pick func(Neighbor) bool) e
 	return nil
 }
 
+// noReflect tells whether neighbour n must get none of the paths we learned: it is not our
+// route-reflector client (NoExport ones get nothing anyway, by their own statement).
+func noReflect(n Neighbor) bool { return !n.RouteReflectorClient && !n.NoExport }
+
 // shapesPolicy tells whether adding, changing or removing neighbour n changes the policy:
 // it is in one of the export policy's neighbour sets (neighborSetsChangedLocked). Needs opMu.
 func (r *router) shapesPolicy(n Neighbor) bool {
-	if n.RouteReflectorClient || n.NoExport {
+	if noReflect(n) || n.NoExport {
 		return true
 	}
 	return n.nodeToNode() && r.listsInternal()
@@ -270,7 +276,7 @@ func (r *router) neighborSetsChangedLocked(ctx context.Context, old, n *Neighbor
 		name string
 		in   func(Neighbor) bool
 	}{
-		{setRRClients, func(n Neighbor) bool { return n.RouteReflectorClient }},
+		{setNoReflect, noReflect},
 		{setNoExport, func(n Neighbor) bool { return n.NoExport }},
 		// The internal neighbours' set exists only while listsInternal (see policies).
 		{setInternal, func(n Neighbor) bool { return listed && n.nodeToNode() }},
@@ -543,7 +549,7 @@ const (
 	setDeny6         = "podroute-deny-v6"
 	setValidated     = "podroute-validated-peers"
 	setPeerPrefix    = "podroute-peer-" // + neighbor address, and "-v4"/"-v6" for its prefixes
-	setRRClients     = "podroute-rr-clients"
+	setNoReflect     = "podroute-no-reflect"
 	setNoExport      = "podroute-no-export"
 	setInternal      = "podroute-internal"
 )
@@ -566,9 +572,10 @@ func setPrepend(fam int, n uint8) string {
 
 // exportRules are the inputs of the export policy besides the filter.
 type exportRules struct {
-	// rrClients, noExport and internal are neighbours: route-reflector clients, NoExport
-	// ones, and the cluster's own nodes (Kind mesh, reflector, rr-client).
-	rrClients, noExport, internal []netip.Addr
+	// noReflect, noExport and internal are neighbours: those that get no learned path
+	// (noReflect), NoExport ones, and the cluster's own nodes (Kind mesh, reflector,
+	// rr-client).
+	noReflect, noExport, internal []netip.Addr
 	// externalOnly are the prefixes kept from internal neighbours, IPv4 then IPv6.
 	externalOnly [2][]netip.Prefix
 	// prepend are the prefixes prepended towards external neighbours, by count (index 0
@@ -600,11 +607,16 @@ type exportRules struct {
 // statement of it decides goes on to the import policy, so both together decide as the
 // steps above. Built anew, it holds the copies only.
 //
-// Export: nothing to NoExport neighbors; no external-only prefix to internal neighbours;
-// accept our own paths, prepended with our AS the prefix's count of times towards
-// neighbours other than internal ones; accept everything towards route-reflector clients
-// (GoBGP decides what to reflect). Without the default reject a node would re-advertise
-// other nodes' routes to its eBGP peers as if it were transit for them.
+// Export, default accept: nothing to NoExport neighbors; no external-only prefix to
+// internal neighbours; accept our own paths, prepended with our AS the prefix's count of
+// times towards neighbours other than internal ones; reject learned paths towards every
+// neighbour but route-reflector clients (noReflect), which get what GoBGP decides to
+// reflect. Without that reject a node would re-advertise other nodes' routes to its eBGP
+// peers as if it were transit for them. The statement names the neighbours that are not
+// clients rather than accepting towards the clients: GoBGP matches a neighbour set by
+// scanning it, for every path and neighbour, and a reflector's clients are the whole
+// cluster (1,000 of them made reflection cost O(n) per path and client, most of a
+// reflector's CPU), while its other neighbours are a few.
 func (f *ImportFilter) policies(rules exportRules) *api.SetPoliciesRequest {
 	req := &api.SetPoliciesRequest{}
 	accept := &api.Actions{RouteAction: api.RouteAction_ROUTE_ACTION_ACCEPT}
@@ -760,12 +772,12 @@ func (f *ImportFilter) policies(rules exportRules) *api.SetPoliciesRequest {
 		Conditions: &api.Conditions{RouteType: api.Conditions_ROUTE_TYPE_LOCAL},
 		Actions:    accept,
 	})
-	// The statement only exists when there are clients (see addNeighborSet).
-	if addNeighborSet(setRRClients, rules.rrClients) {
+	// The statement only exists when there are such neighbours (see addNeighborSet).
+	if addNeighborSet(setNoReflect, rules.noReflect) {
 		exp.Statements = append(exp.Statements, &api.Statement{
-			Name:       "reflect-to-clients",
-			Conditions: &api.Conditions{NeighborSet: &api.MatchSet{Type: api.MatchSet_TYPE_ANY, Name: setRRClients}},
-			Actions:    accept,
+			Name:       "learned-to-clients-only",
+			Conditions: &api.Conditions{NeighborSet: &api.MatchSet{Type: api.MatchSet_TYPE_ANY, Name: setNoReflect}},
+			Actions:    reject,
 		})
 	}
 	req.Policies = []*api.Policy{imp, exp, origins}

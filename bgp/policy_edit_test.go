@@ -187,8 +187,11 @@ func TestPolicyEditedInPlace(t *testing.T) {
 	setFilter()
 	check("several edits")
 
-	// Clients leaving, and one turning into a plain neighbour, edit the export policy's
-	// sets in place, until the last client leaves.
+	// The export policy names the neighbours that are not clients: the first of them (the
+	// other reflector) creates its set. Then clients leaving, and one turning into a plain
+	// neighbour, edit the sets in place.
+	must(r.AddNeighbor(ctx, Neighbor{Address: node(10), ASN: testASN, Passive: true, Kind: KindReflector}))
+	check("a non-client neighbour")
 	before = resets()
 	must(r.RemoveNeighbor(ctx, node(2)))
 	plain := client(3)
@@ -202,6 +205,10 @@ func TestPolicyEditedInPlace(t *testing.T) {
 		must(r.RemoveNeighbor(ctx, node(i)))
 	}
 	check("last client left")
+	for _, i := range []int{3, 10} {
+		must(r.RemoveNeighbor(ctx, node(i)))
+	}
+	check("every neighbour left")
 }
 
 // A node's origin statement added in place (to the origins policy, evaluated first) judges
