@@ -103,7 +103,7 @@ func (a *Agent) notReady(snap *snapshot, watchOK bool) []string {
 }
 
 // Neighbors implements agentapi.Source.
-func (a *Agent) Neighbors() ([]agentapi.Neighbor, error) {
+func (a *Agent) Neighbors(advertised bool) ([]agentapi.Neighbor, error) {
 	snap := a.snap.Load()
 	r, peers := snap.router, snap.Peers
 	nodeOf := make(map[netip.Addr]string, len(peers))
@@ -115,7 +115,7 @@ func (a *Agent) Neighbors() ([]agentapi.Neighbor, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	states, err := r.Neighbors(ctx)
+	states, err := r.Neighbors(ctx, advertised)
 	if err != nil {
 		return nil, err
 	}
@@ -130,9 +130,11 @@ func (a *Agent) Neighbors() ([]agentapi.Neighbor, error) {
 			Since:      ps.Since,
 			Received:   ps.Received,
 			Accepted:   ps.Accepted,
-			Advertised: ps.Advertised,
 			Restarting: ps.PeerRestarting,
 			BFD:        ps.BFDState,
+		}
+		if advertised {
+			n.Advertised = &ps.Advertised
 		}
 		if ps.State != bgp.StateEstablished {
 			n.LastError = ps.LastError

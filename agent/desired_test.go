@@ -538,10 +538,12 @@ type bfdRouter struct {
 	down netip.Addr
 }
 
-func (r *bfdRouter) Sessions(ctx context.Context) ([]bgp.PeerState, error) { return r.Neighbors(ctx) }
+func (r *bfdRouter) Sessions(ctx context.Context) ([]bgp.PeerState, error) {
+	return r.Neighbors(ctx, false)
+}
 
-func (r *bfdRouter) Neighbors(ctx context.Context) ([]bgp.PeerState, error) {
-	states, err := r.fakeRouter.Neighbors(ctx)
+func (r *bfdRouter) Neighbors(ctx context.Context, advertised bool) ([]bgp.PeerState, error) {
+	states, err := r.fakeRouter.Neighbors(ctx, advertised)
 	for i := range states {
 		switch {
 		case states[i].BFD == nil:
@@ -593,7 +595,7 @@ func TestBFDThroughThePass(t *testing.T) {
 		}
 	}
 
-	ns, err := r.a.Neighbors()
+	ns, err := r.a.Neighbors(false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -615,7 +617,7 @@ func TestBFDThroughThePass(t *testing.T) {
 			t.Errorf("%s still has BFD %+v", a, n.BFD)
 		}
 	}
-	if ns, _ = r.a.Neighbors(); slices.ContainsFunc(ns, func(n agentapi.Neighbor) bool { return n.BFD != "" }) {
+	if ns, _ = r.a.Neighbors(false); slices.ContainsFunc(ns, func(n agentapi.Neighbor) bool { return n.BFD != "" }) {
 		t.Errorf("API shows BFD on sessions without it: %+v", ns)
 	}
 }

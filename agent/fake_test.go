@@ -139,9 +139,11 @@ func (r *fakeRouter) UpdateImportFilter(_ context.Context, f bgp.ImportFilter) e
 	r.mu.Unlock()
 	return nil
 }
-func (r *fakeRouter) Sessions(ctx context.Context) ([]bgp.PeerState, error) { return r.Neighbors(ctx) }
+func (r *fakeRouter) Sessions(ctx context.Context) ([]bgp.PeerState, error) {
+	return r.Neighbors(ctx, false)
+}
 
-func (r *fakeRouter) Neighbors(context.Context) ([]bgp.PeerState, error) {
+func (r *fakeRouter) Neighbors(context.Context, bool) ([]bgp.PeerState, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var out []bgp.PeerState

@@ -55,10 +55,15 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 	return st, err
 }
 
-// Neighbors are the BGP peers.
-func (c *Client) Neighbors(ctx context.Context) ([]Neighbor, error) {
+// Neighbors are the BGP peers, with the prefixes advertised to each if advertised (see
+// Neighbor.Advertised for its cost).
+func (c *Client) Neighbors(ctx context.Context, advertised bool) ([]Neighbor, error) {
 	var ns []Neighbor
-	err := c.get(ctx, PathNeighbors, &ns)
+	path := PathNeighbors
+	if advertised {
+		path += "?advertised=true"
+	}
+	err := c.get(ctx, path, &ns)
 	return ns, err
 }
 

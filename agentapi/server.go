@@ -191,8 +191,16 @@ func (s *Server) status(*http.Request) (any, error) {
 	return st, nil
 }
 
-func (s *Server) neighbors(*http.Request) (any, error) {
-	ns, err := s.src.Neighbors()
+func (s *Server) neighbors(r *http.Request) (any, error) {
+	advertised := false
+	if v := r.URL.Query().Get("advertised"); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return nil, MarkError(ErrBadRequest, fmt.Errorf("advertised: %q is not true or false", v))
+		}
+		advertised = b
+	}
+	ns, err := s.src.Neighbors(advertised)
 	if err != nil {
 		return nil, fmt.Errorf("listing BGP neighbors: %w", err)
 	}

@@ -31,6 +31,8 @@ type fakeSource struct {
 	routes    Routes
 	err       error
 	panicMsg  string
+	// advertised is what the last Neighbors call asked for.
+	advertised bool
 }
 
 func (f *fakeSource) Status() Status {
@@ -39,14 +41,17 @@ func (f *fakeSource) Status() Status {
 	return f.status
 }
 
-func (f *fakeSource) Neighbors() ([]Neighbor, error) {
+func (f *fakeSource) Neighbors(advertised bool) ([]Neighbor, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.panicMsg != "" {
 		panic(f.panicMsg)
 	}
+	f.advertised = advertised
 	return f.neighbors, f.err
 }
+
+func count(n uint64) *uint64 { return &n }
 
 func (f *fakeSource) Routes() (Routes, error) {
 	f.mu.Lock()
@@ -64,7 +69,7 @@ func fixedSource() *fakeSource {
 			LastReconcile: t0, Version: "v0.1.0",
 		},
 		neighbors: []Neighbor{
-			{Address: "10.0.0.12", ASN: 64512, Kind: "mesh", Node: "node-b", State: "established", Since: t0, Received: 1, Accepted: 1, Advertised: 1},
+			{Address: "10.0.0.12", ASN: 64512, Kind: "mesh", Node: "node-b", State: "established", Since: t0, Received: 1, Accepted: 1, Advertised: count(1)},
 			{Address: "192.0.2.1", ASN: 65001, Kind: "external", State: "active", Since: t0, LastError: "connection refused"},
 		},
 		routes: Routes{
@@ -168,12 +173,23 @@ func TestRoundTrip(t *testing.T) {
 	if !reflect.DeepEqual(st, src.status) {
 		t.Errorf("status:\n got %+v\nwant %+v", st, src.status)
 	}
-	ns, err := c.Neighbors(ctxT(t))
-	if err != nil {
-		t.Fatal(err)
+	for _, advertised := range []bool{false, true} {
+		ns, err := c.Neighbors(ctxT(t), advertised)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(ns, src.neighbors) {
+			t.Errorf("neighbors:\n got %+v\nwant %+v", ns, src.neighbors)
+		}
+		src.mu.Lock()
+		if src.advertised != advertised {
+			t.Errorf("Neighbors(%v) reached the source as %v", advertised, src.advertised)
+		}
+		src.mu.Unlock()
 	}
-	if !reflect.DeepEqual(ns, src.neighbors) {
-		t.Errorf("neighbors:\n got %+v\nwant %+v", ns, src.neighbors)
+	// A malformed parameter is refused, naming it.
+	if code, body, _ := rawGet(t, path, http.MethodGet, PathNeighbors+"?advertised=maybe"); code != http.StatusBadRequest || !strings.Contains(body, "advertised") {
+		t.Errorf("advertised=maybe: %d %s", code, body)
 	}
 	rs, err := c.Routes(ctxT(t))
 	if err != nil {
@@ -237,7 +253,7 @@ func TestSourceErrorReachesClient(t *testing.T) {
 	if code != http.StatusInternalServerError || !strings.Contains(body, `"error": "listing BGP routes: bgp speaker not started"`) {
 		t.Errorf("raw: %d %s", code, body)
 	}
-	_, err := NewClient(path).Neighbors(ctxT(t))
+	_, err := NewClient(path).Neighbors(ctxT(t), false)
 	if err == nil || !strings.Contains(err.Error(), "bgp speaker not started") || !strings.Contains(err.Error(), "HTTP 500") {
 		t.Fatalf("client error = %v", err)
 	}
@@ -248,7 +264,7 @@ func TestPanicIsA500AndServerLives(t *testing.T) {
 	src.panicMsg = "nil map"
 	path, _, _ := serve(t, src)
 	c := NewClient(path)
-	if _, err := c.Neighbors(ctxT(t)); err == nil || !strings.Contains(err.Error(), "HTTP 500") {
+	if _, err := c.Neighbors(ctxT(t), false); err == nil || !strings.Contains(err.Error(), "HTTP 500") {
 		t.Fatalf("err = %v", err)
 	}
 	if _, err := c.Status(ctxT(t)); err != nil {
@@ -379,7 +395,7 @@ func TestClientConnectionRefused(t *testing.T) {
 	}
 	ln.(*net.UnixListener).SetUnlinkOnClose(false)
 	ln.Close()
-	_, err = NewClient(path).Neighbors(ctxT(t))
+	_, err = NewClient(path).Neighbors(ctxT(t), false)
 	want := "podroute agent is not running: nothing listens on " + path
 	if err == nil || err.Error() != want {
 		t.Fatalf("err = %v\nwant %s", err, want)
@@ -509,7 +525,7 @@ func TestClientBadJSONAndForeignErrors(t *testing.T) {
 	if _, err := c.Routes(ctxT(t)); err == nil || !strings.Contains(err.Error(), "not the expected JSON") {
 		t.Errorf("not json: %v", err)
 	}
-	_, err = c.Neighbors(ctxT(t))
+	_, err = c.Neighbors(ctxT(t), false)
 	if err == nil || err.Error() != "podroute agent: HTTP 502 on /v1/bgp/neighbors: <html> upstream gone </html>" {
 		t.Errorf("foreign error: %v", err)
 	}

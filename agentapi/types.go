@@ -83,17 +83,20 @@ type Counts struct {
 
 // Neighbor is one BGP peer.
 type Neighbor struct {
-	Address    string    `json:"address"`
-	ASN        uint32    `json:"asn"`
-	Kind       string    `json:"kind"` // mesh, external, reflector
-	Node       string    `json:"node,omitempty"`
-	State      string    `json:"state"` // idle, connect, active, opensent, openconfirm, established
-	Since      time.Time `json:"since"`
-	Received   uint64    `json:"received"`
-	Accepted   uint64    `json:"accepted"`
-	Advertised uint64    `json:"advertised"`
-	LastError  string    `json:"lastError,omitempty"`
-	Restarting bool      `json:"gracefulRestart,omitempty"`
+	Address  string    `json:"address"`
+	ASN      uint32    `json:"asn"`
+	Kind     string    `json:"kind"` // mesh, external, reflector
+	Node     string    `json:"node,omitempty"`
+	State    string    `json:"state"` // idle, connect, active, opensent, openconfirm, established
+	Since    time.Time `json:"since"`
+	Received uint64    `json:"received"`
+	Accepted uint64    `json:"accepted"`
+	// Advertised counts the prefixes sent to the peer, only when asked for (the
+	// advertised query parameter): counting them runs the export policy over every best
+	// path for every neighbour, seconds on a route reflector with 1,000 clients.
+	Advertised *uint64 `json:"advertised,omitempty"`
+	LastError  string  `json:"lastError,omitempty"`
+	Restarting bool    `json:"gracefulRestart,omitempty"`
 	// BFD is the BFD session's state (up, down, init, admin-down); empty when the session
 	// runs without BFD.
 	BFD string `json:"bfd,omitempty"`
@@ -144,7 +147,8 @@ type ServiceRoute struct {
 // Source is what the agent implements to feed the API.
 type Source interface {
 	Status() Status
-	Neighbors() ([]Neighbor, error)
+	// Neighbors lists the BGP peers, with the prefixes advertised to each if advertised.
+	Neighbors(advertised bool) ([]Neighbor, error)
 	Routes() (Routes, error)
 }
 

@@ -71,7 +71,7 @@ func (s *speaker) expectPrefixes(t *testing.T, from netip.Addr, want ...netip.Pr
 		if !slices.Equal(got, want) {
 			return fmt.Sprintf("%s learned %v, want %v", s.ip, got, want)
 		}
-		ns, err := s.Neighbors(context.Background())
+		ns, err := s.Neighbors(context.Background(), true)
 		if err != nil {
 			return err.Error()
 		}
@@ -88,7 +88,7 @@ func (s *speaker) expectPrefixes(t *testing.T, from netip.Addr, want ...netip.Pr
 func (s *speaker) expectAdvertised(t *testing.T, want map[netip.Addr]uint64) {
 	t.Helper()
 	eventually(t, 10*time.Second, func() string {
-		ns, err := s.Neighbors(context.Background())
+		ns, err := s.Neighbors(context.Background(), true)
 		if err != nil {
 			return err.Error()
 		}

@@ -65,7 +65,7 @@ func helperBFDSpeaker(t fataler, raw string) {
 	}
 	last := ""
 	for {
-		ps, err := r.Neighbors(ctx)
+		ps, err := r.Neighbors(ctx, true)
 		if err != nil || len(ps) != 1 {
 			t.Fatalf("neighbors: %v %+v", err, ps)
 		}

@@ -175,7 +175,7 @@ func eventually(t *testing.T, timeout time.Duration, cond func() string) {
 }
 
 func (s *speaker) established(t *testing.T, other netip.Addr) string {
-	ps, err := s.Neighbors(context.Background())
+	ps, err := s.Neighbors(context.Background(), true)
 	if err != nil {
 		return err.Error()
 	}

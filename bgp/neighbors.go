@@ -192,23 +192,24 @@ func (r *router) RemoveNeighbor(ctx context.Context, addr netip.Addr) (err error
 	return nil
 }
 
-func (r *router) Neighbors(ctx context.Context) (out []PeerState, err error) {
+func (r *router) Neighbors(ctx context.Context, advertised bool) (out []PeerState, err error) {
 	defer guard("neighbors", &err)
-	return r.neighborStates(ctx, true)
+	return r.neighborStates(ctx, true, advertised)
 }
 
 func (r *router) Sessions(ctx context.Context) (out []PeerState, err error) {
 	defer guard("sessions", &err)
-	return r.neighborStates(ctx, false)
+	return r.neighborStates(ctx, false, false)
 }
 
-// neighborStates lists the neighbours, with their prefix counts if counts is set.
-func (r *router) neighborStates(ctx context.Context, counts bool) (out []PeerState, err error) {
+// neighborStates lists the neighbours, with their accepted counts if counts is set and
+// their advertised counts if advertised is.
+func (r *router) neighborStates(ctx context.Context, counts, advertised bool) (out []PeerState, err error) {
 	if err := r.running(); err != nil {
 		return nil, err
 	}
 	var peers []*api.Peer
-	if err := r.srv.ListPeer(ctx, &api.ListPeerRequest{EnableAdvertised: counts}, func(p *api.Peer) { peers = append(peers, p) }); err != nil {
+	if err := r.srv.ListPeer(ctx, &api.ListPeerRequest{EnableAdvertised: advertised}, func(p *api.Peer) { peers = append(peers, p) }); err != nil {
 		return nil, fmt.Errorf("bgp: list neighbors: %w", err)
 	}
 	byAddr := make(map[netip.Addr]*api.Peer, len(peers))

@@ -308,7 +308,7 @@ func pathPrefix(p *apiutil.Path) (netip.Prefix, bool) {
 }
 
 func (r *router) Synced(ctx context.Context) (bool, error) {
-	peers, err := r.neighborStates(ctx, false)
+	peers, err := r.neighborStates(ctx, false, false)
 	if err != nil {
 		return false, err
 	}

@@ -50,11 +50,18 @@ func TestIBGPAdvertiseWithdraw(t *testing.T) {
 	}
 	// A counts the one prefix it sends B (graceful restart is on: no End-of-RIB counted),
 	// B the one it received.
-	if ns, err := a.Neighbors(ctx); err != nil || len(ns) != 1 || ns[0].Advertised != 1 {
+	if ns, err := a.Neighbors(ctx, true); err != nil || len(ns) != 1 || ns[0].Advertised != 1 {
 		t.Errorf("A's neighbors %+v, %v: want 1 prefix advertised to B", ns, err)
 	}
-	if ns, err := b.Neighbors(ctx); err != nil || len(ns) != 1 || ns[0].Received != 1 || ns[0].Accepted != 1 {
+	if ns, err := b.Neighbors(ctx, true); err != nil || len(ns) != 1 || ns[0].Received != 1 || ns[0].Accepted != 1 {
 		t.Errorf("B's neighbors %+v, %v: want 1 prefix received and accepted from A", ns, err)
+	}
+	// Without the costly advertised counts, the others are still there.
+	if ns, err := a.Neighbors(ctx, false); err != nil || len(ns) != 1 || ns[0].Advertised != 0 || ns[0].State != StateEstablished {
+		t.Errorf("A's neighbors without advertised counts %+v, %v: want the session, and 0 advertised", ns, err)
+	}
+	if ns, err := b.Neighbors(ctx, false); err != nil || len(ns) != 1 || ns[0].Received != 1 || ns[0].Accepted != 1 {
+		t.Errorf("B's neighbors without advertised counts %+v, %v: want 1 prefix received and accepted from A", ns, err)
 	}
 	// Drain, then expect a fresh signal for the withdrawal.
 	select {
@@ -79,7 +86,7 @@ func TestIBGPAdvertiseWithdraw(t *testing.T) {
 		t.Fatalf("withdrawing twice: %v", err)
 	}
 
-	ns, err := b.Neighbors(ctx)
+	ns, err := b.Neighbors(ctx, true)
 	if err != nil || len(ns) != 1 || ns[0].State != StateEstablished || ns[0].Since.IsZero() || ns[0].Kind != KindMesh {
 		t.Fatalf("Neighbors() = %+v, %v", ns, err)
 	}
@@ -157,7 +164,7 @@ func TestSingleFamilySession(t *testing.T) {
 	if _, ok := b.route(t, p6); ok {
 		t.Fatal("an IPv4-only session carried an IPv6 route")
 	}
-	if ns, err := a.Neighbors(ctx); err != nil || len(ns) != 1 || ns[0].Advertised != 1 {
+	if ns, err := a.Neighbors(ctx, true); err != nil || len(ns) != 1 || ns[0].Advertised != 1 {
 		t.Fatalf("A's neighbors %+v, %v: want 1 prefix advertised to B", ns, err)
 	}
 	for _, s := range []*speaker{a, b} {
@@ -298,7 +305,7 @@ func TestImportPolicyRefusals(t *testing.T) {
 		}
 	}
 	// GoBGP's own policy engine did the filtering: the rogue's paths are in adj-rib-in.
-	ns, _ := b.Neighbors(ctx)
+	ns, _ := b.Neighbors(ctx, true)
 	if len(ns) != 1 || ns[0].Received != uint64(len(bad)+1) || ns[0].Accepted != 1 {
 		t.Errorf("counters %+v, want received %d accepted 1", ns, len(bad)+1)
 	}
@@ -451,7 +458,7 @@ func TestPeerOriginValidation(t *testing.T) {
 		"fd10:244:0:3::/64": notPeers,
 		"10.244.1.128/25":   ReasonTooLong + " /24",
 	}})
-	ns, err := b.Neighbors(ctx)
+	ns, err := b.Neighbors(ctx, true)
 	if err != nil || len(ns) != 2 || ns[0].Accepted != 2 || ns[0].Received != 6 || ns[1].Accepted != 2 {
 		t.Errorf("neighbors %+v, %v: want 2 of 6 accepted from %s, 2 from %s", ns, err, mesh.ip, ext.ip)
 	}
@@ -751,7 +758,7 @@ func TestNeighborLifecycle(t *testing.T) {
 		}
 		return ""
 	})
-	ns, err := b.Neighbors(ctx)
+	ns, err := b.Neighbors(ctx, true)
 	if err != nil || len(ns) != 1 || ns[0].Password != "" {
 		t.Fatalf("Neighbors() = %+v, %v (password must be blanked)", ns, err)
 	}
@@ -764,7 +771,7 @@ func TestNeighborLifecycle(t *testing.T) {
 	if err := b.UpdateNeighbor(ctx, n); err != nil {
 		t.Fatal(err)
 	}
-	ns, _ = b.Neighbors(ctx)
+	ns, _ = b.Neighbors(ctx, true)
 	if ns[0].HoldTime != 6*time.Second {
 		t.Fatalf("updated neighbor %+v", ns[0])
 	}
@@ -784,7 +791,7 @@ func TestNeighborLifecycle(t *testing.T) {
 		if _, ok := b.route(t, p); ok {
 			return "route of removed neighbor still present"
 		}
-		ns, _ := b.Neighbors(ctx)
+		ns, _ := b.Neighbors(ctx, true)
 		if len(ns) != 1 || ns[0].Address != c.ip {
 			return fmt.Sprintf("neighbors %+v", ns)
 		}

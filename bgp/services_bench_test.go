@@ -72,7 +72,7 @@ func BenchmarkServiceAdvertisement(b *testing.B) {
 
 	// received is how many prefixes ext (or mesh) has received from a.
 	received := func(s Router, from netip.Addr) uint64 {
-		ps, err := s.Neighbors(ctx)
+		ps, err := s.Neighbors(ctx, false)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -243,7 +243,7 @@ func benchSpeaker(b *testing.B, ip string, port uint16, asn uint32, f ImportFilt
 }
 
 func benchEstablished(r Router, peer netip.Addr) string {
-	ps, err := r.Neighbors(context.Background())
+	ps, err := r.Sessions(context.Background())
 	if err != nil {
 		return err.Error()
 	}

@@ -24,7 +24,7 @@ func TestSessionsWithoutCounts(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, 15*time.Second, func() string {
-		ns, err := a.Neighbors(ctx)
+		ns, err := a.Neighbors(ctx, true)
 		if err != nil {
 			return err.Error()
 		}

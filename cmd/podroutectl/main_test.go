@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -38,9 +39,21 @@ func (f *fakeSource) LoadBalancerPools(context.Context) (agentapi.LoadBalancerPo
 	return f.pools, f.err
 }
 
-func (f *fakeSource) Status() agentapi.Status                 { return f.status }
-func (f *fakeSource) Neighbors() ([]agentapi.Neighbor, error) { return f.neighbors, f.err }
-func (f *fakeSource) Routes() (agentapi.Routes, error)        { return f.routes, f.err }
+func (f *fakeSource) Status() agentapi.Status          { return f.status }
+func (f *fakeSource) Routes() (agentapi.Routes, error) { return f.routes, f.err }
+
+// Neighbors gives the advertised counts only when asked for, as the agent does.
+func (f *fakeSource) Neighbors(advertised bool) ([]agentapi.Neighbor, error) {
+	ns := slices.Clone(f.neighbors)
+	for i := range ns {
+		if !advertised {
+			ns[i].Advertised = nil
+		}
+	}
+	return ns, f.err
+}
+
+func count(n uint64) *uint64 { return &n }
 
 func fixture() *fakeSource {
 	return &fakeSource{
@@ -54,11 +67,11 @@ func fixture() *fakeSource {
 		// Deliberately out of order: the output sorts by address, numerically.
 		neighbors: []agentapi.Neighbor{
 			{Address: "192.0.2.1", ASN: 65001, Kind: "external", State: "active", Since: now.Add(-2*time.Hour - 3*time.Minute),
-				LastError: "dial tcp 192.0.2.1:179: connect: connection refused"},
+				Advertised: count(0), LastError: "dial tcp 192.0.2.1:179: connect: connection refused"},
 			{Address: "10.0.0.12", ASN: 64512, Kind: "mesh", Node: "node-b", State: "established", Since: now.Add(-5*time.Minute - 12*time.Second),
-				Received: 2, Accepted: 2, Advertised: 2},
+				Received: 2, Accepted: 2, Advertised: count(2)},
 			{Address: "10.0.0.9", ASN: 64512, Kind: "reflector", State: "established", Since: now.Add(-50 * time.Hour),
-				Received: 120, Accepted: 118, Advertised: 2, Restarting: true},
+				Received: 120, Accepted: 118, Advertised: count(2), Restarting: true},
 		},
 		routes: agentapi.Routes{
 			Routes: []agentapi.Route{
@@ -184,15 +197,31 @@ func failed(t *testing.T, r result) string {
 func TestNeighborsTable(t *testing.T) {
 	sock := serveFixture(t, fixture())
 	got := ok(t, ctl(t, nil, "--socket", sock, "bgp", "neighbors"))
-	want := `PEER       ASN    KIND       NODE    STATE        SINCE      RECEIVED  ACCEPTED  ADVERTISED  INFO
-10.0.0.9   64512  reflector  -       established  2d2h ago   120       118       2           graceful restart
-10.0.0.12  64512  mesh       node-b  established  5m12s ago  2         2         2
-192.0.2.1  65001  external   -       active       2h3m ago   0         0         0           dial tcp 192.0.2.1:179: connect: connection refused
+	want := `PEER       ASN    KIND       NODE    STATE        SINCE      RECEIVED  ACCEPTED  INFO
+10.0.0.9   64512  reflector  -       established  2d2h ago   120       118       graceful restart
+10.0.0.12  64512  mesh       node-b  established  5m12s ago  2         2
+192.0.2.1  65001  external   -       active       2h3m ago   0         0         dial tcp 192.0.2.1:179: connect: connection refused
 `
 	if got != want {
 		t.Errorf("got:\n%s\nwant:\n%s", got, want)
 	}
 	t.Logf("podroutectl bgp neighbors\n%s", got)
+
+	// The advertised counts cost the speaker a pass of its export policy per neighbour:
+	// only with --advertised.
+	got = ok(t, ctl(t, nil, "--socket", sock, "bgp", "neighbors", "--advertised"))
+	want = `PEER       ASN    KIND       NODE    STATE        SINCE      RECEIVED  ACCEPTED  ADVERTISED  INFO
+10.0.0.9   64512  reflector  -       established  2d2h ago   120       118       2           graceful restart
+10.0.0.12  64512  mesh       node-b  established  5m12s ago  2         2         2
+192.0.2.1  65001  external   -       active       2h3m ago   0         0         0           dial tcp 192.0.2.1:179: connect: connection refused
+`
+	if got != want {
+		t.Errorf("--advertised, got:\n%s\nwant:\n%s", got, want)
+	}
+	t.Logf("podroutectl bgp neighbors --advertised\n%s", got)
+	if out := ok(t, ctl(t, nil, "--socket", sock, "bgp", "neighbors", "-o", "json")); strings.Contains(out, `"advertised"`) {
+		t.Errorf("advertised counts in JSON without --advertised:\n%s", out)
+	}
 }
 
 // The BFD column shows only when a session runs BFD (it is off by default), "-" for the
@@ -203,10 +232,10 @@ func TestNeighborsTableWithBFD(t *testing.T) {
 	src.neighbors[1].BFD = "up"
 	sock := serveFixture(t, src)
 	got := ok(t, ctl(t, nil, "--socket", sock, "bgp", "neighbors"))
-	want := `PEER       ASN    KIND       NODE    STATE        SINCE      BFD   RECEIVED  ACCEPTED  ADVERTISED  INFO
-10.0.0.9   64512  reflector  -       established  2d2h ago   -     120       118       2           graceful restart
-10.0.0.12  64512  mesh       node-b  established  5m12s ago  up    2         2         2
-192.0.2.1  65001  external   -       active       2h3m ago   down  0         0         0           dial tcp 192.0.2.1:179: connect: connection refused
+	want := `PEER       ASN    KIND       NODE    STATE        SINCE      BFD   RECEIVED  ACCEPTED  INFO
+10.0.0.9   64512  reflector  -       established  2d2h ago   -     120       118       graceful restart
+10.0.0.12  64512  mesh       node-b  established  5m12s ago  up    2         2
+192.0.2.1  65001  external   -       active       2h3m ago   down  0         0         dial tcp 192.0.2.1:179: connect: connection refused
 `
 	if got != want {
 		t.Errorf("got:\n%s\nwant:\n%s", got, want)
@@ -326,7 +355,7 @@ func TestJSONRoundTrip(t *testing.T) {
 	sock := serveFixture(t, src)
 
 	var ns []agentapi.Neighbor
-	decode(t, json.Unmarshal, ok(t, ctl(t, nil, "--socket", sock, "bgp", "neighbors", "-o", "json")), &ns)
+	decode(t, json.Unmarshal, ok(t, ctl(t, nil, "--socket", sock, "bgp", "neighbors", "--advertised", "-o", "json")), &ns)
 	if len(ns) != 3 || ns[0].Address != "10.0.0.9" || ns[2].Address != "192.0.2.1" {
 		t.Fatalf("neighbors not sorted: %+v", ns)
 	}

@@ -78,13 +78,27 @@ func renderNeighbors(w io.Writer, format string, ns []agentapi.Neighbor, now tim
 	if withBFD {
 		head = append(head, "BFD")
 	}
-	t := newTable(w, append(head, "RECEIVED", "ACCEPTED", "ADVERTISED", "INFO")...)
+	head = append(head, "RECEIVED", "ACCEPTED")
+	// Advertised counts are only there when asked for (--advertised).
+	withAdvertised := slices.ContainsFunc(ns, func(n agentapi.Neighbor) bool { return n.Advertised != nil })
+	if withAdvertised {
+		head = append(head, "ADVERTISED")
+	}
+	t := newTable(w, append(head, "INFO")...)
 	for _, n := range ns {
 		row := []string{n.Address, strconv.FormatUint(uint64(n.ASN), 10), dash(n.Kind), dash(n.Node), dash(n.State), ago(n.Since, now)}
 		if withBFD {
 			row = append(row, dash(n.BFD))
 		}
-		t.row(append(row, u64(n.Received), u64(n.Accepted), u64(n.Advertised), neighborInfo(n))...)
+		row = append(row, u64(n.Received), u64(n.Accepted))
+		if withAdvertised {
+			adv := "-"
+			if n.Advertised != nil {
+				adv = u64(*n.Advertised)
+			}
+			row = append(row, adv)
+		}
+		t.row(append(row, neighborInfo(n))...)
 	}
 	return t.flush()
 }

@@ -426,6 +426,14 @@ func (n *Node) Neighbors() ([]agentapi.Neighbor, error) {
 	return out, err
 }
 
+// NeighborsAdvertised is `podroutectl bgp neighbors --advertised -o json`: with the
+// prefixes advertised to each peer.
+func (n *Node) NeighborsAdvertised() ([]agentapi.Neighbor, error) {
+	var out []agentapi.Neighbor
+	err := n.CtlJSON(&out, "bgp", "neighbors", "--advertised")
+	return out, err
+}
+
 // BGPRoutes is `podroutectl bgp routes -o json`.
 func (n *Node) BGPRoutes() (agentapi.Routes, error) {
 	var out agentapi.Routes

@@ -260,7 +260,11 @@ func TestFRRMeshMember(t *testing.T) {
 // what FRR sent is what the node received and, with advertised, what the node advertised
 // is what FRR received.
 func agree(n *lab.Node, r *lab.Router, peer netip.Addr, advertised bool) error {
-	ns, err := n.Neighbors()
+	list := n.Neighbors
+	if advertised {
+		list = n.NeighborsAdvertised
+	}
+	ns, err := list()
 	if err != nil {
 		return err
 	}
@@ -288,8 +292,11 @@ func agree(n *lab.Node, r *lab.Router, peer netip.Addr, advertised bool) error {
 	if mine.State != "established" {
 		return fmt.Errorf("%s: podroutectl says the session with %s is %q", n.Name, peer, mine.State)
 	}
-	if advertised && int(mine.Advertised) != rcd {
-		return fmt.Errorf("%s advertised %d prefixes to %s, FRR received %d", n.Name, mine.Advertised, r.Name, rcd)
+	if advertised && (mine.Advertised == nil || int(*mine.Advertised) != rcd) {
+		return fmt.Errorf("%s advertised %v prefixes to %s, FRR received %d", n.Name, fmtCount(mine.Advertised), r.Name, rcd)
+	}
+	if !advertised && mine.Advertised != nil {
+		return fmt.Errorf("%s: podroutectl counted advertised prefixes without --advertised", n.Name)
 	}
 	if int(mine.Received) != snt {
 		return fmt.Errorf("%s received %d prefixes from %s, FRR sent %d", n.Name, mine.Received, r.Name, snt)
@@ -317,4 +324,12 @@ func countSubstr(s, sub string) int {
 		}
 	}
 	return n
+}
+
+// fmtCount prints an optional count.
+func fmtCount(n *uint64) string {
+	if n == nil {
+		return "no count of"
+	}
+	return fmt.Sprint(*n)
 }
