@@ -32,7 +32,8 @@ const (
 	plotHeight   = 4.5 * vg.Inch
 	captionSpace = 24 // points above the panels
 	legendRow    = 14 // points per legend row
-	legendCols   = 2
+	// legendWidth is about the width of a panel's data area, which legends fill.
+	legendWidth = (plotWidth - 60) / 2
 )
 
 // palette is Okabe and Ito's, told apart with most kinds of colour blindness.
@@ -440,13 +441,25 @@ func (l *legendEntry) add(name string, thumbs []plot.Thumbnailer) {
 	l.thumbs = append(l.thumbs, thumbs)
 }
 
-func legendRows(l legendEntry) int { return (len(l.names) + legendCols - 1) / legendCols }
+func legendRows(l legendEntry) int { return (len(l.names) + legendCols(l) - 1) / legendCols(l) }
 
-// drawLegend fills rows of legendCols entries from top (just under the panel's axis) down, between x0 and x1.
+// legendCols is two columns of entries, or one when an entry would not fit in half a panel.
+func legendCols(l legendEntry) int {
+	style := textStyle(9, text.XLeft, text.YBottom)
+	for _, name := range l.names {
+		if style.Width(name)+vg.Points(24+12) > legendWidth/2 {
+			return 1
+		}
+	}
+	return 2
+}
+
+// drawLegend fills rows of legendCols(l) entries from top (just under the panel's axis) down, between x0 and x1.
 func drawLegend(dc draw.Canvas, l legendEntry, x0, x1, top vg.Length) {
-	colW := (x1 - x0) / legendCols
+	cols := legendCols(l)
+	colW := (x1 - x0) / vg.Length(cols)
 	for i, name := range l.names {
-		row, col := i/legendCols, i%legendCols
+		row, col := i/cols, i%cols
 		cell := draw.Canvas{Canvas: dc.Canvas, Rectangle: vg.Rectangle{
 			Min: vg.Point{X: x0 + vg.Length(col)*colW, Y: top - vg.Length((row+1)*legendRow)},
 			Max: vg.Point{X: x0 + vg.Length(col+1)*colW, Y: top - vg.Length(row*legendRow)},
