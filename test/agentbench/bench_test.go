@@ -342,12 +342,17 @@ func countRoutes(ns *lab.NetNS) (int, error) {
 	return n, nil
 }
 
-// rssKiB is VmRSS and VmHWM of a process, in KiB.
-func rssKiB(pid int) (rss, hwm int, err error) {
+// procMemory is a process's memory from /proc/PID/status, in KiB: VmRSS, VmHWM, and
+// RssAnon, its own resident memory (VmRSS without the pages of the files it maps, its
+// executable's above all, which the page cache shares and can reclaim).
+type procMemory struct{ rss, hwm, anon int }
+
+func memKiB(pid int) (procMemory, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
-		return 0, 0, err
+		return procMemory{}, err
 	}
+	var m procMemory
 	for _, l := range strings.Split(string(b), "\n") {
 		f := strings.Fields(l)
 		if len(f) < 2 {
@@ -356,15 +361,23 @@ func rssKiB(pid int) (rss, hwm int, err error) {
 		v, _ := strconv.Atoi(f[1])
 		switch f[0] {
 		case "VmRSS:":
-			rss = v
+			m.rss = v
 		case "VmHWM:":
-			hwm = v
+			m.hwm = v
+		case "RssAnon:":
+			m.anon = v
 		}
 	}
-	if rss == 0 {
-		return 0, 0, errors.New("no VmRSS")
+	if m.rss == 0 {
+		return procMemory{}, errors.New("no VmRSS")
 	}
-	return rss, hwm, nil
+	return m, nil
+}
+
+// rssKiB is VmRSS and VmHWM of a process, in KiB.
+func rssKiB(pid int) (rss, hwm int, err error) {
+	m, err := memKiB(pid)
+	return m.rss, m.hwm, err
 }
 
 func mib(kib int) string { return fmt.Sprintf("%.1f", float64(kib)/1024) }
@@ -372,14 +385,13 @@ func mib(kib int) string { return fmt.Sprintf("%.1f", float64(kib)/1024) }
 // recordScale adds a scale benchmark's figures at one cluster size to the plot of
 // convergence and memory against cluster size (docs/scale.svg and its data, docs/scale.json)
 // when AGENTBENCH_RECORD names that directory (e.g. ../../docs from this package); the
-// point replaces an earlier one of the same topology and size.
+// point replaces an earlier one of the same topology and size, dated today by Record.
 func recordScale(b *testing.B, p scaleplot.Point) {
 	b.Helper()
 	dir := os.Getenv("AGENTBENCH_RECORD")
 	if dir == "" {
 		return
 	}
-	p.Date = time.Now().UTC().Format("2006-01-02")
 	p.Machine = fmt.Sprintf("%d vCPU", runtime.NumCPU())
 	if out, err := exec.Command("git", "rev-parse", "--short", "HEAD").Output(); err == nil {
 		p.Commit = strings.TrimSpace(string(out))
@@ -389,19 +401,4 @@ func recordScale(b *testing.B, p scaleplot.Point) {
 		return
 	}
 	fmt.Printf("recorded %s at %d nodes in %s\n", p.Topology, p.Nodes, dir)
-}
-
-// anonKiB is a process's own resident memory (RssAnon): VmRSS without the pages of files
-// it maps, its executable's above all, which the page cache shares and can reclaim.
-func anonKiB(pid int) (int, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(l, "RssAnon:"); ok {
-			return strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(rest), " kB"))
-		}
-	}
-	return 0, errors.New("no RssAnon")
 }

@@ -644,15 +644,11 @@ func meshSteady(b *testing.B, nodes []*lab.Node, window time.Duration) meshStead
 	s.window = time.Since(start)
 	m1 := allReconcileMetrics(b, nodes)
 	for i, n := range nodes {
-		rss, _, err := rssKiB(pids[i])
+		m, err := memKiB(pids[i])
 		if err != nil {
 			b.Fatalf("%s: %v", n.Name, err)
 		}
-		anon, err := anonKiB(pids[i])
-		if err != nil {
-			b.Fatalf("%s: %v", n.Name, err)
-		}
-		s.rss, s.anon = append(s.rss, int64(rss)), append(s.anon, int64(anon))
+		s.rss, s.anon = append(s.rss, int64(m.rss)), append(s.anon, int64(m.anon))
 		s.passes = append(s.passes, int64(m1[i].count-m0[i].count))
 	}
 	s.sessionsUp = meshSessions(b, nodes)

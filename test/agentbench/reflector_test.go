@@ -466,15 +466,11 @@ func (c *rrCluster) steadyState(b *testing.B, window time.Duration) rrSteady {
 			b.Fatal(err)
 		}
 		s.cpu = append(s.cpu, 100*float64(t1-t0[i])/clkTck/s.window.Seconds())
-		rss, hwm, err := rssKiB(n.Agent.PID())
+		m, err := memKiB(n.Agent.PID())
 		if err != nil {
 			b.Fatal(err)
 		}
-		anon, err := anonKiB(n.Agent.PID())
-		if err != nil {
-			b.Fatal(err)
-		}
-		s.rss, s.hwm, s.anon = append(s.rss, rss), append(s.hwm, hwm), append(s.anon, anon)
+		s.rss, s.hwm, s.anon = append(s.rss, m.rss), append(s.hwm, m.hwm), append(s.anon, m.anon)
 		s.heap = append(s.heap, agentMetric(n, "go_memstats_heap_inuse_bytes"))
 	}
 	f1, err := cpuTicks(c.f.PID())
