@@ -320,14 +320,20 @@ var (
 	familyIPv6 = &api.Family{Afi: api.Family_AFI_IP6, Safi: api.Family_SAFI_UNICAST}
 )
 
+// familyNames are each family in GoBGP's API and table terms.
+var familyNames = []struct {
+	f     Families
+	api   *api.Family
+	table bgp.Family
+}{{IPv4, familyIPv4, bgp.RF_IPv4_UC}, {IPv6, familyIPv6, bgp.RF_IPv6_UC}}
+
 // api is the set in GoBGP's API terms.
 func (f Families) api() []*api.Family {
 	var out []*api.Family
-	if f.of()&IPv4 != 0 {
-		out = append(out, familyIPv4)
-	}
-	if f.of()&IPv6 != 0 {
-		out = append(out, familyIPv6)
+	for _, n := range familyNames {
+		if f.of()&n.f != 0 {
+			out = append(out, n.api)
+		}
 	}
 	return out
 }
@@ -335,11 +341,10 @@ func (f Families) api() []*api.Family {
 // table is the set in GoBGP's table terms.
 func (f Families) table() []bgp.Family {
 	var out []bgp.Family
-	if f.of()&IPv4 != 0 {
-		out = append(out, bgp.RF_IPv4_UC)
-	}
-	if f.of()&IPv6 != 0 {
-		out = append(out, bgp.RF_IPv6_UC)
+	for _, n := range familyNames {
+		if f.of()&n.f != 0 {
+			out = append(out, n.table)
+		}
 	}
 	return out
 }

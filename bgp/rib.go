@@ -18,7 +18,7 @@ import (
 
 // families are the address families of the global table; a session carries its
 // Neighbor.Families.
-var families = []bgp.Family{bgp.RF_IPv4_UC, bgp.RF_IPv6_UC}
+var families = bothFamilies.table()
 
 func (r *router) Advertise(ctx context.Context, prefix netip.Prefix, attrs Attributes) (err error) {
 	defer guard("advertise", &err)
