@@ -331,6 +331,7 @@ func TestExportPolicyExternalOnly(t *testing.T) {
 	}
 	rules := exportRules{
 		noReflect:    []netip.Addr{addr("192.0.2.2")},
+		reflecting:   true,
 		noExport:     []netip.Addr{addr("198.51.100.1")},
 		internal:     []netip.Addr{addr("192.0.2.2"), addr("192.0.2.3")},
 		externalOnly: [2][]netip.Prefix{{pfx("10.96.0.0/16"), pfx("10.96.0.10/32")}, nil},
@@ -478,7 +479,8 @@ func TestExportPolicyPrepend(t *testing.T) {
 			names = append(names, s.Name)
 			stmts[s.Name] = s
 		}
-		want := []string{"prepend-podroute-prepend-1-v4", "prepend-podroute-prepend-3-v6", "export-local"}
+		// Without clients, one statement rejects every learned path.
+		want := []string{"prepend-podroute-prepend-1-v4", "prepend-podroute-prepend-3-v6", "export-local", "no-learned"}
 		if internal {
 			want = slices.Insert(want, 0, "external-only-"+setExternalOnly[0])
 		}

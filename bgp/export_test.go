@@ -14,7 +14,8 @@ import (
 // peer (E) and an eBGP peer that must learn nothing (X, NoExport). Each announces a prefix
 // of its own. R gives its own prefix to all but X; reflects what it learned, from clients,
 // M, E or X, to its clients only; never makes itself transit towards E; and gives nothing
-// learned to M.
+// learned to M. M, with no clients of its own, has an eBGP peer too (F): it passes nothing
+// learned from F to R, nor from R to F.
 func TestExportRules(t *testing.T) {
 	ctx := context.Background()
 	port := freePort(t)
@@ -24,6 +25,7 @@ func TestExportRules(t *testing.T) {
 	m := startSpeaker(t, "127.0.7.4", port, nil)
 	e := startSpeaker(t, "127.0.7.5", port, func(c *Config) { c.ASN = 65001 })
 	x := startSpeaker(t, "127.0.7.6", port, func(c *Config) { c.ASN = 65002 })
+	f := startSpeaker(t, "127.0.7.7", port, func(c *Config) { c.ASN = 65003 })
 
 	add := func(s *speaker, n Neighbor) {
 		t.Helper()
@@ -58,25 +60,34 @@ func TestExportRules(t *testing.T) {
 		add(p.s, n)
 	}
 
+	nf := m.neighborOf(f)
+	nf.ASN, nf.Kind = 65003, KindExternal
+	add(m, nf)
+	nf = f.neighborOf(m)
+	nf.Kind = KindExternal
+	add(f, nf)
+
 	own := map[*speaker]netip.Prefix{
 		r: pfx("10.244.1.0/24"), c1: pfx("10.244.2.0/24"), c2: pfx("10.244.3.0/24"),
 		m: pfx("10.244.4.0/24"), e: pfx("10.244.5.0/24"), x: pfx("10.244.6.0/24"),
+		f: pfx("10.244.7.0/24"),
 	}
 	for s, p := range own {
 		if err := s.Advertise(ctx, p, Attributes{}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	// What each neighbour must hold besides its own prefix, from R alone (C1 and C2, M, E
-	// and X peer with nobody else).
+	// What each neighbour must hold besides its own prefix (C1, C2, E and X peer with R
+	// only, F with M only).
 	want := map[*speaker][]*speaker{
 		c1: {r, c2, m, e, x},
 		c2: {r, c1, m, e, x},
-		m:  {r},
+		m:  {r, f},
 		e:  {r},
 		x:  {},
+		f:  {m},
 	}
-	names := map[*speaker]string{r: "R", c1: "C1", c2: "C2", m: "M", e: "E", x: "X"}
+	names := map[*speaker]string{r: "R", c1: "C1", c2: "C2", m: "M", e: "E", x: "X", f: "F"}
 	learned := func(s *speaker) []string {
 		rs, err := s.Routes(ctx)
 		if err != nil {
@@ -111,6 +122,9 @@ func TestExportRules(t *testing.T) {
 			if msg := s.established(t, r.ip); msg != "" {
 				return msg
 			}
+		}
+		if msg := f.established(t, m.ip); msg != "" {
+			return msg
 		}
 		return check()
 	})

@@ -20,9 +20,9 @@ import (
 func (r *router) applyPoliciesLocked(ctx context.Context, initial bool) error {
 	r.mu.Lock()
 	f := r.filter
-	rules := exportRules{asn: r.cfg.ASN}
+	rules := exportRules{asn: r.cfg.ASN, reflecting: r.reflectingLocked()}
 	for a, n := range r.neighbors {
-		if noReflect(n) {
+		if rules.reflecting && noReflect(n) {
 			rules.noReflect = append(rules.noReflect, a)
 		}
 		if n.NoExport {
@@ -248,13 +248,28 @@ func (r *router) resetOutLocked(ctx context.Context, pick func(Neighbor) bool) e
 // route-reflector client (NoExport ones get nothing anyway, by their own statement).
 func noReflect(n Neighbor) bool { return !n.RouteReflectorClient && !n.NoExport }
 
+// reflectingLocked tells whether any neighbour is our route-reflector client: only then
+// does the export policy name the neighbours that are not (see policies). Needs mu.
+func (r *router) reflectingLocked() bool {
+	for _, n := range r.neighbors {
+		if n.RouteReflectorClient {
+			return true
+		}
+	}
+	return false
+}
+
 // shapesPolicy tells whether adding, changing or removing neighbour n changes the policy:
-// it is in one of the export policy's neighbour sets (neighborSetsChangedLocked). Needs opMu.
+// it is in one of the export policy's neighbour sets, or is a client, the first or last
+// of which changes the policy (neighborSetsChangedLocked). Needs opMu.
 func (r *router) shapesPolicy(n Neighbor) bool {
-	if noReflect(n) || n.NoExport {
+	if n.RouteReflectorClient || n.NoExport {
 		return true
 	}
-	return n.nodeToNode() && r.listsInternal()
+	r.mu.Lock()
+	reflecting := r.reflectingLocked()
+	r.mu.Unlock()
+	return noReflect(n) && reflecting || n.nodeToNode() && r.listsInternal()
 }
 
 // listsInternal tells whether any prefix is external-only or prepended: only then does
@@ -272,11 +287,17 @@ func (r *router) listsInternal() bool {
 // rebuilds the policy: only a non-empty set exists, with the statement using it. Needs opMu.
 func (r *router) neighborSetsChangedLocked(ctx context.Context, old, n *Neighbor) error {
 	listed := r.listsInternal()
+	r.mu.Lock()
+	reflecting := r.reflectingLocked()
+	r.mu.Unlock()
 	sets := []struct {
 		name string
 		in   func(Neighbor) bool
 	}{
-		{setNoReflect, noReflect},
+		// The clients have no defined set: only their first in or last out changes the
+		// policy, and with it whether the other neighbours are named (see policies).
+		{"", func(n Neighbor) bool { return n.RouteReflectorClient }},
+		{setNoReflect, func(n Neighbor) bool { return reflecting && noReflect(n) }},
 		{setNoExport, func(n Neighbor) bool { return n.NoExport }},
 		// The internal neighbours' set exists only while listsInternal (see policies).
 		{setInternal, func(n Neighbor) bool { return listed && n.nodeToNode() }},
@@ -305,6 +326,8 @@ func (r *router) neighborSetsChangedLocked(ctx context.Context, old, n *Neighbor
 		switch {
 		case !others:
 			rebuild = true
+		case set.name == "":
+			// A client among others: no set to edit.
 		case in(n, i):
 			adds = append(adds, set.name)
 		default:
@@ -573,9 +596,11 @@ func setPrepend(fam int, n uint8) string {
 // exportRules are the inputs of the export policy besides the filter.
 type exportRules struct {
 	// noReflect, noExport and internal are neighbours: those that get no learned path
-	// (noReflect), NoExport ones, and the cluster's own nodes (Kind mesh, reflector,
-	// rr-client).
+	// (noReflect, listed only when reflecting), NoExport ones, and the cluster's own nodes
+	// (Kind mesh, reflector, rr-client).
 	noReflect, noExport, internal []netip.Addr
+	// reflecting is whether any neighbour is our route-reflector client.
+	reflecting bool
 	// externalOnly are the prefixes kept from internal neighbours, IPv4 then IPv6.
 	externalOnly [2][]netip.Prefix
 	// prepend are the prefixes prepended towards external neighbours, by count (index 0
@@ -610,13 +635,13 @@ type exportRules struct {
 // Export, default accept: nothing to NoExport neighbors; no external-only prefix to
 // internal neighbours; accept our own paths, prepended with our AS the prefix's count of
 // times towards neighbours other than internal ones; reject learned paths towards every
-// neighbour but route-reflector clients (noReflect), which get what GoBGP decides to
-// reflect. Without that reject a node would re-advertise other nodes' routes to its eBGP
-// peers as if it were transit for them. The statement names the neighbours that are not
-// clients rather than accepting towards the clients: GoBGP matches a neighbour set by
-// scanning it, for every path and neighbour, and a reflector's clients are the whole
-// cluster (1,000 of them made reflection cost O(n) per path and client, most of a
-// reflector's CPU), while its other neighbours are a few.
+// neighbour but route-reflector clients, which get what GoBGP decides to reflect. Without
+// that reject a node would re-advertise other nodes' routes to its eBGP peers as if it
+// were transit for them. GoBGP matches a neighbour set by scanning it, for every path and
+// neighbour, so no statement names the many: without clients (a mesh node, a client) one
+// statement without conditions rejects every learned path; a reflector, whose clients are
+// the whole cluster (1,000 of them made reflection cost O(n) per path and client, most of
+// its CPU), names the few neighbours that are not clients (noReflect).
 func (f *ImportFilter) policies(rules exportRules) *api.SetPoliciesRequest {
 	req := &api.SetPoliciesRequest{}
 	accept := &api.Actions{RouteAction: api.RouteAction_ROUTE_ACTION_ACCEPT}
@@ -772,8 +797,10 @@ func (f *ImportFilter) policies(rules exportRules) *api.SetPoliciesRequest {
 		Conditions: &api.Conditions{RouteType: api.Conditions_ROUTE_TYPE_LOCAL},
 		Actions:    accept,
 	})
-	// The statement only exists when there are such neighbours (see addNeighborSet).
-	if addNeighborSet(setNoReflect, rules.noReflect) {
+	if !rules.reflecting {
+		exp.Statements = append(exp.Statements, &api.Statement{Name: "no-learned", Actions: reject})
+	} else if addNeighborSet(setNoReflect, rules.noReflect) {
+		// The statement only exists when there are such neighbours (see addNeighborSet).
 		exp.Statements = append(exp.Statements, &api.Statement{
 			Name:       "learned-to-clients-only",
 			Conditions: &api.Conditions{NeighborSet: &api.MatchSet{Type: api.MatchSet_TYPE_ANY, Name: setNoReflect}},
